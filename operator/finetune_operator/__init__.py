@@ -1,0 +1,1 @@
+"""The kopf operator that turns FineTuneJobs into trainer pods and writes their status."""

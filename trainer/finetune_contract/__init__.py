@@ -1,0 +1,336 @@
+"""The contract between the operator and the trainer.
+
+Both programs (and the tests) import this module; it imports neither kopf nor Paddle, so the
+operator image never needs Paddle. It holds:
+
+* ``TrainerSettings``: what the operator hands the trainer (as ``--settings-json``), in the same
+  camelCase vocabulary as the FineTuneJob spec;
+* the progress line the trainer prints once per epoch, and its parser;
+* the result JSON written to the termination-message file (never more than 4096 bytes);
+* the exit codes, split into permanent and transient failures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+# --------------------------------------------------------------------------------------------
+# Exit codes. Permanent: retrying cannot help (the user must change the spec or the data).
+# Transient: a new attempt, resumed from the last checkpoint, may succeed.
+# --------------------------------------------------------------------------------------------
+EXIT_OK = 0
+EXIT_BAD_SETTINGS = 2  # permanent: settings failed validation
+EXIT_DATA_ERROR = 3  # permanent: missing/malformed list file, missing or corrupt image, bad label
+EXIT_PRETRAINED_ERROR = 4  # permanent: checksum mismatch, file that does not fit the architecture
+EXIT_NON_FINITE_LOSS = 5  # permanent: the loss became NaN/inf (lower the learning rate)
+EXIT_DOWNLOAD_ERROR = 69  # transient: the pretrained weights could not be fetched (EX_UNAVAILABLE)
+EXIT_TRANSIENT = 75  # transient: anything else worth retrying, e.g. out of memory (EX_TEMPFAIL)
+EXIT_INTERRUPTED = 143  # transient: SIGTERM (eviction, preemption, node drain)
+EXIT_KILLED = 137  # transient: SIGKILL, usually the OOM killer
+
+PERMANENT_EXIT_CODES = {
+    EXIT_BAD_SETTINGS: "InvalidSettings",
+    EXIT_DATA_ERROR: "DataError",
+    EXIT_PRETRAINED_ERROR: "PretrainedWeightsError",
+    EXIT_NON_FINITE_LOSS: "NonFiniteLoss",
+}
+TRANSIENT_EXIT_CODES = {
+    EXIT_DOWNLOAD_ERROR: "DownloadFailed",
+    EXIT_TRANSIENT: "TransientError",
+    EXIT_INTERRUPTED: "Interrupted",
+    EXIT_KILLED: "Killed",
+}
+
+
+def exit_reason(code: int) -> str:
+    """A CamelCase reason for a trainer exit code (``TrainerError`` for unknown codes)."""
+    if code == EXIT_OK:
+        return "Completed"
+    return PERMANENT_EXIT_CODES.get(code) or TRANSIENT_EXIT_CODES.get(code) or "TrainerError"
+
+
+def is_transient_exit(code: int) -> bool:
+    """Whether a failed attempt with this exit code is worth retrying.
+
+    Unknown non-zero codes (a Python traceback exits 1) count as permanent: a crash that is
+    not one of the documented transient kinds would most likely crash again.
+    """
+    return code in TRANSIENT_EXIT_CODES
+
+
+# --------------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------------
+ARCHITECTURES = ("ResNet18_vd", "ResNet34_vd", "ResNet50_vd", "ResNet101_vd", "ResNet152_vd")
+FREEZE_STRATEGIES = ("none", "fc-only", "stages", "from-scratch", "auto")
+DATASET_FORMATS = ("list", "folder")
+CORRUPT_IMAGE_POLICIES = ("fail", "skip")
+AMP_MODES = ("auto", "off", "float16", "bfloat16")
+
+
+class SettingsError(ValueError):
+    """A settings value is wrong; the message names the field."""
+
+
+@dataclass
+class PretrainedSource:
+    """Exactly one of name, url or path; all empty means no pretrained weights."""
+
+    name: str = ""
+    url: str = ""
+    sha256: str = ""
+    path: str = ""
+
+
+@dataclass
+class ModelSettings:
+    architecture: str = "ResNet50_vd"
+    pretrained: PretrainedSource = field(default_factory=PretrainedSource)
+
+
+@dataclass
+class DatasetSettings:
+    root: str = "/data"  # the dataset volume's mount point; list paths are relative to it
+    format: str = "list"
+    trainList: str = "train_list.txt"  # format=list: files relative to root
+    valList: str = "val_list.txt"
+    trainDir: str = "train"  # format=folder: one sub-folder per class
+    valDir: str = "val"
+    numClasses: int = 0  # 0: infer from the data
+    imageSize: int = 224
+    resizeShort: int = 256
+    corruptImages: str = "fail"  # fail | skip (skipped images are counted, up to maxCorruptImages)
+    maxCorruptImages: int = 10
+
+
+@dataclass
+class FinetuneSettings:
+    stripMismatched: bool = True
+    freeze: str = "auto"
+    freezeStages: int = 0  # freeze=stages: the stem and this many stages are frozen
+    lrMultList: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0, 1.0])
+
+
+@dataclass
+class TrainingSettings:
+    epochs: int = 20
+    batchSize: int = 32
+    learningRate: float = 0.0  # 0: the recipe's default (0.0125 at batch 32, scaled linearly)
+    warmupEpochs: int = 5
+    momentum: float = 0.9
+    weightDecay: float = 1e-5
+    labelSmoothing: float = 0.0
+    amp: str = "auto"  # auto: float16 on a GPU, off on a CPU
+    seed: int = 0
+    numWorkers: int = 2
+    logEverySteps: int = 10
+
+
+@dataclass
+class OutputSettings:
+    dir: str = "/output"
+    resultPath: str = "/dev/termination-log"
+
+
+@dataclass
+class TrainerSettings:
+    model: ModelSettings = field(default_factory=ModelSettings)
+    dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
+    cacheDir: str = "/cache"  # downloaded pretrained weights
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainerSettings:
+        settings = _build(cls, data, "")
+        settings.validate()
+        return settings
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainerSettings:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SettingsError(f"settings: not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+    def validate(self) -> None:
+        """Raise SettingsError naming the first wrong field."""
+        m, d, f, t = self.model, self.dataset, self.finetune, self.training
+        _one_of("model.architecture", m.architecture, ARCHITECTURES)
+        sources = [k for k in ("name", "url", "path") if getattr(m.pretrained, k)]
+        if len(sources) > 1:
+            raise SettingsError(f"model.pretrained: give exactly one of name, url, path (got {sources})")
+        if m.pretrained.url and not m.pretrained.url.startswith(("https://", "http://")):
+            raise SettingsError("model.pretrained.url: must be an http(s) URL")
+        sha = m.pretrained.sha256
+        if sha and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower())):
+            raise SettingsError("model.pretrained.sha256: must be 64 hexadecimal characters")
+        _one_of("dataset.format", d.format, DATASET_FORMATS)
+        _one_of("dataset.corruptImages", d.corruptImages, CORRUPT_IMAGE_POLICIES)
+        _at_least("dataset.numClasses", d.numClasses, 0)
+        _at_least("dataset.imageSize", d.imageSize, 8)
+        _at_least("dataset.resizeShort", d.resizeShort, d.imageSize)
+        _at_least("dataset.maxCorruptImages", d.maxCorruptImages, 0)
+        _one_of("finetune.freeze", f.freeze, FREEZE_STRATEGIES)
+        if f.freeze == "stages" and not 1 <= f.freezeStages <= 4:
+            raise SettingsError("finetune.freezeStages: must be 1..4 when finetune.freeze is 'stages'")
+        if len(f.lrMultList) != 5 or any(not _finite(v) or v < 0 for v in f.lrMultList):
+            raise SettingsError("finetune.lrMultList: must be 5 non-negative numbers (stem, stage1..4)")
+        if f.freeze == "from-scratch" and any(sources):
+            raise SettingsError("finetune.freeze: 'from-scratch' uses no pretrained weights; remove model.pretrained")
+        _at_least("training.epochs", t.epochs, 1)
+        _at_least("training.batchSize", t.batchSize, 1)
+        _at_least("training.warmupEpochs", t.warmupEpochs, 0)
+        _at_least("training.numWorkers", t.numWorkers, 0)
+        _at_least("training.logEverySteps", t.logEverySteps, 1)
+        for name in ("learningRate", "momentum", "weightDecay", "labelSmoothing"):
+            value = getattr(t, name)
+            if not _finite(value) or value < 0:
+                raise SettingsError(f"training.{name}: must be a finite number >= 0 (got {value!r})")
+        if t.labelSmoothing >= 1:
+            raise SettingsError("training.labelSmoothing: must be < 1")
+        _one_of("training.amp", t.amp, AMP_MODES)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise SettingsError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
+
+
+def _at_least(name: str, value: Any, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise SettingsError(f"{name}: must be an integer >= {low} (got {value!r})")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    """Build a settings dataclass from a dict, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise SettingsError(f"{prefix or 'settings'}: must be an object")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise SettingsError(f"{prefix}{unknown[0]}: unknown field (known: {', '.join(sorted(known))})")
+    kwargs = {}
+    defaults = cls()
+    for name, value in data.items():
+        path = f"{prefix}{name}"
+        default = getattr(defaults, name)
+        if hasattr(default, "__dataclass_fields__"):
+            kwargs[name] = _build(type(default), value, path + ".")
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise SettingsError(f"{path}: must be true or false (got {value!r})")
+            kwargs[name] = value
+        elif isinstance(default, float):
+            if not _finite(value):
+                raise SettingsError(f"{path}: must be a finite number (got {value!r})")
+            kwargs[name] = float(value)
+        elif isinstance(default, int):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise SettingsError(f"{path}: must be an integer (got {value!r})")
+            kwargs[name] = value
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                raise SettingsError(f"{path}: must be a string (got {value!r})")
+            kwargs[name] = value
+        elif isinstance(default, list):
+            if not isinstance(value, list) or not all(_finite(v) for v in value):
+                raise SettingsError(f"{path}: must be a list of numbers (got {value!r})")
+            kwargs[name] = [float(v) for v in value]
+        else:  # pragma: no cover - every field type is handled above
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Progress: one line per epoch (and at start), printed to stdout. The operator reads the tail of
+# the pod's log through the API server, so it needs no network path to the pod.
+# --------------------------------------------------------------------------------------------
+PROGRESS_PREFIX = "FINETUNE_PROGRESS "
+
+
+def format_progress(epoch: int, epochs: int, **extra: Any) -> str:
+    """One machine-readable progress line, e.g. ``FINETUNE_PROGRESS {"epoch":3,"epochs":20,...}``."""
+    payload = {"epoch": epoch, "epochs": epochs, **{k: v for k, v in extra.items() if v is not None}}
+    return PROGRESS_PREFIX + json.dumps(payload, separators=(",", ":"), sort_keys=True)
+
+
+def parse_last_progress(log_text: str) -> dict[str, Any] | None:
+    """The last well-formed progress record in a log excerpt, or None."""
+    for line in reversed(log_text.splitlines()):
+        idx = line.find(PROGRESS_PREFIX)
+        if idx < 0:
+            continue
+        try:
+            record = json.loads(line[idx + len(PROGRESS_PREFIX) :])
+        except json.JSONDecodeError:
+            continue  # a line cut by the tail window
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+            return record
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Result: written to the termination-message file, which Kubernetes caps at 4096 bytes.
+# --------------------------------------------------------------------------------------------
+RESULT_MAX_BYTES = 4096
+RESULT_LIST_KEYS = ("strippedParameters", "missingParameters", "unexpectedParameters")
+
+
+def encode_result(result: dict[str, Any], limit: int = RESULT_MAX_BYTES) -> str:
+    """Serialise a result to JSON of at most ``limit`` bytes.
+
+    Long parameter lists are truncated (their full length is kept in ``<key>Count``); if that is
+    not enough, the error message is shortened, then the freeze evidence dropped.
+    """
+    data = json.loads(json.dumps(result))  # a deep copy that is JSON-clean
+    for key in RESULT_LIST_KEYS:
+        if isinstance(data.get(key), list):
+            data[key + "Count"] = len(data[key])
+
+    def size(d: dict[str, Any]) -> int:
+        return len(json.dumps(d, separators=(",", ":")).encode())
+
+    keep = max((len(data.get(k) or []) for k in RESULT_LIST_KEYS), default=0)
+    while size(data) > limit and keep > 0:
+        keep //= 2
+        for key in RESULT_LIST_KEYS:
+            if isinstance(data.get(key), list) and len(data[key]) > keep:
+                data[key] = data[key][:keep]
+                data[key + "Truncated"] = True
+    if size(data) > limit and isinstance(data.get("message"), str):
+        data["message"] = data["message"][: max(0, len(data["message"]) - (size(data) - limit) - 3)] + "..."
+    if size(data) > limit and isinstance(data.get("freeze"), dict):
+        data["freeze"].pop("evidence", None)
+    text = json.dumps(data, separators=(",", ":"))
+    if len(text.encode()) > limit:
+        # Last resort: keep only scalars, which always fit.
+        text = json.dumps({k: v for k, v in data.items() if not isinstance(v, (list, dict))})[:limit]
+    return text
+
+
+def decode_result(text: str) -> dict[str, Any] | None:
+    """Parse a termination message; None if it is not a result JSON (e.g. a log fallback)."""
+    text = (text or "").strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
