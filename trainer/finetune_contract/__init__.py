@@ -188,7 +188,9 @@ class TrainerSettings:
         if len(f.lrMultList) != 5 or any(not _finite(v) or v < 0 for v in f.lrMultList):
             raise SettingsError("finetune.lrMultList: must be 5 non-negative numbers (stem, stage1..4)")
         if f.freeze == "from-scratch" and any(sources):
-            raise SettingsError("finetune.freeze: 'from-scratch' uses no pretrained weights; remove model.pretrained")
+            raise SettingsError(
+                "finetune.freeze: 'from-scratch' uses no pretrained weights; remove model.pretrained"
+            )
         _at_least("training.epochs", t.epochs, 1)
         _at_least("training.batchSize", t.batchSize, 1)
         _at_least("training.warmupEpochs", t.warmupEpochs, 0)
