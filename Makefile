@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PFO_CACHE ?= $(HOME)/.cache/paddle-finetune-operator
 export PFO_CACHE
 
-.PHONY: help venv binaries test test-unit test-cluster lint demo bench cluster-up cluster-down images clean
+.PHONY: help venv binaries prometheus test test-unit test-cluster lint demo bench cluster-up cluster-down images clean
 
 help:
 	@echo "make demo          run the demo (see README)"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench         benchmarks under bench/"
 	@echo "make cluster-up    start the local control plane (.cluster/kubeconfig)"
 	@echo "make cluster-down  stop it and remove its state"
+	@echo "make images        build the operator and trainer images (needs a Docker engine)"
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -32,6 +33,27 @@ $(STAMP): pyproject.toml
 binaries:
 	tests/cluster/build-binaries.sh >/dev/null
 
+# A real Prometheus server and promtool for tests/operator/test_prometheus.py: Debian's package,
+# installed once (a no-op when both are on PATH already).
+prometheus:
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "make prometheus: installing Debian's prometheus package needs root; run as root:" >&2; \
+	  echo "  apt-get update && apt-get install -y --no-install-recommends prometheus" >&2; exit 1; fi; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+
+# The two images (images/*/Dockerfile); tags follow the chart's defaults.
+IMAGE_PREFIX ?= ghcr.io/paddle-finetune-operator
+IMAGE_TAG ?= 0.1.0
+images:
+	@if ! docker info >/dev/null 2>&1; then \
+	  echo "make images: no Docker engine is reachable here ('docker info' failed), so the images cannot be built on this machine." >&2; \
+	  echo "On a machine with Docker: docker build -f images/operator/Dockerfile -t $(IMAGE_PREFIX)/operator:$(IMAGE_TAG) ." >&2; \
+	  echo "                        docker build -f images/trainer/Dockerfile -t $(IMAGE_PREFIX)/trainer:$(IMAGE_TAG) ." >&2; \
+	  exit 1; fi
+	docker build -f images/operator/Dockerfile -t $(IMAGE_PREFIX)/operator:$(IMAGE_TAG) .
+	docker build -f images/trainer/Dockerfile -t $(IMAGE_PREFIX)/trainer:$(IMAGE_TAG) .
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check operator trainer tests bench
@@ -39,7 +61,7 @@ lint: venv
 test-unit: venv
 	$(PY) -m pytest -m "not cluster" tests
 
-test: venv binaries
+test: venv binaries prometheus
 	$(PY) -m pytest tests
 
 demo: venv
