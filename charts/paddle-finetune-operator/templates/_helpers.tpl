@@ -1,0 +1,85 @@
+{{/* Names: the chart name, or the release-qualified full name (<= 63 characters). */}}
+{{- define "pfo.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "pfo.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "pfo.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "pfo.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name: name an existing ServiceAccount when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "pfo.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "pfo.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "pfo.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "pfo.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: paddle-finetune-operator
+{{- end }}
+
+{{- define "pfo.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/*
+The rules the operator needs on namespaced resources; the same list goes into the ClusterRole
+(all namespaces) or into one Role per watched namespace. Keep in step with
+operator/finetune_operator/RBAC.md: tests/operator/test_chart.py runs the operator with exactly
+these rules and fails if one is missing.
+*/}}
+{{- define "pfo.namespacedRules" -}}
+# FineTuneJobs: watched; patched for kopf's finalizer and progress annotations; deleted after
+# spec.runPolicy.ttlSecondsAfterFinished.
+- apiGroups: ["finetune.paddle.dev"]
+  resources: ["finetunejobs"]
+  verbs: ["get", "list", "watch", "patch", "update", "delete"]
+- apiGroups: ["finetune.paddle.dev"]
+  resources: ["finetunejobs/status"]
+  verbs: ["get", "patch", "update"]
+# One pod per attempt: created, watched, deleted on suspend, deadline and retry.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+# The trainer's progress lines are read from the pod's log tail.
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
+# Events on FineTuneJobs (kopf posts core/v1 events).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
+
+{{/*
+Cluster-scoped reads kopf makes at startup and while running: it watches CustomResourceDefinitions
+to notice the FineTuneJob CRD (re)appearing. Read-only; granted in both modes.
+*/}}
+{{- define "pfo.clusterRules" -}}
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["get", "list", "watch"]
+{{- end }}
