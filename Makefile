@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PFO_CACHE ?= $(HOME)/.cache/paddle-finetune-operator
 export PFO_CACHE
 
-.PHONY: help venv binaries prometheus test test-unit test-cluster lint demo bench cluster-up cluster-down images clean
+.PHONY: help venv binaries prometheus operator-wheels test test-unit test-cluster lint demo bench cluster-up cluster-down images clean
 
 help:
 	@echo "make demo          run the demo (see README)"
@@ -42,6 +42,15 @@ prometheus:
 	  echo "  apt-get update && apt-get install -y --no-install-recommends prometheus" >&2; exit 1; fi; \
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 
+# A wheelhouse of the operator extra's dependencies, so tests/operator/test_images.py installs
+# `.[operator]` into a fresh virtual environment without reaching PyPI at test time.
+OPERATOR_WHEELS := $(PFO_CACHE)/wheels/operator
+operator-wheels: $(OPERATOR_WHEELS)/.done
+$(OPERATOR_WHEELS)/.done: pyproject.toml | venv
+	$(PY) -m pip wheel --quiet --wheel-dir $(OPERATOR_WHEELS) '.[operator]' 'setuptools>=68'
+	rm -f $(OPERATOR_WHEELS)/paddle_finetune_operator-*.whl
+	touch $@
+
 # The two images (images/*/Dockerfile); tags follow the chart's defaults.
 IMAGE_PREFIX ?= ghcr.io/paddle-finetune-operator
 IMAGE_TAG ?= 0.1.0
@@ -61,7 +70,7 @@ lint: venv
 test-unit: venv
 	$(PY) -m pytest -m "not cluster" tests
 
-test: venv binaries prometheus
+test: venv binaries prometheus operator-wheels
 	$(PY) -m pytest tests
 
 demo: venv
