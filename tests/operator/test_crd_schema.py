@@ -1,0 +1,206 @@
+"""The FineTuneJob CRD as a file: fixed names, a structural schema that documents every field,
+defaults and enums that agree with the trainer contract, printer columns. No cluster needed; the
+API server's own verdict is in test_crd_validation.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import finetune_contract as contract
+import pytest
+
+from tests.operator import crd
+
+
+def _walk(node: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every schema node under `node` with its path (items as [], map values as {})."""
+    yield path, node
+    for name, child in node.get("properties", {}).items():
+        yield from _walk(child, f"{path}.{name}" if path else name)
+    if isinstance(node.get("items"), dict):
+        yield from _walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _walk(node["additionalProperties"], f"{path}{{}}")
+
+
+def test_fixed_names() -> None:
+    doc = crd.load_crd()
+    assert doc["apiVersion"] == "apiextensions.k8s.io/v1"
+    assert doc["kind"] == "CustomResourceDefinition"
+    assert doc["metadata"]["name"] == crd.CRD_NAME
+    spec = doc["spec"]
+    assert spec["group"] == crd.GROUP
+    assert spec["scope"] == "Namespaced"
+    names = spec["names"]
+    assert (names["kind"], names["plural"], names["singular"]) == (crd.KIND, crd.PLURAL, "finetunejob")
+    assert names["shortNames"] == ["ftj"]
+    (version,) = spec["versions"]
+    assert version["name"] == crd.VERSION and version["served"] and version["storage"]
+    assert version["subresources"] == {"status": {}}
+
+
+def test_every_schema_node_has_a_description() -> None:
+    missing = [
+        path or "<root>" for path, n in _walk(crd.schema(), "") if not str(n.get("description", "")).strip()
+    ]
+    assert not missing, f"schema nodes without a description: {', '.join(missing)}"
+
+
+def test_schema_is_structural() -> None:
+    """Every node says its type (or is int-or-string / free-form), as the API server demands."""
+    untyped = [
+        path or "<root>"
+        for path, n in _walk(crd.schema(), "")
+        if "type" not in n and not n.get("x-kubernetes-int-or-string")
+    ]
+    assert not untyped, f"schema nodes without a type: {', '.join(untyped)}"
+
+
+def test_every_cel_rule_explains_itself() -> None:
+    rules = [(path, r) for path, n in _walk(crd.schema(), "") for r in n.get("x-kubernetes-validations", [])]
+    assert len(rules) >= 15, "expected the CEL rules of the agreed field list"
+    for path, rule in rules:
+        assert str(rule.get("message", "")).strip(), f"{path}: CEL rule {rule['rule']!r} has no message"
+
+
+def test_cel_strings_and_lists_are_bounded() -> None:
+    """Strings checked by CEL carry maxLength, so the API server's cost estimate stays in budget."""
+    for path, n in _walk(crd.schema(), ""):
+        if n.get("type") == "string" and n.get("x-kubernetes-validations"):
+            assert "maxLength" in n, f"{path}: a string with CEL rules needs maxLength"
+        if n.get("type") == "array" and path.startswith("spec."):
+            assert "maxItems" in n, f"{path}: a spec list needs maxItems"
+
+
+def test_enums_agree_with_the_trainer_contract() -> None:
+    assert tuple(crd.node("spec.model.architecture")["enum"]) == contract.ARCHITECTURES
+    assert tuple(crd.node("spec.finetune.freeze")["enum"]) == contract.FREEZE_STRATEGIES
+    assert tuple(crd.node("spec.dataset.format")["enum"]) == contract.DATASET_FORMATS
+    assert tuple(crd.node("spec.dataset.corruptImages")["enum"]) == contract.CORRUPT_IMAGE_POLICIES
+    assert tuple(crd.node("spec.training.amp")["enum"]) == contract.AMP_MODES
+    # Every official pretrained name belongs to one of the architectures.
+    for name in crd.node("spec.model.pretrained.name")["enum"]:
+        assert any(name == a or name.startswith(a + "_") for a in contract.ARCHITECTURES), name
+
+
+@pytest.mark.parametrize(
+    ("section", "settings"),
+    [
+        ("dataset", contract.DatasetSettings()),
+        ("finetune", contract.FinetuneSettings()),
+        ("training", contract.TrainingSettings()),
+        ("model", contract.ModelSettings()),
+    ],
+    ids=["dataset", "finetune", "training", "model"],
+)
+def test_defaults_agree_with_the_trainer_contract(section: str, settings: Any) -> None:
+    """A job that leaves a field out trains exactly as the trainer's own default would."""
+    props = crd.node(f"spec.{section}")["properties"]
+    defaulted = {name: p["default"] for name, p in props.items() if "default" in p}
+    assert defaulted, f"spec.{section}: no defaults"
+    for name, value in defaulted.items():
+        assert getattr(settings, name) == value, f"spec.{section}.{name}: CRD default {value!r}"
+
+
+def test_sections_with_defaults_default_to_an_empty_object() -> None:
+    """Without `default: {}` on the parent, nested defaults would not apply to a job omitting it."""
+    for section in ("model", "finetune", "training", "resources", "runPolicy"):
+        assert crd.node(f"spec.{section}")["default"] == {}, section
+    assert crd.schema()["properties"]["spec"]["required"] == ["dataset", "output"]
+
+
+def test_status_fixed_fields() -> None:
+    assert crd.node("status.phase")["enum"] == ["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+    for name in ("top1", "top5"):
+        metric = crd.node(f"status.metrics.{name}")
+        assert (metric["type"], metric["minimum"], metric["maximum"]) == ("number", 0, 1)
+    assert crd.node("status.metrics.bestEpoch")["type"] == "integer"
+    conditions = crd.node("status.conditions")
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    item = conditions["items"]
+    assert "type" in item["required"]
+    assert set(item["properties"]) == {
+        "type",
+        "status",
+        "reason",
+        "message",
+        "lastTransitionTime",
+        "observedGeneration",
+    }
+
+
+def test_printer_columns() -> None:
+    (version,) = crd.load_crd()["spec"]["versions"]
+    columns = version["additionalPrinterColumns"]
+    default = [(c["name"].upper(), c["jsonPath"]) for c in columns if c.get("priority", 0) == 0]
+    assert default == [
+        ("PHASE", ".status.phase"),
+        ("EPOCH", ".status.progress.display"),
+        ("TOP1", ".status.metrics.top1"),
+        ("AGE", ".metadata.creationTimestamp"),
+    ]
+    wide = [(c["name"].upper(), c["jsonPath"]) for c in columns if c.get("priority", 0) == 1]
+    assert wide == [
+        ("ATTEMPTS", ".status.attempts"),
+        ("MODEL", ".spec.model.architecture"),
+        ("MESSAGE", ".status.message"),
+    ]
+    # Every column's path exists in the schema.
+    for column in columns:
+        if column["jsonPath"].startswith(".metadata"):
+            continue
+        crd.node(column["jsonPath"].lstrip("."))
+
+
+def test_examples_are_fine_tune_jobs_or_claims() -> None:
+    docs = crd.example_docs()
+    names = {p.name for p, _ in docs}
+    assert {
+        "flowers102-resnet50_vd.yaml",
+        "flowers102-resnet50_vd_ssld.yaml",
+        "flowers102-pvc.yaml",
+        "demo-digits.yaml",
+    } <= names
+    for path, doc in docs:
+        assert doc["kind"] in {"FineTuneJob", "PersistentVolumeClaim"}, path
+        if doc["kind"] == "FineTuneJob":
+            assert doc["apiVersion"] == f"{crd.GROUP}/{crd.VERSION}", path
+
+
+def test_flowers102_examples_follow_the_seed_recipe() -> None:
+    jobs = {p.name: d for p, d in crd.example_docs() if d["kind"] == "FineTuneJob"}
+    claims = {d["metadata"]["name"] for _, d in crd.example_docs() if d["kind"] == "PersistentVolumeClaim"}
+    pretrained = {}
+    for file in ("flowers102-resnet50_vd.yaml", "flowers102-resnet50_vd_ssld.yaml"):
+        spec = jobs[file]["spec"]
+        assert spec["model"]["architecture"] == "ResNet50_vd"
+        assert spec["dataset"]["numClasses"] == 102
+        assert spec["dataset"]["format"] == "list"
+        t = spec["training"]
+        assert (t["epochs"], t["batchSize"], t["learningRate"], t["warmupEpochs"]) == (20, 32, 0.0125, 5)
+        assert spec["dataset"]["volume"]["persistentVolumeClaim"]["claimName"] in claims
+        assert spec["output"]["volume"]["persistentVolumeClaim"]["claimName"] in claims
+        pretrained[file] = spec["model"]["pretrained"]["name"]
+    assert pretrained == {
+        "flowers102-resnet50_vd.yaml": "ResNet50_vd",
+        "flowers102-resnet50_vd_ssld.yaml": "ResNet50_vd_ssld",
+    }
+
+
+def test_demo_job_runs_on_the_local_runner_on_cpu() -> None:
+    jobs = {p.name: d for p, d in crd.example_docs() if d["kind"] == "FineTuneJob"}
+    spec = jobs["demo-digits.yaml"]["spec"]
+    assert spec["model"]["architecture"] == "ResNet18_vd"
+    assert spec["model"]["pretrained"]["url"].startswith("https://")
+    assert len(spec["model"]["pretrained"]["sha256"]) == 64
+    assert spec["resources"]["gpus"] == 0
+    assert spec["template"]["nodeSelector"] == {"pfo.dev/local-runner": "true"}
+    assert {
+        "key": "pfo.dev/local-runner",
+        "operator": "Equal",
+        "value": "true",
+        "effect": "NoSchedule",
+    } in spec["template"]["tolerations"]
+    assert spec["training"]["warmupEpochs"] < spec["training"]["epochs"]
