@@ -1,0 +1,47 @@
+"""`finetune-operator`: parse the configuration, serve /metrics, run kopf."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import kopf
+
+from .config import ConfigError, OperatorConfig, parse_config
+from .controller import Reconciler
+from .handlers import Operator, build_registry
+from .kube import Kube, load_api_client
+from .metrics import Metrics
+
+
+def run(config: OperatorConfig) -> None:
+    kopf.configure(
+        debug=config.log_level == "debug",
+        quiet=config.log_level in ("warning", "error"),
+        log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL,
+    )
+    metrics = Metrics()
+    if config.metrics_port:
+        metrics.serve(config.metrics_port)
+    operator = Operator(config, metrics, lambda: Reconciler(Kube(load_api_client()), config, metrics))
+    kopf.run(
+        registry=build_registry(operator),
+        standalone=True,  # no peering: one replica (see RBAC.md)
+        clusterwide=config.clusterwide,
+        namespaces=list(config.namespaces),
+        liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = parse_config(sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        print(f"finetune-operator: {exc}", file=sys.stderr)
+        return 2
+    run(config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Operator settings from command-line flags, falling back to PFO_* environment variables.
+
+Every setting has a flag and an environment variable (the Helm chart sets the variables); a flag
+wins over the variable, the variable over the default. Bad values raise ConfigError naming the
+flag and the variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+DEFAULT_TRAINER_IMAGE = "ghcr.io/paddle-finetune-operator/trainer:0.1.0"
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """A flag or environment variable has a bad value; the message names both."""
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    namespaces: tuple[str, ...] = ()  # empty: every namespace (cluster-wide)
+    trainer_image: str = DEFAULT_TRAINER_IMAGE
+    metrics_port: int = 8080  # prometheus /metrics
+    health_port: int = 8081  # kopf's liveness endpoint /healthz; 0 disables it
+    log_format: str = "text"
+    log_level: str = "info"
+    pending_timeout_seconds: float = 600.0  # a pod Pending longer fails the job (per-job override)
+    progress_poll_seconds: float = 30.0  # at most one log read per running job per interval
+    backoff_base_seconds: float = 10.0  # retry n waits base * 2^(n-1) ...
+    backoff_max_seconds: float = 300.0  # ... but never longer than this
+    workers: int = 4  # jobs reconciled concurrently (bounds API server load)
+    log_tail_lines: int = 200  # lines read from the end of a trainer's log for progress
+    run_as_user: int = 1000  # the trainer's uid/gid (Pod Security "restricted" wants non-root)
+    cache_claim: str = ""  # a PVC for /cache (pretrained downloads); empty: an emptyDir per pod
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+
+# (field, flag, env, type, help)
+_OPTIONS: tuple[tuple[str, str, str, type, str], ...] = (
+    (
+        "namespaces",
+        "--namespaces",
+        "PFO_NAMESPACES",
+        str,
+        "comma-separated namespaces to watch; '' or '*': all",
+    ),
+    ("trainer_image", "--trainer-image", "PFO_TRAINER_IMAGE", str, "default trainer image"),
+    ("metrics_port", "--metrics-port", "PFO_METRICS_PORT", int, "port for /metrics"),
+    ("health_port", "--health-port", "PFO_HEALTH_PORT", int, "port for /healthz (0: off)"),
+    ("log_format", "--log-format", "PFO_LOG_FORMAT", str, "text or json"),
+    ("log_level", "--log-level", "PFO_LOG_LEVEL", str, "debug, info, warning or error"),
+    ("pending_timeout_seconds", "--pending-timeout", "PFO_PENDING_TIMEOUT", float, "seconds"),
+    ("progress_poll_seconds", "--progress-poll-interval", "PFO_PROGRESS_POLL_INTERVAL", float, "seconds"),
+    ("backoff_base_seconds", "--backoff-base", "PFO_BACKOFF_BASE", float, "seconds"),
+    ("backoff_max_seconds", "--backoff-max", "PFO_BACKOFF_MAX", float, "seconds"),
+    ("workers", "--workers", "PFO_WORKERS", int, "concurrent reconciles"),
+    ("log_tail_lines", "--log-tail-lines", "PFO_LOG_TAIL_LINES", int, "log lines read for progress"),
+    ("run_as_user", "--run-as-user", "PFO_RUN_AS_USER", int, "trainer uid (non-zero)"),
+    ("cache_claim", "--cache-claim", "PFO_CACHE_CLAIM", str, "PVC name for /cache (default: emptyDir)"),
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="finetune-operator",
+        description="Runs FineTuneJobs as trainer pods. Every flag also reads the environment "
+        "variable shown; flags win.",
+    )
+    for name, flag, env, _, help_text in _OPTIONS:
+        parser.add_argument(flag, dest=name, default=None, help=f"{help_text} (env {env})")
+    return parser
+
+
+def parse_config(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> OperatorConfig:
+    """Build the configuration from flags (argv, without the program name) and environment."""
+    environ = os.environ if environ is None else environ
+    args = _parser().parse_args(list(argv or []))
+    values: dict[str, object] = {}
+    for name, flag, env, kind, _ in _OPTIONS:
+        raw = getattr(args, name)
+        source = flag
+        if raw is None:
+            raw, source = environ.get(env), env
+        if raw is None:
+            continue
+        where = f"{flag} / {env}"
+        if kind is str:
+            values[name] = raw.strip()
+            continue
+        try:
+            values[name] = kind(raw)
+        except ValueError:
+            raise ConfigError(f"{where}: {raw!r} (from {source}) is not a {kind.__name__}") from None
+    if "namespaces" in values:
+        text = str(values["namespaces"])
+        items = [] if text in ("", "*") else [n.strip() for n in text.split(",")]
+        if any(not n for n in items):
+            raise ConfigError(f"--namespaces / PFO_NAMESPACES: empty name in {text!r}")
+        values["namespaces"] = tuple(items)
+    config = OperatorConfig(**values)  # type: ignore[arg-type]
+    validate(config)
+    return config
+
+
+def validate(config: OperatorConfig) -> None:
+    """Raise ConfigError for values that parse but make no sense."""
+    if config.log_format not in LOG_FORMATS:
+        raise ConfigError(f"--log-format / PFO_LOG_FORMAT: {config.log_format!r} is not one of text, json")
+    if config.log_level not in LOG_LEVELS:
+        raise ConfigError(f"--log-level / PFO_LOG_LEVEL: {config.log_level!r} is not one of {LOG_LEVELS}")
+    if not config.trainer_image:
+        raise ConfigError("--trainer-image / PFO_TRAINER_IMAGE: must not be empty")
+    for name, flag in (("metrics_port", "--metrics-port"), ("health_port", "--health-port")):
+        port = getattr(config, name)
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{flag}: {port} is not a TCP port (0..65535)")
+    if config.metrics_port and config.metrics_port == config.health_port:
+        raise ConfigError("--metrics-port and --health-port must differ")
+    for name, flag in (
+        ("pending_timeout_seconds", "--pending-timeout"),
+        ("progress_poll_seconds", "--progress-poll-interval"),
+        ("backoff_base_seconds", "--backoff-base"),
+        ("backoff_max_seconds", "--backoff-max"),
+    ):
+        if not getattr(config, name) > 0:
+            raise ConfigError(f"{flag}: must be a number of seconds > 0 (got {getattr(config, name)})")
+    if config.backoff_max_seconds < config.backoff_base_seconds:
+        raise ConfigError("--backoff-max: must be >= --backoff-base")
+    if config.workers < 1:
+        raise ConfigError(f"--workers: must be >= 1 (got {config.workers})")
+    if config.log_tail_lines < 1:
+        raise ConfigError(f"--log-tail-lines: must be >= 1 (got {config.log_tail_lines})")
+    if config.run_as_user < 1:
+        raise ConfigError(f"--run-as-user: must be a non-zero uid (got {config.run_as_user})")

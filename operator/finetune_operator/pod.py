@@ -1,0 +1,213 @@
+"""Render the Pod of one attempt of a FineTuneJob (a pure function: job in, manifest out).
+
+The pod name is derived from the job and the attempt number, so a restarted operator finds the
+pod it created instead of making a second one. The trainer gets its settings as one JSON
+argument; no shell ever sees a user string.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Any
+
+from .config import OperatorConfig
+from .settings import CACHE_MOUNT, DATA_MOUNT, OUTPUT_MOUNT, RESULT_PATH, output_dir, trainer_settings
+
+GROUP = "finetune.paddle.dev"
+VERSION = "v1alpha1"
+KIND = "FineTuneJob"
+PLURAL = "finetunejobs"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+LABEL_JOB = f"{GROUP}/job-name"
+LABEL_ATTEMPT = f"{GROUP}/attempt"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "paddle-finetune-operator"
+CONTAINER = "trainer"
+MAX_NAME = 63  # a DNS label: pod names become hostnames, and label values have the same limit
+
+# What the template may pass through to the pod spec, unchanged.
+_PASS_THROUGH = (
+    "nodeSelector",
+    "tolerations",
+    "affinity",
+    "priorityClassName",
+    "serviceAccountName",
+    "imagePullSecrets",
+)
+
+
+def _bounded(base: str, suffix: str) -> str:
+    """``base + suffix`` if it fits in 63 characters, else base cut short plus a hash of all of
+    base (so two long names that share a prefix still differ)."""
+    if len(base) + len(suffix) <= MAX_NAME:
+        return base + suffix
+    digest = hashlib.sha256(base.encode()).hexdigest()[:8]
+    keep = MAX_NAME - len(suffix) - len(digest) - 1
+    return f"{base[:keep].rstrip('-.')}-{digest}{suffix}"
+
+
+def pod_name(job_name: str, attempt: int) -> str:
+    """``<job>-attempt-<n>``, at most 63 characters."""
+    return _bounded(job_name, f"-attempt-{attempt}")
+
+
+def job_label_value(job_name: str) -> str:
+    """The job-name label's value (label values are limited to 63 characters too)."""
+    return _bounded(job_name, "")
+
+
+def pod_selector(job_name: str) -> str:
+    """The label selector that lists a job's pods."""
+    return f"{LABEL_JOB}={job_label_value(job_name)},{LABEL_MANAGED_BY}={MANAGED_BY}"
+
+
+def trainer_command(settings_json: str, gpus: int, log_dir: str) -> list[str]:
+    """The container command. More than one GPU: paddle.distributed.launch starts one trainer
+    per GPU; it runs a non-``.py`` script as a program, so the console script is given by name
+    (the launcher has no ``-m``). Its per-rank logs go to the output volume."""
+    trainer = ["finetune-train", "--settings-json", settings_json]
+    if gpus <= 1:
+        return trainer
+    devices = ",".join(str(i) for i in range(gpus))
+    return ["python", "-m", "paddle.distributed.launch", "--devices", devices, "--log_dir", log_dir, *trainer]
+
+
+def _resources(spec_resources: dict[str, Any]) -> dict[str, Any]:
+    # CPU is a request only (a limit would throttle the data loaders); memory is requested and
+    # limited alike so the pod is never the first to be OOM-killed for exceeding its request.
+    requests: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    gpus = int(spec_resources.get("gpus", 1) or 0)
+    if gpus > 0:
+        limits["nvidia.com/gpu"] = gpus
+    if spec_resources.get("cpu"):
+        requests["cpu"] = str(spec_resources["cpu"])
+    if spec_resources.get("memory"):
+        requests["memory"] = limits["memory"] = str(spec_resources["memory"])
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _mount(name: str, path: str, sub_path: str | None, read_only: bool) -> dict[str, Any]:
+    mount: dict[str, Any] = {"name": name, "mountPath": path}
+    if sub_path:
+        mount["subPath"] = sub_path
+    if read_only:
+        mount["readOnly"] = True
+    return mount
+
+
+def render_pod(job: dict[str, Any], attempt: int, config: OperatorConfig) -> dict[str, Any]:
+    """The Pod manifest for ``attempt`` (1-based) of ``job`` (a FineTuneJob as a dict)."""
+    if attempt < 1:
+        raise ValueError(f"attempt must be >= 1 (got {attempt})")
+    meta = job["metadata"]
+    spec = job.get("spec") or {}
+    name, namespace = meta["name"], meta["namespace"]
+    template = copy.deepcopy(spec.get("template") or {})
+    resources = spec.get("resources") or {}
+    gpus = int(resources.get("gpus", 1) or 0)
+    dataset = spec.get("dataset") or {}
+    output = spec.get("output") or {}
+    settings_json = trainer_settings(job).to_json()
+
+    labels = dict(template.get("labels") or {})
+    labels.update(
+        {
+            LABEL_JOB: job_label_value(name),
+            LABEL_ATTEMPT: str(attempt),
+            LABEL_MANAGED_BY: MANAGED_BY,
+        }
+    )
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": spec.get("image") or config.trainer_image,
+        "command": trainer_command(settings_json, gpus, f"{output_dir(namespace, name)}/launch-logs"),
+        "env": [
+            # Progress lines must reach the log (and the operator) when printed, not at exit.
+            {"name": "PYTHONUNBUFFERED", "value": "1"},
+            # The uid has no passwd entry in most images: give libraries a writable home.
+            {"name": "HOME", "value": "/tmp"},
+        ],
+        "resources": _resources(resources),
+        "volumeMounts": [
+            _mount("dataset", DATA_MOUNT, dataset.get("subPath"), read_only=True),
+            _mount("output", OUTPUT_MOUNT, output.get("subPath"), read_only=False),
+            _mount("cache", CACHE_MOUNT, None, read_only=False),
+            _mount("dshm", "/dev/shm", None, read_only=False),
+        ],
+        "terminationMessagePath": RESULT_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "runAsUser": config.run_as_user,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if spec.get("imagePullPolicy"):
+        container["imagePullPolicy"] = spec["imagePullPolicy"]
+    cache_volume: dict[str, Any] = (
+        {"persistentVolumeClaim": {"claimName": config.cache_claim}}
+        if config.cache_claim
+        else {"emptyDir": {}}
+    )
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        # The trainer never talks to the API server.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": config.run_as_user,
+            "runAsGroup": config.run_as_user,
+            "fsGroup": config.run_as_user,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": "dataset", **copy.deepcopy(dataset.get("volume") or {})},
+            {"name": "output", **copy.deepcopy(output.get("volume") or {})},
+            {"name": "cache", **cache_volume},
+            # DataLoader workers share batches through /dev/shm, which is 64 MiB by default.
+            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        ],
+    }
+    for key in _PASS_THROUGH:
+        if template.get(key):
+            pod_spec[key] = template[key]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(name, attempt),
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": dict(template.get("annotations") or {}),
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": KIND,
+                    "name": name,
+                    "uid": meta["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": pod_spec,
+    }
+
+
+def settings_from_pod(pod: dict[str, Any]) -> dict[str, Any]:
+    """The trainer settings a rendered pod carries (for tests and debugging)."""
+    command = pod["spec"]["containers"][0]["command"]
+    return json.loads(command[command.index("--settings-json") + 1])

@@ -1,0 +1,76 @@
+"""FineTuneJob spec -> TrainerSettings."""
+
+import pytest
+from finetune_contract import SettingsError, TrainerSettings
+from finetune_operator.settings import trainer_settings
+
+from tests.operator.jobs import job
+
+
+def test_spec_fields_reach_the_trainer_with_the_pods_paths():
+    settings = trainer_settings(
+        job(
+            training={"epochs": 3, "batchSize": 8, "learningRate": 0.002, "warmupEpochs": 1, "seed": 7},
+            finetune={"freeze": "stages", "freezeStages": 2, "lrMultList": [0.1, 0.1, 0.2, 0.2, 1.0]},
+        )
+    )
+    assert isinstance(settings, TrainerSettings)
+    assert settings.model.architecture == "ResNet50_vd"
+    assert settings.model.pretrained.name == "ResNet50_vd_ssld"
+    assert settings.dataset.root == "/data"
+    assert settings.dataset.numClasses == 102
+    assert (settings.dataset.imageSize, settings.dataset.resizeShort) == (224, 256)
+    assert settings.training.epochs == 3
+    assert settings.training.learningRate == 0.002
+    assert settings.training.seed == 7
+    assert settings.finetune.freeze == "stages"
+    assert settings.finetune.freezeStages == 2
+    assert settings.finetune.lrMultList == [0.1, 0.1, 0.2, 0.2, 1.0]
+    # The job's own folder in the output volume, and the termination-message file.
+    assert settings.output.dir == "/output/team-a-flowers"
+    assert settings.output.resultPath == "/dev/termination-log"
+    assert settings.cacheDir == "/cache"
+
+
+def test_absent_learning_rate_means_the_recipe_default():
+    assert trainer_settings(job(training={"epochs": 2, "warmupEpochs": 0})).training.learningRate == 0.0
+
+
+def test_pretrained_path_is_resolved_inside_the_dataset_mount():
+    settings = trainer_settings(
+        job(model={"pretrained": {"path": "models/r50.pdparams", "sha256": "a" * 64}})
+    )
+    assert settings.model.pretrained.path == "/data/models/r50.pdparams"
+    assert settings.model.pretrained.sha256 == "a" * 64
+
+
+def test_url_source_and_small_images():
+    url = "https://127.0.0.1:8443/ResNet18_vd_pretrained.pdparams"
+    settings = trainer_settings(
+        job(
+            model={"architecture": "ResNet18_vd", "pretrained": {"url": url, "sha256": "b" * 64}},
+            dataset={"volume": {"emptyDir": {}}, "numClasses": 10, "imageSize": 32},
+        )
+    )
+    assert settings.model.pretrained.url == url
+    assert (settings.dataset.imageSize, settings.dataset.resizeShort) == (32, 37)
+
+
+def test_no_pretrained_section_gives_no_source():
+    settings = trainer_settings(job(model={"architecture": "ResNet34_vd"}))
+    assert (
+        settings.model.pretrained.name
+        == settings.model.pretrained.url
+        == settings.model.pretrained.path
+        == ""
+    )
+
+
+def test_contract_rejects_what_the_crd_let_through_naming_the_field():
+    with pytest.raises(SettingsError, match=r"^finetune.freezeStages"):
+        trainer_settings(job(finetune={"freeze": "stages"}))
+
+
+def test_settings_round_trip_through_json():
+    settings = trainer_settings(job())
+    assert TrainerSettings.from_json(settings.to_json()) == settings
