@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -20,6 +21,9 @@ def run(config: OperatorConfig) -> None:
         quiet=config.log_level in ("warning", "error"),
         log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL,
     )
+    if config.log_level != "debug":
+        # kopf logs every watch-event handler call at INFO; the reconciler logs what matters.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     metrics = Metrics()
     if config.metrics_port:
         metrics.serve(config.metrics_port)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -37,6 +38,9 @@ class OperatorConfig:
     log_tail_lines: int = 200  # lines read from the end of a trainer's log for progress
     run_as_user: int = 1000  # the trainer's uid/gid (Pod Security "restricted" wants non-root)
     cache_claim: str = ""  # a PVC for /cache (pretrained downloads); empty: an emptyDir per pod
+    # Environment for every trainer container, e.g. HTTPS_PROXY or REQUESTS_CA_BUNDLE for a
+    # private CA that serves pretrained weights (the job spec has no env of its own).
+    trainer_env: tuple[tuple[str, str], ...] = ()
 
     @property
     def clusterwide(self) -> bool:
@@ -65,6 +69,13 @@ _OPTIONS: tuple[tuple[str, str, str, type, str], ...] = (
     ("log_tail_lines", "--log-tail-lines", "PFO_LOG_TAIL_LINES", int, "log lines read for progress"),
     ("run_as_user", "--run-as-user", "PFO_RUN_AS_USER", int, "trainer uid (non-zero)"),
     ("cache_claim", "--cache-claim", "PFO_CACHE_CLAIM", str, "PVC name for /cache (default: emptyDir)"),
+    (
+        "trainer_env",
+        "--trainer-env",
+        "PFO_TRAINER_ENV",
+        str,
+        "NAME=VALUE pairs for trainer pods, comma-separated",
+    ),
 )
 
 
@@ -107,9 +118,21 @@ def parse_config(
         if any(not n for n in items):
             raise ConfigError(f"--namespaces / PFO_NAMESPACES: empty name in {text!r}")
         values["namespaces"] = tuple(items)
+    if "trainer_env" in values:
+        values["trainer_env"] = _env_pairs(str(values["trainer_env"]))
     config = OperatorConfig(**values)  # type: ignore[arg-type]
     validate(config)
     return config
+
+
+def _env_pairs(text: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ConfigError(f"--trainer-env / PFO_TRAINER_ENV: {item!r} is not NAME=VALUE")
+        pairs.append((name, value))
+    return tuple(pairs)
 
 
 def validate(config: OperatorConfig) -> None:

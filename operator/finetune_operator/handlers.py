@@ -99,6 +99,9 @@ class Operator:
 def build_registry(operator: Operator) -> kopf.OperatorRegistry:
     """The kopf handlers, registered on a registry of their own (no module-level globals)."""
     registry = kopf.OperatorRegistry()
+    # A registry of our own gets none of kopf's default login handlers: use the kubernetes
+    # client's (in-cluster service account, else $KUBECONFIG), as the reconciler does.
+    kopf.on.login(registry=registry)(kopf.login_via_client)
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:

@@ -135,6 +135,7 @@ def render_pod(job: dict[str, Any], attempt: int, config: OperatorConfig) -> dic
             {"name": "PYTHONUNBUFFERED", "value": "1"},
             # The uid has no passwd entry in most images: give libraries a writable home.
             {"name": "HOME", "value": "/tmp"},
+            *({"name": k, "value": v} for k, v in config.trainer_env),
         ],
         "resources": _resources(resources),
         "volumeMounts": [

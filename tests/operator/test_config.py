@@ -65,3 +65,10 @@ def test_main_reports_config_errors_without_a_traceback(capsys):
 
     assert main(["--log-format", "xml"]) == 2
     assert "finetune-operator: --log-format" in capsys.readouterr().err
+
+
+def test_trainer_env_pairs():
+    config = parse_config(["--trainer-env", "REQUESTS_CA_BUNDLE=/etc/ca.pem, HTTPS_PROXY=http://p:3128"], {})
+    assert config.trainer_env == (("REQUESTS_CA_BUNDLE", "/etc/ca.pem"), ("HTTPS_PROXY", "http://p:3128"))
+    with pytest.raises(ConfigError, match="'1BAD=x' is not NAME=VALUE"):
+        parse_config([], {"PFO_TRAINER_ENV": "1BAD=x"})

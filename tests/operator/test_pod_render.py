@@ -192,3 +192,8 @@ def test_long_names_are_bounded_and_distinct():
 def test_attempt_must_be_positive():
     with pytest.raises(ValueError, match="attempt"):
         render_pod(job(), 0, CONFIG)
+
+
+def test_operator_wide_trainer_env():
+    pod = render_pod(job(), 1, OperatorConfig(trainer_env=(("REQUESTS_CA_BUNDLE", "/etc/ca.pem"),)))
+    assert {"name": "REQUESTS_CA_BUNDLE", "value": "/etc/ca.pem"} in container(pod)["env"]
