@@ -598,3 +598,57 @@ def test_kubectl_explain_teaches_the_fields(cluster: Any, crd_installed: str) ->
         assert field in text and phrase in text, f"explain ftj.spec.training lacks {field}: {phrase}"
     pretrained = " ".join(cluster.kubectl("explain", "ftj.spec.model.pretrained.url").stdout.split())
     assert "An https:// URL of a .pdparams file" in pretrained
+
+
+def test_status_the_operator_writes_is_stored_unpruned(objects: Any, namespace: str) -> None:
+    """What the operator derives from a trainer's result and progress fits the status schema: the
+    API server accepts it and keeps every field (unknown fields would be pruned silently)."""
+    from finetune_contract import decode_result, encode_result, format_progress, parse_last_progress
+    from finetune_operator import status as job_status
+
+    now = "2026-01-01T00:00:00Z"
+    result = decode_result(
+        encode_result(
+            {
+                "exitCode": 0,
+                "reason": "Completed",
+                "top1": 0.9402,
+                "top5": 0.9912,
+                "bestEpoch": 18,
+                "epochsRun": 20,
+                "durationSeconds": 183.5,
+                "imagesPerSecond": 310.2,
+                "strippedParameters": ["fc.weight", "fc.bias"],
+                "missingParameters": [],
+                "unexpectedParameters": [],
+                "freeze": {
+                    "strategy": "fc-only",
+                    "decidedBy": "auto",
+                    "rule": 1,
+                    "trainableParameters": 208998,
+                    "evidence": {"size": "small", "similarity": 0.71, "thresholds": {"similarity": 0.5}},
+                },
+            }
+        )
+    )
+    progress = parse_last_progress(
+        format_progress(20, 20, top1=0.9402, top5=0.9912, loss=0.41, imagesPerSecond=310.2)
+    )
+    update = job_status.StatusUpdate().transition({}, "Succeeded", "Completed", "finished 20 epochs", now, 1)
+    update.fields.update(
+        attempts=1,
+        podName="stored-attempt-1",
+        startTime=now,
+        completionTime=now,
+        progress=job_status.progress_from_record(progress, now),
+        metrics=job_status.metrics_from_result(result),
+        finetune=job_status.finetune_from_result(result),
+    )
+    _create(objects, namespace, crd.minimal_job("stored"))
+    _set_status(objects, namespace, "stored", update.fields)
+    stored = objects.get_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, crd.PLURAL, "stored")[
+        "status"
+    ]
+    assert stored == update.fields
+    assert stored["finetune"]["freeze"]["rule"] == 1
+    assert stored["progress"]["display"] == "20/20"
