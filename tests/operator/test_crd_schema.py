@@ -214,3 +214,10 @@ def test_demo_job_runs_on_the_local_runner_on_cpu() -> None:
         "effect": "NoSchedule",
     } in spec["template"]["tolerations"]
     assert spec["training"]["warmupEpochs"] < spec["training"]["epochs"]
+
+
+def test_official_pretrained_names_are_the_trainers() -> None:
+    """Every name the CRD accepts is one the trainer can download, and the other way round."""
+    from finetune_trainer.pretrained import OFFICIAL_NAMES  # imports Paddle: a few seconds
+
+    assert set(crd.node("spec.model.pretrained.name")["enum"]) == set(OFFICIAL_NAMES)
