@@ -73,13 +73,3 @@ these rules and fails if one is missing.
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
-
-{{/*
-Cluster-scoped reads kopf makes at startup and while running: it watches CustomResourceDefinitions
-to notice the FineTuneJob CRD (re)appearing. Read-only; granted in both modes.
-*/}}
-{{- define "pfo.clusterRules" -}}
-- apiGroups: ["apiextensions.k8s.io"]
-  resources: ["customresourcedefinitions"]
-  verbs: ["get", "list", "watch"]
-{{- end }}

@@ -1,0 +1,99 @@
+"""Helm helpers for the chart's tests: find the pinned helm, render and parse the chart."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "paddle-finetune-operator"
+CHART_NAME = "paddle-finetune-operator"
+
+
+def _pinned_versions() -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in (ROOT / "tests/cluster/versions.env").read_text().splitlines())
+    return {k.strip(): v.strip() for k, v in (p for p in pairs if len(p) == 2 and not p[0].startswith("#"))}
+
+
+VERSIONS = _pinned_versions()
+# `helm template` without a cluster assumes Kubernetes v1.20, below the chart's kubeVersion.
+KUBE_VERSION = VERSIONS["K8S_VERSION"]
+
+
+def helm_binary(bin_dir: Path | None = None) -> Path:
+    """The helm that build-binaries.sh built (the cluster's bin_dir), else skip the test."""
+    candidates = []
+    if bin_dir is not None:
+        candidates.append(Path(bin_dir) / "helm")
+    if os.environ.get("PFO_BIN_DIR"):
+        candidates.append(Path(os.environ["PFO_BIN_DIR"]) / "helm")
+    cache = Path(os.environ.get("PFO_CACHE", Path.home() / ".cache" / "paddle-finetune-operator"))
+    v = VERSIONS
+    key = f"k8s-{v['K8S_VERSION']}-etcd-{v['ETCD_VERSION']}-kwok-{v['KWOK_VERSION']}-helm-{v['HELM_VERSION']}"
+    candidates.append(cache / "bin" / key / "helm")
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    found = shutil.which("helm")
+    if found:
+        return Path(found)
+    pytest.skip("helm is not built yet: run `make binaries` (tests/cluster/build-binaries.sh)")
+    raise AssertionError("unreachable")
+
+
+def helm(
+    *args: str,
+    bin_dir: Path | None = None,
+    kubeconfig: str | None = None,
+    check: bool = True,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run helm; raise with its stderr when check and it fails."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HELM_")}
+    if kubeconfig:
+        env["KUBECONFIG"] = kubeconfig
+    proc = subprocess.run(
+        [str(helm_binary(bin_dir)), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def render(
+    *set_args: str, namespace: str = "pfo-system", release: str = "pfo", include_crds: bool = False
+) -> str:
+    """`helm template` of the chart with `--set`-style arguments (e.g. "--set", "a=b")."""
+    args = ["template", release, str(CHART), "--namespace", namespace, "--kube-version", KUBE_VERSION]
+    if include_crds:
+        args.append("--include-crds")
+    return helm(*args, *set_args).stdout
+
+
+def documents(manifest: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(manifest) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def release_name(namespace: str) -> str:
+    """A release name unique to a test namespace (cluster-scoped RBAC objects carry it)."""
+    return "pfo-" + hashlib.sha1(namespace.encode()).hexdigest()[:8]
+
+
+def fullname(release: str) -> str:
+    return release if CHART_NAME in release else f"{release}-{CHART_NAME}"[:63].rstrip("-")
