@@ -1,0 +1,163 @@
+"""The local control plane is a real Kubernetes: pinned version, RBAC, ServiceAccount tokens, CRDs, GC."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from tests.cluster.harness import HERE, Cluster
+
+
+def pinned_k8s_version() -> str:
+    for line in (HERE / "versions.env").read_text().splitlines():
+        if line.startswith("K8S_VERSION="):
+            return line.split("=", 1)[1].strip()
+    raise AssertionError("versions.env has no K8S_VERSION")
+
+
+def test_api_server_reports_the_pinned_version(cluster: Cluster) -> None:
+    expected = pinned_k8s_version()
+    info = client.VersionApi(cluster.api_client()).get_code()
+    assert info.git_version == expected
+    both = json.loads(cluster.kubectl("version", "-o", "json").stdout)
+    assert both["clientVersion"]["gitVersion"] == expected
+    assert both["serverVersion"]["gitVersion"] == expected
+
+
+def test_service_account_token_is_refused_until_rbac_grants(cluster: Cluster, namespace: str) -> None:
+    cluster.kubectl("create", "serviceaccount", "reader", namespace=namespace)
+    token = cluster.kubectl(
+        "create", "token", "reader", "--duration", "10m", namespace=namespace
+    ).stdout.strip()
+    core = client.CoreV1Api(cluster.token_client(token))
+
+    # Authenticated (the token is valid) but authorized for nothing.
+    review = json.loads(
+        cluster.kubectl(
+            "create", "-f", "-", "-o", "json",
+            input=json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                              "spec": {"token": token}}),
+        ).stdout
+    )  # fmt: skip
+    assert review["status"]["authenticated"] is True
+    assert review["status"]["user"]["username"] == f"system:serviceaccount:{namespace}:reader"
+    with pytest.raises(ApiException) as refused:
+        core.list_namespaced_pod(namespace)
+    assert refused.value.status == 403
+
+    cluster.kubectl("create", "role", "pod-reader", "--verb=get,list", "--resource=pods", namespace=namespace)
+    cluster.kubectl(
+        "create", "rolebinding", "reader-reads-pods", "--role=pod-reader",
+        f"--serviceaccount={namespace}:reader", namespace=namespace,
+    )  # fmt: skip
+    deadline = time.monotonic() + 15  # RBAC changes reach the authorizer's cache quickly, not instantly
+    while True:
+        try:
+            pods = core.list_namespaced_pod(namespace)
+            break
+        except ApiException as exc:
+            if exc.status != 403 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    assert pods.items == []
+    # ...and still nothing beyond the grant: other resources, other namespaces.
+    with pytest.raises(ApiException) as secrets:
+        core.list_namespaced_secret(namespace)
+    assert secrets.value.status == 403
+    with pytest.raises(ApiException) as elsewhere:
+        core.list_namespaced_pod("default")
+    assert elsewhere.value.status == 403
+
+
+def test_a_crd_can_be_created_and_used(cluster: Cluster, namespace: str) -> None:
+    group = f"g{uuid.uuid4().hex[:8]}.harness.pfo.dev"
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"widgets.{group}"},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "spec": {
+                                    "type": "object",
+                                    "required": ["size"],
+                                    "properties": {"size": {"type": "integer", "minimum": 1, "default": 3}},
+                                },
+                                "status": {"type": "object", "properties": {"phase": {"type": "string"}}},
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(crd))
+    try:
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/widgets.{group}", "--timeout=30s")
+        api = client.CustomObjectsApi(cluster.api_client())
+        body = {
+            "apiVersion": f"{group}/v1",
+            "kind": "Widget",
+            "metadata": {"name": "w1"},
+            "spec": {"size": 5},
+        }
+        created = api.create_namespaced_custom_object(group, "v1", namespace, "widgets", body)
+        assert created["spec"]["size"] == 5
+
+        bad = {**body, "metadata": {"name": "w2"}, "spec": {"size": 0}}
+        with pytest.raises(ApiException) as invalid:
+            api.create_namespaced_custom_object(group, "v1", namespace, "widgets", bad)
+        assert invalid.value.status == 422
+        assert "spec.size" in invalid.value.body
+
+        # The status subresource: a status write through it sticks, spec changes there are ignored.
+        api.patch_namespaced_custom_object_status(
+            group, "v1", namespace, "widgets", "w1", {"status": {"phase": "Ready"}, "spec": {"size": 9}}
+        )
+        got = api.get_namespaced_custom_object(group, "v1", namespace, "widgets", "w1")
+        assert got["status"] == {"phase": "Ready"}
+        assert got["spec"]["size"] == 5
+    finally:
+        cluster.kubectl("delete", "crd", f"widgets.{group}", "--wait=false", check=False)
+
+
+def test_deleting_an_owner_deletes_its_pods(cluster: Cluster, namespace: str) -> None:
+    owner = json.loads(
+        cluster.kubectl("create", "configmap", "owner", "-o", "json", namespace=namespace).stdout
+    )
+    ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"]}
+    for i in range(2):
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"owned-{i}", "ownerReferences": [ref]},
+            "spec": {"containers": [{"name": "main", "image": "fake"}], "nodeName": cluster.cpu_nodes[0]},
+        }
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(pod), namespace=namespace)
+    cluster.kubectl("create", "configmap", "bystander", namespace=namespace)
+    for i in range(2):
+        cluster.wait_pod_phase(namespace, f"owned-{i}", "Running")
+
+    cluster.kubectl("delete", "configmap", "owner", namespace=namespace)
+    cluster.wait_for(
+        "the garbage collector to delete the owned pods",
+        lambda: cluster.kubectl("get", "pods", "-o", "name", namespace=namespace).stdout.strip() == "",
+        timeout=60,
+    )
+    assert cluster.kubectl("get", "configmap", "bystander", namespace=namespace, check=False).returncode == 0

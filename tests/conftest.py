@@ -1,0 +1,62 @@
+"""Shared fixtures: one local Kubernetes control plane per test session, a fresh namespace per test.
+
+The session starts its own cluster in a temporary directory and stops it at the end (also on
+failure or interruption, through a finalizer and atexit). Set PFO_REUSE_CLUSTER=1 to run against
+the cluster `make cluster-up` left running in .cluster/ instead (it is then left running).
+Tests that use `cluster` (directly or through `namespace`) are marked `cluster` automatically, so
+`pytest -m "not cluster"` never starts one.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.harness import DEFAULT_STATE_DIR, Cluster, stop_state_dir
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    if os.environ.get("PFO_REUSE_CLUSTER") == "1":
+        existing = Cluster.attach(DEFAULT_STATE_DIR)
+        if existing is None or not existing.healthy():
+            pytest.fail(
+                f"PFO_REUSE_CLUSTER=1 but no healthy cluster in {DEFAULT_STATE_DIR}: run `make cluster-up`"
+            )
+        yield existing
+        return
+    state_dir = Path(tempfile.mkdtemp(prefix="pfo-cluster-"))
+    atexit.register(stop_state_dir, state_dir)  # if the finalizer below never runs
+    try:
+        yield Cluster.start(state_dir)
+    finally:
+        stop_state_dir(state_dir)
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    cluster.kubectl("create", "namespace", name)
+    # The ServiceAccount controller adds "default" shortly after; pods cannot be created before it
+    # exists (ServiceAccount admission), so wait for it.
+    cluster.wait_for(
+        f"ServiceAccount {name}/default",
+        lambda: (
+            cluster.kubectl("get", "serviceaccount", "default", namespace=name, check=False).returncode == 0
+        ),
+        timeout=30,
+    )
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
