@@ -42,6 +42,7 @@ log = logging.getLogger("finetune_operator")
 
 LOG_LIMIT_BYTES = 256 * 1024  # the most a progress poll reads, whatever the line lengths
 WAIT_FOR_TERMINATION = 2.0  # seconds between looks at a pod that is being deleted
+_REPORTED = ("metrics", "finetune", "progress")  # status parts that come from the trainer's output
 
 
 @dataclass
@@ -130,7 +131,21 @@ class Reconciler:
         meta = p.meta
         changes = p.update.changes(p.status)
         if changes:
-            self.kube.patch_job_status(meta["namespace"], meta["name"], changes)
+            try:
+                self.kube.patch_job_status(meta["namespace"], meta["name"], changes)
+            except Exception as exc:
+                if not is_status(exc, 422) or not set(changes) & set(_REPORTED):
+                    raise
+                # The trainer reported something the status schema refuses: keep the lifecycle
+                # moving without the report rather than retrying the same patch forever.
+                dropped = ", ".join(sorted(set(changes) & set(_REPORTED)))
+                where = f"{meta['namespace']}/{meta['name']}"
+                log.error(
+                    "%s: status rejected (%s); retrying without %s", where, getattr(exc, "body", exc), dropped
+                )
+                trimmed = {k: v for k, v in changes.items() if k not in _REPORTED}
+                if trimmed:
+                    self.kube.patch_job_status(meta["namespace"], meta["name"], trimmed)
         for kind, reason, message in p.events:
             try:
                 self.kube.job_event(p.job, kind, reason, message, p.stamp)

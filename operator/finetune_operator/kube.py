@@ -8,7 +8,7 @@ operator renders manifests as dicts and reads camelCase dicts back. RBAC.md list
 from __future__ import annotations
 
 import json
-import uuid
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -122,7 +122,8 @@ class Kube:
         event = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": meta["namespace"]},
+            # As client-go's recorder names them: <object>.<unix nanoseconds in hex>, which sorts.
+            "metadata": {"name": f"{meta['name']}.{time.time_ns():x}", "namespace": meta["namespace"]},
             "involvedObject": {
                 "apiVersion": f"{GROUP}/{VERSION}",
                 "kind": KIND,

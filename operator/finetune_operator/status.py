@@ -238,17 +238,37 @@ class StatusUpdate:
         return {k: v for k, v in self.fields.items() if old_status.get(k) != v}
 
 
+def _number(value: Any, low: float | None = None, high: float | None = None) -> float | None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+        return None
+    if (low is not None and value < low) or (high is not None and value > high):
+        return None
+    return float(value)
+
+
+def _integer(value: Any, low: int | None = None, high: int | None = None) -> int | None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        return None
+    if (low is not None and value < low) or (high is not None and value > high):
+        return None
+    return value
+
+
+# The status schema is strict (an out-of-range value makes the API server reject the whole status
+# patch), so only values of the documented type and range pass from the trainer's result.
 def metrics_from_result(result: dict[str, Any]) -> dict[str, Any]:
     """status.metrics from the trainer's result JSON (flat, or nested under "metrics")."""
     source = {**result, **(result.get("metrics") or {})}
-    out: dict[str, Any] = {}
-    for key in ("top1", "top5", "durationSeconds", "imagesPerSecond"):
-        if isinstance(source.get(key), (int, float)) and not isinstance(source.get(key), bool):
-            out[key] = float(source[key])
-    for key in ("bestEpoch", "epochsRun"):
-        if isinstance(source.get(key), int) and not isinstance(source.get(key), bool):
-            out[key] = source[key]
-    return out
+    checks = {
+        "top1": lambda v: _number(v, 0, 1),
+        "top5": lambda v: _number(v, 0, 1),
+        "durationSeconds": lambda v: _number(v, 0),
+        "imagesPerSecond": lambda v: _number(v, 0),
+        "bestEpoch": lambda v: _integer(v, 0),
+        "epochsRun": lambda v: _integer(v, 0),
+    }
+    out = {key: check(source.get(key)) for key, check in checks.items()}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def finetune_from_result(result: dict[str, Any]) -> dict[str, Any]:
@@ -260,23 +280,28 @@ def finetune_from_result(result: dict[str, Any]) -> dict[str, Any]:
             out[key] = [str(v) for v in source[key]]
     freeze = source.get("freeze")
     if isinstance(freeze, dict):
-        out["freeze"] = {
-            k: freeze[k]
-            for k in ("strategy", "decidedBy", "rule", "trainableParameters", "evidence")
-            if freeze.get(k) is not None
+        picked = {
+            "strategy": freeze.get("strategy") if isinstance(freeze.get("strategy"), str) else None,
+            "decidedBy": freeze.get("decidedBy") if freeze.get("decidedBy") in ("user", "auto") else None,
+            "rule": _integer(freeze.get("rule"), 1, 4),
+            "trainableParameters": _integer(freeze.get("trainableParameters"), 0),
+            "evidence": freeze.get("evidence") if isinstance(freeze.get("evidence"), dict) else None,
         }
+        out["freeze"] = {k: v for k, v in picked.items() if v is not None}
     return out
 
 
 def progress_from_record(record: dict[str, Any], now: str) -> dict[str, Any]:
     """status.progress from a trainer progress record (finetune_contract.parse_last_progress)."""
-    out: dict[str, Any] = {}
-    for key in ("epoch", "epochs"):
-        if isinstance(record.get(key), int):
-            out[key] = record[key]
-    for key in ("top1", "top5", "loss", "imagesPerSecond"):
-        if isinstance(record.get(key), (int, float)) and not isinstance(record.get(key), bool):
-            out[key] = float(record[key])
+    picked = {
+        "epoch": _integer(record.get("epoch"), 0),
+        "epochs": _integer(record.get("epochs"), 0),
+        "top1": _number(record.get("top1"), 0, 1),
+        "top5": _number(record.get("top5"), 0, 1),
+        "loss": _number(record.get("loss")),
+        "imagesPerSecond": _number(record.get("imagesPerSecond"), 0),
+    }
+    out: dict[str, Any] = {k: v for k, v in picked.items() if v is not None}
     if "epoch" in out:
         out["display"] = f"{out['epoch']}/{out['epochs']}" if "epochs" in out else str(out["epoch"])
     out["updateTime"] = now

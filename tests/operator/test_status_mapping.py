@@ -47,7 +47,7 @@ RESULT = {
     "freeze": {
         "strategy": "fc-only",
         "decidedBy": "auto",
-        "rule": "small-similar",
+        "rule": 1,
         "trainableParameters": 208998,
     },
 }
@@ -201,6 +201,20 @@ def test_status_update_patches_only_changes():
     assert same.changes(first) == {}  # nothing to patch: no API call
     cleared = StatusUpdate(fields={"nextAttemptTime": None})
     assert cleared.changes({"nextAttemptTime": "2026-01-01T00:00:00Z"}) == {"nextAttemptTime": None}
+
+
+def test_values_the_status_schema_would_reject_are_dropped():
+    result = {
+        "top1": 1.7,
+        "top5": "high",
+        "bestEpoch": -1,
+        "epochsRun": 3,
+        "freeze": {"rule": "small", "decidedBy": "x"},
+    }
+    assert metrics_from_result(result) == {"epochsRun": 3}
+    assert finetune_from_result(result) == {"freeze": {}}
+    progress = progress_from_record({"epoch": 2, "epochs": 5, "top1": float("nan"), "loss": 0.5}, "t")
+    assert progress == {"epoch": 2, "epochs": 5, "loss": 0.5, "display": "2/5", "updateTime": "t"}
 
 
 def test_progress_display_and_comparison():

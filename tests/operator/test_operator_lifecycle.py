@@ -1,0 +1,295 @@
+"""The operator against the real local control plane: kwok fake GPU nodes run the pods, the
+tests play the trainer's part with `cluster.drive_pod` (exit code, termination message).
+
+Each test starts the real operator process (fixture `operator`) watching a fresh namespace that
+enforces Pod Security "restricted", so the API server itself checks every pod the operator
+renders.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from finetune_contract import encode_result
+
+from tests.operator.running_operator import (
+    apply,
+    condition,
+    events,
+    get_job,
+    job_manifest,
+    phase_is,
+    pod_names,
+    wait_job,
+)
+
+RESULT = {
+    "exitCode": 0,
+    "reason": "Completed",
+    "top1": 0.8125,
+    "top5": 0.96875,
+    "bestEpoch": 3,
+    "epochsRun": 4,
+    "durationSeconds": 12.5,
+    "imagesPerSecond": 321.0,
+    "strippedParameters": ["fc.weight", "fc.bias"],
+    "missingParameters": [],
+    "unexpectedParameters": [],
+    "freeze": {
+        "strategy": "fc-only",
+        "decidedBy": "auto",
+        "rule": 1,
+        "trainableParameters": 5130,
+    },
+}
+
+
+@pytest.fixture
+def claim(cluster, namespace):
+    """A Bound PersistentVolumeClaim for data and output (fake pods never open it)."""
+    cluster.create_runner_pvc(namespace, "vol")
+    return "vol"
+
+
+def start(cluster, operator, namespace, name, claim, **spec):
+    """Create a job and wait until its first pod runs on a fake node; returns the pod name."""
+    apply(cluster, namespace, job_manifest(name, claim, **spec))
+    wait_job(cluster, operator, namespace, name, phase_is("Running"), "Running")
+    return f"{name}-attempt-1"
+
+
+def suspend(cluster, namespace, name, value):
+    patch = json.dumps({"spec": {"runPolicy": {"suspend": value}}})
+    cluster.kubectl("patch", "ftj", name, "--type=merge", "-p", patch, namespace=namespace)
+
+
+def metric_value(text: str, metric: str, **labels: str) -> float | None:
+    for line in text.splitlines():
+        if not line.startswith(metric + "{") and not line.startswith(metric + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_success_reports_metrics_conditions_events_and_prometheus(cluster, namespace, operator, claim):
+    pod = start(cluster, operator, namespace, "ok", claim)
+    manifest = cluster.get_pod(namespace, pod)
+    assert manifest["spec"]["nodeName"].startswith("kwok-gpu-")  # the scheduler placed a GPU pod
+    assert manifest["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    owner = manifest["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["controller"]) == ("FineTuneJob", "ok", True)
+
+    cluster.drive_pod(namespace, pod, "Succeeded", message=encode_result(RESULT))
+    status = wait_job(cluster, operator, namespace, "ok", phase_is("Succeeded", "Failed"), "finished")
+    assert status["phase"] == "Succeeded"
+    assert status["reason"] == "Completed"
+    assert status["metrics"] == {
+        "top1": 0.8125,
+        "top5": 0.96875,
+        "bestEpoch": 3,
+        "epochsRun": 4,
+        "durationSeconds": 12.5,
+        "imagesPerSecond": 321.0,
+    }
+    assert status["finetune"]["strippedParameters"] == ["fc.weight", "fc.bias"]
+    assert status["finetune"]["freeze"]["strategy"] == "fc-only"
+    assert status["finetune"]["freeze"]["decidedBy"] == "auto"
+    assert status["progress"]["display"] == "4/4"
+    assert (status["attempts"], status["podName"]) == (1, pod)
+    assert status["completionTime"] >= status["startTime"]
+    job = get_job(cluster, namespace, "ok")
+    assert status["observedGeneration"] == job["metadata"]["generation"]
+    succeeded, running = condition(status, "Succeeded"), condition(status, "Running")
+    assert (succeeded["status"], succeeded["reason"]) == ("True", "Completed")
+    assert running["status"] == "False"
+    assert condition(status, "Failed")["status"] == "False"
+    assert succeeded["observedGeneration"] == job["metadata"]["generation"]
+
+    waited = cluster.kubectl(
+        "wait", "--for=condition=Succeeded", "--timeout=20s", "ftj/ok", namespace=namespace
+    )
+    assert "condition met" in waited.stdout
+    table = cluster.kubectl("get", "ftj", "ok", namespace=namespace).stdout
+    header, row = table.splitlines()[:2]
+    assert header.split()[:5] == ["NAME", "PHASE", "EPOCH", "TOP1", "AGE"]
+    assert row.split()[:4] == ["ok", "Succeeded", "4/4", "0.8125"]
+
+    reasons = [reason for _, reason, _ in events(cluster, namespace, "ok")]
+    assert reasons[:3] == ["PodCreated", "Running", "Completed"]
+    described = cluster.kubectl("describe", "ftj", "ok", namespace=namespace).stdout
+    assert "top-1 0.8125 (best epoch 3)" in described
+
+    text = operator.metrics()
+    assert metric_value(text, "finetune_job_top1", namespace=namespace, name="ok") == 0.8125
+    assert metric_value(text, "finetune_job_outcomes_total", phase="Succeeded", reason="Completed") == 1
+    assert metric_value(text, "finetune_jobs", phase="Succeeded") == 1
+    assert metric_value(text, "finetune_attempts_total") == 1
+    assert metric_value(text, "finetune_job_duration_seconds_count", phase="Succeeded") == 1
+    assert metric_value(text, "finetune_job_pod_creation_seconds_count") == 1
+
+    # Deleting the job removes the pod (garbage collector) and the job's top-1 series.
+    cluster.kubectl("delete", "ftj", "ok", "--wait=true", "--timeout=30s", namespace=namespace)
+    cluster.wait_for("the pod to be garbage-collected", lambda: cluster.get_pod(namespace, pod) is None, 30)
+    cluster.wait_for(
+        "the top-1 series to go",
+        lambda: metric_value(operator.metrics(), "finetune_job_top1", namespace=namespace, name="ok") is None,
+        10,
+    )
+    assert metric_value(operator.metrics(), "finetune_jobs", phase="Succeeded") == 0
+
+
+def test_permanent_failure_fails_at_once(cluster, namespace, operator, claim):
+    pod = start(cluster, operator, namespace, "bad-data", claim)
+    message = encode_result(
+        {"exitCode": 3, "reason": "DataError", "message": "val_list.txt line 2: missing image"}
+    )
+    cluster.drive_pod(namespace, pod, "Failed", exit_code=3, message=message)
+    status = wait_job(cluster, operator, namespace, "bad-data", phase_is("Failed", "Succeeded"), "finished")
+    assert (status["phase"], status["reason"]) == ("Failed", "DataError")
+    assert status["message"] == "val_list.txt line 2: missing image"
+    assert status["attempts"] == 1
+    assert (condition(status, "Failed")["status"], condition(status, "Failed")["reason"]) == (
+        "True",
+        "DataError",
+    )
+    assert pod_names(cluster, namespace, "bad-data") == [pod]  # no retry
+    warnings = [
+        (kind, reason) for kind, reason, _ in events(cluster, namespace, "bad-data") if kind == "Warning"
+    ]
+    assert ("Warning", "DataError") in warnings
+    assert "finetune_job_outcomes_total" in operator.metrics()
+
+
+def test_transient_failure_then_success_on_retry(cluster, namespace, operator, claim):
+    pod = start(cluster, operator, namespace, "flaky", claim)
+    cluster.drive_pod(namespace, pod, "Failed", exit_code=143)
+    status = wait_job(cluster, operator, namespace, "flaky", lambda s: s.get("attempts") == 2, "on attempt 2")
+    assert status["podName"] == "flaky-attempt-2"
+    wait_job(cluster, operator, namespace, "flaky", phase_is("Running"), "Running again")
+    cluster.drive_pod(namespace, "flaky-attempt-2", "Succeeded", message=encode_result(RESULT))
+    status = wait_job(cluster, operator, namespace, "flaky", phase_is("Succeeded", "Failed"), "finished")
+    assert (status["phase"], status["attempts"]) == ("Succeeded", 2)
+    assert pod_names(cluster, namespace, "flaky") == ["flaky-attempt-1", "flaky-attempt-2"]
+    reasons = [reason for _, reason, _ in events(cluster, namespace, "flaky")]
+    assert "Retrying" in reasons
+    assert 'finetune_retries_total{reason="Interrupted"} 1.0' in operator.metrics()
+
+
+def test_backoff_limit_exhausted(cluster, namespace, operator, claim):
+    pod = start(cluster, operator, namespace, "hopeless", claim, runPolicy={"backoffLimit": 1})
+    cluster.drive_pod(namespace, pod, "Failed", exit_code=75)
+    wait_job(
+        cluster,
+        operator,
+        namespace,
+        "hopeless",
+        lambda s: s.get("phase") == "Running" and s["attempts"] == 2,
+        "retried",
+    )
+    cluster.drive_pod(namespace, "hopeless-attempt-2", "Failed", exit_code=75)
+    status = wait_job(cluster, operator, namespace, "hopeless", phase_is("Failed"), "Failed")
+    assert (status["reason"], status["attempts"]) == ("BackoffLimitExceeded", 2)
+    assert "2 attempts failed (backoffLimit 1)" in status["message"]
+    assert "TransientError" in status["message"]
+    assert pod_names(cluster, namespace, "hopeless") == ["hopeless-attempt-1", "hopeless-attempt-2"]
+
+
+def test_active_deadline_fails_the_job_and_deletes_the_pod(cluster, namespace, operator, claim):
+    pod = start(
+        cluster, operator, namespace, "slow", claim, runPolicy={"backoffLimit": 2, "activeDeadlineSeconds": 4}
+    )
+    status = wait_job(cluster, operator, namespace, "slow", phase_is("Failed"), "Failed", timeout=20)
+    assert status["reason"] == "DeadlineExceeded"
+    assert "activeDeadlineSeconds (4s)" in status["message"]
+    cluster.wait_for("the pod to be deleted", lambda: cluster.get_pod(namespace, pod) is None, 20)
+    assert status["attempts"] == 1
+
+
+def test_suspend_deletes_the_pod_and_resume_starts_a_new_attempt(cluster, namespace, operator, claim):
+    pod = start(cluster, operator, namespace, "queued", claim)
+    suspend(cluster, namespace, "queued", True)
+    status = wait_job(cluster, operator, namespace, "queued", phase_is("Suspended"), "Suspended")
+    assert (condition(status, "Suspended")["status"], condition(status, "Running")["status"]) == (
+        "True",
+        "False",
+    )
+    cluster.wait_for("the pod to be deleted", lambda: cluster.get_pod(namespace, pod) is None, 20)
+    suspend(cluster, namespace, "queued", False)
+    status = wait_job(cluster, operator, namespace, "queued", phase_is("Running"), "Running after resume")
+    assert (status["attempts"], status["podName"]) == (2, "queued-attempt-2")
+    assert condition(status, "Suspended")["status"] == "False"
+    assert pod_names(cluster, namespace, "queued") == ["queued-attempt-2"]
+    # A suspension is not a failure: the resumed attempt still has its full backoffLimit.
+    cluster.drive_pod(namespace, "queued-attempt-2", "Succeeded", message=encode_result(RESULT))
+    assert (
+        wait_job(cluster, operator, namespace, "queued", phase_is("Succeeded"), "Succeeded")["attempts"] == 2
+    )
+
+
+def test_unschedulable_gpus_pending_then_failed(cluster, namespace, operator, claim):
+    manifest = job_manifest("huge", claim, resources={"gpus": 16}, runPolicy={"pendingTimeoutSeconds": 5})
+    apply(cluster, namespace, manifest)
+    status = wait_job(
+        cluster,
+        operator,
+        namespace,
+        "huge",
+        lambda s: s.get("reason") == "Unschedulable",
+        "Pending: Unschedulable",
+    )
+    assert status["phase"] == "Pending"
+    assert "Insufficient nvidia.com/gpu" in status["message"]
+    assert re.search(r"0/\d+ nodes are available", status["message"])
+    status = wait_job(cluster, operator, namespace, "huge", phase_is("Failed"), "Failed", timeout=20)
+    assert status["reason"] == "Unschedulable"
+    assert status["message"].startswith("the pod was pending for more than 5s: 0/")
+    cluster.wait_for(
+        "the pod to be deleted", lambda: cluster.get_pod(namespace, "huge-attempt-1") is None, 20
+    )
+
+
+def test_ttl_deletes_the_finished_job(cluster, namespace, operator, claim):
+    pod = start(cluster, operator, namespace, "short-lived", claim, runPolicy={"ttlSecondsAfterFinished": 2})
+    cluster.drive_pod(namespace, pod, "Succeeded", message=encode_result(RESULT))
+    wait_job(cluster, operator, namespace, "short-lived", phase_is("Succeeded"), "Succeeded")
+    cluster.wait_for("the job to be deleted", lambda: get_job(cluster, namespace, "short-lived") is None, 20)
+
+
+def test_operator_restart_keeps_one_pod_per_attempt_and_the_status(cluster, namespace, operator, claim):
+    pod = start(cluster, operator, namespace, "durable", claim)
+    before = get_job(cluster, namespace, "durable")["status"]
+    operator.kill()
+    operator.start()  # finds the running pod by name instead of creating another
+    wait_job(cluster, operator, namespace, "durable", phase_is("Running"), "Running")
+    after = get_job(cluster, namespace, "durable")["status"]
+    assert pod_names(cluster, namespace, "durable") == [pod]
+    assert after["attempts"] == 1
+    assert after["startTime"] == before["startTime"]
+    assert (
+        condition(after, "Running")["lastTransitionTime"]
+        == condition(before, "Running")["lastTransitionTime"]
+    )
+
+    # The attempt fails while no operator runs; the next one converges to exactly one retry.
+    operator.kill()
+    cluster.drive_pod(namespace, pod, "Failed", exit_code=143)
+    operator.start()
+    status = wait_job(
+        cluster,
+        operator,
+        namespace,
+        "durable",
+        lambda s: s.get("attempts") == 2 and s["phase"] == "Running",
+        "retried",
+    )
+    operator.kill()
+    operator.start()
+    cluster.drive_pod(namespace, "durable-attempt-2", "Succeeded", message=encode_result(RESULT))
+    status = wait_job(cluster, operator, namespace, "durable", phase_is("Succeeded"), "Succeeded")
+    assert status["attempts"] == 2
+    assert pod_names(cluster, namespace, "durable") == ["durable-attempt-1", "durable-attempt-2"]
+    assert status["metrics"]["top1"] == 0.8125
