@@ -38,9 +38,15 @@ class OperatorProcess:
     """One operator process watching `namespaces`; its output goes to `log_path`."""
 
     def __init__(
-        self, cluster: Cluster, namespaces: Sequence[str], log_path: Path, extra: Sequence[str] = ()
+        self,
+        cluster: Cluster,
+        namespaces: Sequence[str],
+        log_path: Path,
+        extra: Sequence[str] = (),
+        kubeconfig: str | None = None,  # default: the admin's; e.g. a ServiceAccount token's
     ):
         self.cluster = cluster
+        self.kubeconfig = kubeconfig or cluster.kubeconfig
         self.namespaces = list(namespaces)
         self.log_path = log_path
         self.extra = list(extra)
@@ -56,7 +62,7 @@ class OperatorProcess:
             "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port),
             *FAST_FLAGS, *self.extra,
         ]  # fmt: skip
-        env = {**os.environ, "KUBECONFIG": self.cluster.kubeconfig, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "KUBECONFIG": self.kubeconfig, "PYTHONUNBUFFERED": "1"}
         with open(self.log_path, "ab") as log:
             log.write(f"==== start {self.starts + 1}: {' '.join(argv)}\n".encode())
             log.flush()
