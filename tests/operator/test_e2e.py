@@ -1,0 +1,148 @@
+"""End to end: a FineTuneJob runs the real trainer on the local process runner node.
+
+Tiny real data (scikit-learn's digits as 32x32 images) in a PersistentVolumeClaim, pretrained
+ResNet18_vd weights trained on other digit classes and served over HTTPS by a local server with a
+self-signed certificate (the CRD accepts only https URLs; the operator's --trainer-env hands the
+trainer REQUESTS_CA_BUNDLE), and the real operator. The job must reach Succeeded with the top-1
+the trainer measured, with progress read from the trainer's log on the way.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import json
+import shutil
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.operator.running_operator import (
+    OperatorProcess,
+    apply,
+    condition,
+    job_manifest,
+    wait_job,
+)
+
+PRETRAIN_CLASSES = (0, 1, 2)
+FINETUNE_CLASSES = (5, 6, 7, 8, 9)
+
+
+@pytest.fixture
+def https_dir() -> Iterator[tuple[Path, int]]:
+    """A folder served over HTTPS on 127.0.0.1; yields (folder, port). The folder and the
+    certificate are readable by the trainer's non-root user."""
+    root = Path(tempfile.mkdtemp(prefix="pfo-e2e-https-"))
+    root.chmod(0o755)
+    served = root / "files"
+    served.mkdir(mode=0o755)
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(root / "key.pem"), "-out", str(root / "cert.pem"),
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (root / "cert.pem").chmod(0o644)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(root / "cert.pem", root / "key.pem")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, server.server_address[1]
+    server.shutdown()
+    server.server_close()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_finetune_job_runs_the_real_trainer(cluster, namespace, crd_installed, https_dir, tmp_path):
+    from finetune_trainer.digits import make_pretrained_weights, write_digits_dataset
+
+    t0 = time.monotonic()
+    https_root, port = https_dir
+    weights = https_root / "files" / "digits-resnet18_vd.pdparams"
+    make_pretrained_weights(weights, tmp_path / "pretrain", PRETRAIN_CLASSES, epochs=1, warmupEpochs=0)
+    weights.chmod(0o644)
+    sha256 = hashlib.sha256(weights.read_bytes()).hexdigest()
+    folder = cluster.create_runner_pvc(namespace, "digits")
+    info = write_digits_dataset(folder, FINETUNE_CLASSES)
+    prepared = time.monotonic() - t0
+
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    operator = OperatorProcess(
+        cluster,
+        [namespace],
+        tmp_path / "operator.log",
+        extra=["--trainer-env", f"REQUESTS_CA_BUNDLE={https_root / 'cert.pem'}"],
+    )
+    operator.start()
+    try:
+        manifest = job_manifest(
+            "digits",
+            "digits",
+            model={
+                "architecture": "ResNet18_vd",
+                "pretrained": {"url": f"https://127.0.0.1:{port}/{weights.name}", "sha256": sha256},
+            },
+            dataset={
+                "volume": {"persistentVolumeClaim": {"claimName": "digits"}},
+                "numClasses": info["numClasses"],
+                "imageSize": 32,
+            },
+            finetune={"freeze": "fc-only"},
+            training={"epochs": 2, "batchSize": 32, "warmupEpochs": 0, "numWorkers": 0},
+            resources={"gpus": 0},
+            runPolicy={"backoffLimit": 0, "activeDeadlineSeconds": 600},
+            template=cluster.runner_pod_spec_extras(),
+        )
+        apply(cluster, namespace, manifest)
+        seen: list[dict] = []
+
+        def finished(status: dict) -> bool:
+            if status.get("phase") == "Running" and (status.get("progress") or {}).get("epoch", 0) >= 1:
+                seen.append(status["progress"])
+            return status.get("phase") in ("Succeeded", "Failed")
+
+        status = wait_job(cluster, operator, namespace, "digits", finished, "finished", timeout=300)
+        trained = time.monotonic() - t0 - prepared
+        pod_log = cluster.kubectl("logs", "digits-attempt-1", namespace=namespace, check=False).stdout[-3000:]
+        assert status["phase"] == "Succeeded", f"{json.dumps(status, indent=1)}\ntrainer log:\n{pod_log}"
+        assert status["podName"] == "digits-attempt-1"
+        assert status["attempts"] == 1
+
+        # The top-1 in the status is the one the trainer wrote to the output volume.
+        result = json.loads((folder / f"{namespace}-digits" / "result.json").read_text())
+        assert 0.0 <= status["metrics"]["top1"] <= 1.0
+        assert status["metrics"]["top1"] == pytest.approx(result["top1"])
+        assert status["metrics"]["bestEpoch"] == result["bestEpoch"]
+        assert status["metrics"]["epochsRun"] == 2
+        assert status["finetune"]["strippedParameters"] == ["fc.weight", "fc.bias"]  # 3 classes -> 5
+        assert status["finetune"]["freeze"]["strategy"] == "fc-only"
+        assert status["finetune"]["freeze"]["decidedBy"] == "user"
+        assert status["progress"]["display"] == "2/2"
+        assert condition(status, "Succeeded")["status"] == "True"
+        # Progress came from the trainer's log lines while it ran (read through the API server).
+        assert seen, "no progress was reported while the job ran"
+        assert "loss" in seen[-1] and seen[-1]["display"].endswith("/2")
+
+        waited = cluster.kubectl(
+            "wait", "--for=condition=Succeeded", "--timeout=30s", "ftj/digits", namespace=namespace
+        )
+        assert "condition met" in waited.stdout
+        header, row = cluster.kubectl("get", "ftj", "digits", namespace=namespace).stdout.splitlines()[:2]
+        assert header.split()[:5] == ["NAME", "PHASE", "EPOCH", "TOP1", "AGE"]
+        assert row.split()[1:3] == ["Succeeded", "2/2"]
+        assert float(row.split()[3]) == pytest.approx(status["metrics"]["top1"])
+        print(f"\ne2e: preparing data and weights {prepared:.1f}s, job to Succeeded {trained:.1f}s, "
+              f"top1 {status['metrics']['top1']:.4f}")  # fmt: skip
+    finally:
+        operator.stop()
