@@ -1,4 +1,5 @@
-"""Helm helpers for the chart's tests: find the pinned helm, render and parse the chart."""
+"""Helpers for the chart's tests: the pinned helm, rendering and parsing the chart, and a kubeconfig
+that authenticates as the chart's ServiceAccount."""
 
 from __future__ import annotations
 
@@ -97,3 +98,26 @@ def release_name(namespace: str) -> str:
 
 def fullname(release: str) -> str:
     return release if CHART_NAME in release else f"{release}-{CHART_NAME}"[:63].rstrip("-")
+
+
+def service_account_kubeconfig(cluster: Any, namespace: str, service_account: str, path: Path) -> Path:
+    """A kubeconfig holding a bound token of `service_account` (`kubectl create token`), so a
+    process using it gets exactly the RBAC the chart granted, nothing of the admin's."""
+    token = cluster.kubectl("create", "token", service_account, "--duration=1h", namespace=namespace).stdout
+    user = f"system:serviceaccount:{namespace}:{service_account}"
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "pfo-local",
+                "cluster": {"server": cluster.server, "certificate-authority": str(cluster.ca_file)},
+            }
+        ],
+        "users": [{"name": user, "user": {"token": token.strip()}}],
+        "contexts": [{"name": "pfo-local", "context": {"cluster": "pfo-local", "user": user}}],
+        "current-context": "pfo-local",
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+    return path

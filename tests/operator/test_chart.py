@@ -27,18 +27,19 @@ from tests.operator.helm import (
     helm,
     release_name,
     render,
+    service_account_kubeconfig,
 )
-from tests.operator.operator_process import OperatorProcess, token_kubeconfig
+from tests.operator.running_operator import OperatorProcess
 
 DASHBOARD = CHART / "dashboards" / "paddle-finetune-operator.json"
 # The rules the operator needs (operator/finetune_operator/RBAC.md); nothing more may be granted.
 ALLOWED = {
-    ("finetune.paddle.dev", "finetunejobs"): {"get", "list", "watch", "patch", "update", "delete"},
-    ("finetune.paddle.dev", "finetunejobs/status"): {"get", "patch", "update"},
+    ("finetune.paddle.dev", "finetunejobs"): {"get", "list", "watch", "delete"},
+    ("finetune.paddle.dev", "finetunejobs/status"): {"patch"},
+    ("finetune.paddle.dev", "finetunejobs/finalizers"): {"update"},
     ("", "pods"): {"get", "list", "watch", "create", "delete"},
     ("", "pods/log"): {"get"},
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
+    ("", "events"): {"create"},
 }
 
 
@@ -283,11 +284,8 @@ def _install(cluster: Any, release: str, namespace: str, *values: str, action: s
     return _helm(cluster, action, release, str(CHART), "--namespace", namespace, *values, "--wait=false")
 
 
-def _sa_token_kubeconfig(cluster: Any, namespace: str, sa: str, path: Path) -> Path:
-    token = cluster.kubectl("create", "token", sa, "--duration=1h", namespace=namespace).stdout.strip()
-    return token_kubeconfig(
-        path, cluster.server, cluster.ca_file, token, user=f"system:serviceaccount:{namespace}:{sa}"
-    )
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def _make_namespace(cluster: Any, base: str, suffix: str) -> str:
@@ -389,12 +387,15 @@ def test_namespaced_install_grants_only_the_listed_namespaces(
     try:
         sa = f"system:serviceaccount:{namespace}:{fullname(release)}"
 
-        def can(verb: str, resource: str, ns: str) -> bool:
-            proc = cluster.kubectl("auth", "can-i", verb, resource, "--as", sa, namespace=ns, check=False)
+        def can(verb: str, resource: str, ns: str, *extra: str) -> bool:
+            proc = cluster.kubectl(
+                "auth", "can-i", verb, resource, *extra, "--as", sa, namespace=ns, check=False
+            )
             return proc.stdout.strip() == "yes"
 
         ftj = "finetunejobs.finetune.paddle.dev"
-        assert can("create", "pods", watched) and can("patch", f"{ftj}/status", watched)
+        assert can("create", "pods", watched) and can("patch", ftj, watched, "--subresource=status")
+        assert not can("patch", ftj, watched), "the operator writes only the status subresource"
         assert not can("create", "pods", other) and not can("list", ftj, other)
         assert not can("get", "secrets", watched), "the operator must not read secrets"
         assert get_json(cluster, watched, "role", fullname(release)), "no Role in the watched namespace"
@@ -412,23 +413,27 @@ def test_operator_with_the_charts_service_account_runs_a_job(
     _install(
         cluster, release, namespace, *(["--set", f"watchNamespaces={{{jobs_ns}}}"] if namespaced else [])
     )
-    kubeconfig = _sa_token_kubeconfig(cluster, namespace, fullname(release), tmp_path / "sa.kubeconfig")
-    watched = (jobs_ns,) if namespaced else ()
+    kubeconfig = service_account_kubeconfig(cluster, namespace, fullname(release), tmp_path / "sa.kubeconfig")
+    log_path = tmp_path / "operator.log"
+    op = OperatorProcess(cluster, [jobs_ns] if namespaced else [], log_path, kubeconfig=str(kubeconfig))
     try:
-        with OperatorProcess(kubeconfig, tmp_path / "operator.log", namespaces=watched) as op:
-            t0 = time.monotonic()
-            status = run_to_success(cluster, jobs_ns, "ftj-rbac", op.log)
-            elapsed = time.monotonic() - t0
-            assert status["metrics"]["top1"] == pytest.approx(RESULT["top1"])
-            assert status["metrics"]["bestEpoch"] == RESULT["bestEpoch"]
-            conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
-            assert conditions.get("Succeeded") == "True", status
-            log = op.log()
-        assert not re.search(r"\b403\b|Forbidden", log), f"the ServiceAccount was refused something:\n{log}"
-        mode = "namespaced" if namespaced else "cluster"
-        print(f"job end to end as the chart's ServiceAccount ({mode}): {elapsed:.1f}s")
+        op.start()
+        t0 = time.monotonic()
+        status = run_to_success(cluster, jobs_ns, "ftj-rbac", lambda: _read(log_path))
+        elapsed = time.monotonic() - t0
+        assert status["metrics"]["top1"] == pytest.approx(RESULT["top1"])
+        assert status["metrics"]["bestEpoch"] == RESULT["bestEpoch"]
+        conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
+        assert conditions.get("Succeeded") == "True", status
+        events = cluster.kubectl("get", "events", "-o", "json", namespace=jobs_ns).stdout
+        assert "ftj-rbac" in events, "the operator posted no Event about the job"
     finally:
+        op.stop()
         _helm(cluster, "uninstall", release, "-n", namespace)
+    log = _read(log_path)
+    assert not re.search(r"\b403\b|Forbidden", log), f"the ServiceAccount was refused something:\n{log}"
+    mode = "namespaced" if namespaced else "cluster"
+    print(f"job end to end as the chart's ServiceAccount ({mode}): {elapsed:.1f}s")
 
 
 @pytest.mark.slow
@@ -442,24 +447,27 @@ def test_operator_without_the_pod_create_rule_is_refused_and_the_job_stalls(
         if rule["resources"] == ["pods"]:
             rule["verbs"].remove("create")
     assert "create" not in _grants(role["rules"])[("", "pods")]
-    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+    listing = json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
+    cluster.kubectl("apply", "-f", "-", input=listing)
     jobs_ns = extra_namespaces("jobs")
-    kubeconfig = _sa_token_kubeconfig(cluster, namespace, fullname(release), tmp_path / "sa.kubeconfig")
+    kubeconfig = service_account_kubeconfig(cluster, namespace, fullname(release), tmp_path / "sa.kubeconfig")
+    log_path = tmp_path / "operator.log"
+    op = OperatorProcess(cluster, [], log_path, kubeconfig=str(kubeconfig))
     try:
-        with OperatorProcess(kubeconfig, tmp_path / "operator.log") as op:
-            create_job(cluster, jobs_ns, "ftj-norbac")
-            wait_for(
-                "the operator to log a 403 for creating the pod",
-                lambda: re.search(r"\b403\b|Forbidden", op.log()),
-                45,
-                op.log,
-            )
-            assert re.search(r'cannot create resource \\?"pods\\?"', op.log()), op.log()
-            time.sleep(3)  # give a wrongly working operator time to make progress anyway
-            pods = cluster.kubectl("get", "pods", "-o", "name", namespace=jobs_ns).stdout.split()
-            assert pods == [], f"a pod was created without the 'create pods' rule: {pods}"
-            phase = job_status(cluster, jobs_ns, "ftj-norbac").get("phase")
-            assert phase not in ("Running", "Succeeded"), f"the job progressed to {phase} without its pod"
+        op.start()
+        create_job(cluster, jobs_ns, "ftj-norbac")
+        wait_for(
+            "the operator to log a 403 for creating the pod",
+            lambda: re.search(r"\b403\b|Forbidden", _read(log_path)),
+            45,
+            lambda: _read(log_path),
+        )
+        assert re.search(r'cannot create resource \\?"pods\\?"', _read(log_path)), _read(log_path)
+        time.sleep(3)  # give a wrongly working operator time to make progress anyway
+        pods = cluster.kubectl("get", "pods", "-o", "name", namespace=jobs_ns).stdout.split()
+        assert pods == [], f"a pod was created without the 'create pods' rule: {pods}"
+        phase = job_status(cluster, jobs_ns, "ftj-norbac").get("phase")
+        assert phase not in ("Running", "Succeeded"), f"the job progressed to {phase} without its pod"
     finally:
-        listing = json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
+        op.stop()
         cluster.kubectl("delete", "-f", "-", "--wait=false", input=listing, check=False)

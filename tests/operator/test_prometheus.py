@@ -24,7 +24,7 @@ import yaml
 from tests.cluster.harness import free_port
 from tests.operator.fake_jobs import RESULT, run_to_success, wait_for
 from tests.operator.helm import CHART
-from tests.operator.operator_process import OperatorProcess
+from tests.operator.running_operator import OperatorProcess
 
 SCRAPE_JOB = "finetune-operator"
 
@@ -109,9 +109,13 @@ class Prometheus:
 
 
 @pytest.fixture
-def operator(cluster: Any, crd_installed: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    with OperatorProcess(cluster.kubeconfig, tmp_path / "operator.log") as op:
+def operator(cluster: Any, crd_installed: str, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(cluster, [namespace], tmp_path / "operator.log")
+    op.start()
+    try:
         yield op
+    finally:
+        op.stop()
 
 
 @pytest.fixture
@@ -135,7 +139,7 @@ def test_prometheus_scrapes_the_jobs_outcome(
     cluster: Any, namespace: str, operator: OperatorProcess, prometheus: Prometheus
 ) -> None:
     def explain() -> str:
-        return f"operator log:\n{operator.log()[-3000:]}\nprometheus log:\n{prometheus.log()[-2000:]}"
+        return f"operator log:\n{operator.log_tail()}\nprometheus log:\n{prometheus.log()[-2000:]}"
 
     wait_for(
         "prometheus to scrape the operator (up == 1)",
@@ -193,8 +197,8 @@ def test_prometheus_scrapes_the_jobs_outcome(
 def test_promtool_finds_nothing_to_complain_about(
     cluster: Any, namespace: str, operator: OperatorProcess
 ) -> None:
-    run_to_success(cluster, namespace, "ftj-lint", operator.log)  # so the labelled series exist too
-    exposition = operator.metrics_text()
+    run_to_success(cluster, namespace, "ftj-lint", operator.log_tail)  # so the labelled series exist too
+    exposition = operator.metrics()
     assert "finetune_job_outcomes_total{" in exposition and "finetune_job_top1{" in exposition
     proc = subprocess.run(
         [_tool("promtool"), "check", "metrics"], input=exposition, capture_output=True, text=True, check=False

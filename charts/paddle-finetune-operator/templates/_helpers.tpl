@@ -49,27 +49,30 @@ operator/finetune_operator/RBAC.md: tests/operator/test_chart.py runs the operat
 these rules and fails if one is missing.
 */}}
 {{- define "pfo.namespacedRules" -}}
-# FineTuneJobs: watched; patched for kopf's finalizer and progress annotations; deleted after
-# spec.runPolicy.ttlSecondsAfterFinished.
+# FineTuneJobs: watched and read; deleted once spec.runPolicy.ttlSecondsAfterFinished is over.
+# No patch/update: the operator writes only the status subresource.
 - apiGroups: ["finetune.paddle.dev"]
   resources: ["finetunejobs"]
-  verbs: ["get", "list", "watch", "patch", "update", "delete"]
+  verbs: ["get", "list", "watch", "delete"]
 - apiGroups: ["finetune.paddle.dev"]
   resources: ["finetunejobs/status"]
-  verbs: ["get", "patch", "update"]
-# One pod per attempt: created, watched, deleted on suspend, deadline and retry.
+  verbs: ["patch"]
+# Pods carry blockOwnerDeletion in their owner reference to the job, which clusters with the
+# OwnerReferencesPermissionEnforcement admission plugin allow only with update on finalizers.
+- apiGroups: ["finetune.paddle.dev"]
+  resources: ["finetunejobs/finalizers"]
+  verbs: ["update"]
+# One pod per attempt: listed and watched by label, created, deleted on suspend, deadline and
+# pending timeout.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "create", "delete"]
-# The trainer's progress lines are read from the pod's log tail.
+# Progress: the tail of the trainer's log.
 - apiGroups: [""]
   resources: ["pods/log"]
   verbs: ["get"]
-# Events on FineTuneJobs (kopf posts core/v1 events).
+# One Event per job transition (kubectl describe ftj), and kopf's own warnings.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
