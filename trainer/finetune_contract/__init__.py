@@ -104,6 +104,11 @@ class DatasetSettings:
     resizeShort: int = 256
     corruptImages: str = "fail"  # fail | skip (skipped images are counted, up to maxCorruptImages)
     maxCorruptImages: int = 10
+    # Training augmentation, as PaddleClas's RandCropImage (scale) and RandFlipImage; the defaults
+    # are the recipe's. Tiny or orientation-sensitive images (digits, text) want a larger crop and
+    # no flip.
+    cropScaleMin: float = 0.08  # the random crop keeps at least this fraction of the image area
+    horizontalFlip: bool = True
 
 
 @dataclass
@@ -182,6 +187,8 @@ class TrainerSettings:
         _at_least("dataset.imageSize", d.imageSize, 8)
         _at_least("dataset.resizeShort", d.resizeShort, d.imageSize)
         _at_least("dataset.maxCorruptImages", d.maxCorruptImages, 0)
+        if not 0 < d.cropScaleMin <= 1:
+            raise SettingsError(f"dataset.cropScaleMin: must be in (0, 1] (got {d.cropScaleMin!r})")
         _one_of("finetune.freeze", f.freeze, FREEZE_STRATEGIES)
         if f.freeze == "stages" and not 1 <= f.freezeStages <= 4:
             raise SettingsError("finetune.freezeStages: must be 1..4 when finetune.freeze is 'stages'")

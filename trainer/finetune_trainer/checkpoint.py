@@ -56,7 +56,7 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     paddle.save(model.state_dict(), str(tmp / "model.pdparams"))
-    paddle.save(optimizer.state_dict(), str(tmp / "optimizer.pdopt"))
+    paddle.save(portable_optimizer_state(optimizer.state_dict(), model), str(tmp / "optimizer.pdopt"))
     _write_json_atomic(tmp / "state.json", state)
     if final.exists():  # left by an attempt that crashed before pointing latest.json at it
         shutil.rmtree(final)
@@ -89,7 +89,8 @@ def find_latest(output_dir: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(model state dict, optimizer state dict, state) of a checkpoint directory."""
+    """(model state dict, portable optimizer state, state) of a checkpoint directory; give the
+    optimizer state to ``restore_optimizer_state`` before ``optimizer.set_state_dict``."""
     state = json.loads((path / "state.json").read_text())
     return paddle.load(str(path / "model.pdparams")), paddle.load(str(path / "optimizer.pdopt")), state
 
@@ -103,3 +104,48 @@ def save_best(output_dir: Path, model: paddle.nn.Layer, metrics: dict[str, Any])
     os.replace(tmp, best / "model.pdparams")
     _write_json_atomic(best / "metrics.json", metrics)
     return best / "model.pdparams"
+
+
+# Paddle keys optimiser state by each parameter's generated name ("conv2d_46.w_0_velocity_0"),
+# which depends on how many layers the process built before; checkpoints use the state-dict key
+# instead ("blocks.3.conv1.conv.weight::velocity_0"), so any process can restore them.
+SEPARATOR = "::"
+
+
+def _name_map(model: paddle.nn.Layer) -> dict[str, str]:
+    return {param.name: key for key, param in model.named_parameters()}
+
+
+def _rename(key: str, names: dict[str, str], ordered: list[str]) -> str:
+    for generated in ordered:
+        if key.startswith(generated + "_"):
+            return names[generated] + SEPARATOR + key[len(generated) + 1 :]
+    return key
+
+
+def portable_optimizer_state(state: dict[str, Any], model: paddle.nn.Layer) -> dict[str, Any]:
+    names = _name_map(model)
+    ordered = sorted(names, key=len, reverse=True)  # longest first: "fc_0.w_0" before "fc_0.w"
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        if key == "master_weights" and isinstance(value, dict):
+            out[key] = {names.get(k, k): v for k, v in value.items()}
+        elif key == "LR_Scheduler":
+            out[key] = value
+        else:
+            out[_rename(key, names, ordered)] = value
+    return out
+
+
+def restore_optimizer_state(state: dict[str, Any], model: paddle.nn.Layer) -> dict[str, Any]:
+    generated = {key: param.name for key, param in model.named_parameters()}
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        if key == "master_weights" and isinstance(value, dict):
+            out[key] = {generated.get(k, k): v for k, v in value.items()}
+        elif SEPARATOR in key:
+            structured, suffix = key.split(SEPARATOR, 1)
+            out[f"{generated.get(structured, structured)}_{suffix}"] = value
+        else:
+            out[key] = value
+    return out

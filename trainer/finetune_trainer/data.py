@@ -187,10 +187,12 @@ def random_resized_crop(
     return image.resize((size, size), Image.Resampling.BILINEAR, box=(x, y, x + w, y + h))
 
 
-def train_transform(image: Image.Image, size: int, rng: np.random.Generator) -> np.ndarray:
+def train_transform(
+    image: Image.Image, size: int, rng: np.random.Generator, scale_min: float = 0.08, flip: bool = True
+) -> np.ndarray:
     """Random resized crop, horizontal flip with p=0.5, normalise."""
-    image = random_resized_crop(image, size, rng)
-    if rng.random() < 0.5:
+    image = random_resized_crop(image, size, rng, scale=(scale_min, 1.0))
+    if flip and rng.random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return normalize(image)
 
@@ -214,9 +216,18 @@ class ImageDataset:
     """
 
     def __init__(
-        self, samples: list[Sample], image_size: int, resize_short: int, train: bool, seed: int = 0
+        self,
+        samples: list[Sample],
+        image_size: int,
+        resize_short: int,
+        train: bool,
+        seed: int = 0,
+        crop_scale_min: float = 0.08,
+        flip: bool = True,
     ) -> None:
         self.samples = samples
+        self.crop_scale_min = crop_scale_min
+        self.flip = flip
         self.image_size = image_size
         self.resize_short = resize_short
         self.train = train
@@ -238,7 +249,7 @@ class ImageDataset:
             return blank, np.int64(CORRUPT_LABEL), np.int64(index)
         if self.train:
             rng = np.random.default_rng((self.seed & 0xFFFFFFFF, self.epoch, index))
-            array = train_transform(image, self.image_size, rng)
+            array = train_transform(image, self.image_size, rng, self.crop_scale_min, self.flip)
         else:
             array = eval_transform(image, self.image_size, self.resize_short)
         return array, np.int64(sample.label), np.int64(index)
