@@ -210,11 +210,20 @@ def test_operator_settings_in_the_chart_are_ones_the_operator_reads() -> None:
     from finetune_operator import config
 
     known = {opt[2] for opt in config._OPTIONS}
-    (d,) = by_kind(documents(render()), "Deployment")
-    unknown = set(_env(d)) - known
+    values = (
+        "operator.trainerEnv.HTTPS_PROXY=http://proxy:3128,operator.cacheClaim=weights,"
+        "operator.workers=7,watchNamespaces={a,b}"
+    )
+    (d,) = by_kind(documents(render("--set", values)), "Deployment")
+    env = _env(d)
+    unknown = set(env) - known
     assert not unknown, f"the chart sets variables finetune-operator does not read: {sorted(unknown)}"
-    # And every value the chart passes parses.
-    config.parse_config([], _env(d))
+    # What the chart passes parses into the settings the values asked for.
+    parsed = config.parse_config([], env)
+    assert parsed.trainer_env == (("HTTPS_PROXY", "http://proxy:3128"),)
+    assert (parsed.cache_claim, parsed.workers, parsed.namespaces) == ("weights", 7, ("a", "b"))
+    defaults = config.parse_config([], _env(by_kind(documents(render()), "Deployment")[0]))
+    assert defaults.clusterwide and defaults.log_format == "json"
 
 
 def test_monitors_and_dashboard_render_when_enabled() -> None:

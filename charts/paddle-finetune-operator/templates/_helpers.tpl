@@ -38,6 +38,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: paddle-finetune-operator
 {{- end }}
 
+{{/* operator.trainerEnv as the NAME=VALUE,NAME=VALUE list PFO_TRAINER_ENV takes (sorted keys). */}}
+{{- define "pfo.trainerEnv" -}}
+{{- $pairs := list }}
+{{- range $k, $v := . }}
+{{- $pairs = append $pairs (printf "%s=%s" $k $v) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- end }}
+
 {{- define "pfo.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
