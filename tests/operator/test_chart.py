@@ -434,8 +434,9 @@ def test_operator_with_the_charts_service_account_runs_a_job(
         assert status["metrics"]["bestEpoch"] == RESULT["bestEpoch"]
         conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
         assert conditions.get("Succeeded") == "True", status
-        events = cluster.kubectl("get", "events", "-o", "json", namespace=jobs_ns).stdout
-        assert "ftj-rbac" in events, "the operator posted no Event about the job"
+        events = json.loads(cluster.kubectl("get", "events", "-o", "json", namespace=jobs_ns).stdout)["items"]
+        about_job = [e for e in events if e["involvedObject"].get("kind") == "FineTuneJob"]
+        assert about_job, "the operator posted no Event about the job"
     finally:
         op.stop()
         _helm(cluster, "uninstall", release, "-n", namespace)
