@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,17 @@ def test_chart_ships_the_repository_crd() -> None:
     crds = by_kind(documents(render(include_crds=True)), "CustomResourceDefinition")
     assert len(crds) == 1, f"the chart renders {len(crds)} CRDs"
     assert crds[0] == crd.load_crd(), f"the chart's CRD differs from {crd.CRD_FILE}"
+
+
+def test_packaged_chart_carries_the_crd_as_a_file(tmp_path: Path) -> None:
+    """`helm package` resolves the symbolic link: the published chart holds the CRD's bytes."""
+    helm("package", str(CHART), "--destination", str(tmp_path))
+    (archive,) = tmp_path.glob("paddle-finetune-operator-*.tgz")
+    with tarfile.open(archive) as tar:
+        member = tar.getmember(f"paddle-finetune-operator/crds/{crd.CRD_FILE.name}")
+        assert member.isfile(), "the packaged CRD is not a regular file"
+        packaged = tar.extractfile(member).read()  # type: ignore[union-attr]
+    assert packaged == crd.CRD_FILE.read_bytes()
 
 
 @pytest.mark.parametrize(
