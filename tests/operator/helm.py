@@ -121,3 +121,16 @@ def service_account_kubeconfig(cluster: Any, namespace: str, service_account: st
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     path.chmod(0o600)
     return path
+
+
+def install_for_local_operator(
+    cluster: Any, namespace: str, path: Path, *values: str, release: str = "pfo"
+) -> Path:
+    """`helm install` the chart into `namespace` of the local cluster and return a kubeconfig for
+    its ServiceAccount: what the demo (and anyone trying the chart locally) runs the operator with,
+    as a local process, since kwok's fake nodes cannot run the operator's Deployment."""
+    helm(
+        "upgrade", "--install", release, str(CHART), "--namespace", namespace, *values, "--wait=false",
+        bin_dir=cluster.bin_dir, kubeconfig=cluster.kubeconfig,
+    )  # fmt: skip
+    return service_account_kubeconfig(cluster, namespace, fullname(release), path)
