@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import finetune_trainer.model as model_module
 import numpy as np
 import paddle
 import pytest
@@ -131,3 +132,35 @@ def test_lr_multiplier_scales_each_stage_update():
     )
     np.testing.assert_array_equal(before["stem.1.conv.weight"], after["stem.1.conv.weight"])
     assert not np.array_equal(before["blocks.3.conv1.conv.weight"], after["blocks.3.conv1.conv.weight"])
+
+
+@pytest.mark.parametrize("kernel, stride, size", [(1, 1, 5), (3, 1, 7), (3, 2, 7), (3, 2, 8), (3, 1, 2)])
+def test_cpu_gemm_conv_equals_conv_kernel(kernel, stride, size):
+    """The CPU fast path computes the conv's output and gradients."""
+    paddle.seed(5)
+    conv = paddle.nn.Conv2D(8, 16, kernel, stride=stride, padding=(kernel - 1) // 2, bias_attr=False)
+    x = paddle.randn([3, 8, size, size])
+    x.stop_gradient = False
+    want = conv(x)
+    got = model_module._conv_as_gemm(x, conv)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+    upstream = paddle.randn(want.shape)
+    grads_want = paddle.grad((want * upstream).sum(), [x, conv.weight])
+    grads_got = paddle.grad((got * upstream).sum(), [x, conv.weight])
+    for g_got, g_want in zip(grads_got, grads_want, strict=True):
+        np.testing.assert_allclose(g_got.numpy(), g_want.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_fast_path_only_on_small_maps_and_export_keeps_conv2d(tmp_path):
+    model = build_model("ResNet18_vd", 3)
+    conv3, conv1 = model.blocks[7].conv1.conv, model.blocks[0].short.conv
+    assert model_module._use_gemm(paddle.zeros([1, 512, 7, 7]), conv3)
+    assert not model_module._use_gemm(paddle.zeros([1, 64, 8, 8]), conv3)
+    assert model_module._use_gemm(paddle.zeros([1, 64, 8, 8]), conv1)
+    assert not model_module._use_gemm(paddle.zeros([1, 64, 9, 9]), conv1)
+    # An exported inference graph holds plain conv2d ops (which inference fuses with BN).
+    model.eval()
+    spec = [paddle.static.InputSpec([None, 3, 32, 32], "float32")]
+    paddle.jit.save(paddle.jit.to_static(model, input_spec=spec, full_graph=True), str(tmp_path / "m"))
+    program = next(p for p in tmp_path.iterdir() if p.suffix in (".json", ".pdmodel")).read_bytes()
+    assert program.count(b"conv2d") >= 20 and b"unfold" not in program

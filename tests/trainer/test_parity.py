@@ -7,6 +7,7 @@ installed ``paddleclas==2.6.0`` source, loaded with light stand-ins for its heav
 
 from __future__ import annotations
 
+import finetune_trainer.model as model_module
 import numpy as np
 import paddle
 import pytest
@@ -69,8 +70,13 @@ def _randomise(layer: paddle.nn.Layer, seed: int) -> None:
     layer.set_state_dict(state)
 
 
+@pytest.mark.parametrize("gemm", [False, True], ids=["conv-kernels", "cpu-gemm-path"])
 @pytest.mark.parametrize("size", [64, 50])  # 50: odd maps at stage 4 exercise the vd "SAME" avg-pool
-def test_same_function_as_reference_eval(ref, size):
+def test_same_function_as_reference_eval(ref, size, gemm, monkeypatch):
+    """With Paddle's conv kernels the output is the reference's to 1e-5; the CPU fast path
+    (convs on small maps as one matrix product) sums in another order, so it is held to 1e-5
+    relative to the largest logit."""
+    monkeypatch.setattr(model_module, "CPU_GEMM_CONV", gemm)
     paddle.seed(1)
     reference = ref.ResNet50_vd(class_num=10)
     _randomise(reference, seed=size)
@@ -84,8 +90,9 @@ def test_same_function_as_reference_eval(ref, size):
     with paddle.no_grad():
         want = reference(x).numpy()
         got = ours(x).numpy()
-    assert np.abs(want).max() > 1e-3  # a meaningful output, not all zeros
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    scale = float(np.abs(want).max())
+    assert scale > 1e-3  # a meaningful output, not all zeros
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * (max(1.0, scale) if gemm else 1.0))
 
 
 def test_same_function_and_gradients_train_mode(ref):

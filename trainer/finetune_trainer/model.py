@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import paddle
+import paddle.nn.functional as F
 from paddle import ParamAttr, nn
 from paddle.nn.initializer import Uniform
 
@@ -49,6 +50,12 @@ DEPTHS: dict[str, Depth] = {
     "ResNet101_vd": Depth(bottleneck=True, blocks=(3, 4, 23, 3)),
     "ResNet152_vd": Depth(bottleneck=True, blocks=(3, 8, 36, 3)),
 }
+
+# CPU fast path (see ``_conv_as_gemm``): feature maps up to this many pixels run their convs as
+# one matrix product. Measured on Paddle 3.3 CPU, fwd+bwd, batch 4-8: 1x1 convs 1.3-5x faster up
+# to 8x8 maps, 3x3 convs 1.3-2.7x faster up to 7x7; on larger maps the conv kernel wins.
+GEMM_MAX_PIXELS = {1: 64, 3: 49}
+CPU_GEMM_CONV = True  # switch for tests and benchmarks
 
 NUM_STAGES = 4
 STEM_STAGE = 0
@@ -99,8 +106,41 @@ class ConvBN(nn.Layer):
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         if self.pool is not None:
             x = self.pool(x)
-        x = self.bn(self.conv(x))
+        x = _conv_as_gemm(x, self.conv) if _use_gemm(x, self.conv) else self.conv(x)
+        x = self.bn(x)
         return self.relu(x) if self.relu is not None else x
+
+
+def _use_gemm(x: paddle.Tensor, conv: nn.Conv2D) -> bool:
+    """Only eagerly on a CPU: exported (static) graphs keep conv2d, which inference fuses with BN,
+    and GPUs have cuDNN."""
+    if not CPU_GEMM_CONV or not paddle.in_dynamic_mode() or not x.place.is_cpu_place():
+        return False
+    limit = GEMM_MAX_PIXELS.get(conv._kernel_size[0])
+    return limit is not None and x.shape[2] * x.shape[3] <= limit
+
+
+def _conv_as_gemm(x: paddle.Tensor, conv: nn.Conv2D) -> paddle.Tensor:
+    """The same convolution as one matrix product over the whole batch.
+
+    Paddle's CPU conv kernel multiplies sample by sample, so on small maps with many channels its
+    weight gradient is a sum of tiny products (inner size H*W, e.g. 4 at stage 4) over a large
+    weight. Folding the batch into the product's inner dimension makes that one large product.
+    """
+    n, c, h, w = x.shape
+    weight = conv.weight
+    out_c, _, k, _ = weight.shape
+    stride, pad = conv._stride[0], conv._padding
+    if k == 1 and stride == 1:
+        cols = x.transpose([0, 2, 3, 1]).reshape([n * h * w, c])
+        out = paddle.matmul(cols, weight.reshape([out_c, c]), transpose_y=True)
+        return out.reshape([n, h, w, out_c]).transpose([0, 3, 1, 2])
+    pad = pad[0] if isinstance(pad, (list, tuple)) else pad
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    cols = F.unfold(x, [k, k], strides=stride, paddings=pad)  # [n, c*k*k, oh*ow]
+    cols = cols.transpose([0, 2, 1]).reshape([n * oh * ow, c * k * k])
+    out = paddle.matmul(cols, weight.reshape([out_c, c * k * k]), transpose_y=True)
+    return out.reshape([n, oh, ow, out_c]).transpose([0, 3, 1, 2])
 
 
 class BasicBlock(nn.Layer):
