@@ -73,11 +73,23 @@ test-unit: venv
 test: venv binaries prometheus operator-wheels
 	$(PY) -m pytest tests
 
+# Only the tests against the local control plane (each pytest session starts and stops its own).
+test-cluster: venv binaries
+	$(PY) -m pytest -m cluster tests
+
+# A local control plane left running for people and the demo: .cluster/kubeconfig (see
+# tests/cluster/README.md). `make test` does not need it.
+cluster-up: venv binaries
+	$(PY) -m tests.cluster.harness up
+
+cluster-down:
+	@if [ -x $(PY) ]; then $(PY) -m tests.cluster.harness down; else echo "no $(PY): nothing started"; fi
+
 demo: venv
 	$(PY) -m finetune_trainer.demo
 
 bench: venv
 	$(PY) bench/run.py
 
-clean:
+clean: cluster-down
 	rm -rf $(VENV) .cluster .pytest_cache .ruff_cache

@@ -1,7 +1,8 @@
 """Shared fixtures: one local Kubernetes control plane per test session, a fresh namespace per test.
 
 The session starts its own cluster in a temporary directory and stops it at the end (also on
-failure or interruption, through a finalizer and atexit). Set PFO_REUSE_CLUSTER=1 to run against
+failure, Ctrl-C or SIGTERM through a finalizer and atexit, and on SIGKILL through a watchdog
+process that notices the session is gone). Set PFO_REUSE_CLUSTER=1 to run against
 the cluster `make cluster-up` left running in .cluster/ instead (it is then left running).
 Tests that use `cluster` (directly or through `namespace`) are marked `cluster` automatically, so
 `pytest -m "not cluster"` never starts one.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -27,6 +29,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.cluster)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     if os.environ.get("PFO_REUSE_CLUSTER") == "1":
@@ -39,8 +45,11 @@ def cluster() -> Iterator[Cluster]:
         return
     state_dir = Path(tempfile.mkdtemp(prefix="pfo-cluster-"))
     atexit.register(stop_state_dir, state_dir)  # if the finalizer below never runs
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # `timeout` and CI cancel with SIGTERM:
+        signal.signal(signal.SIGTERM, _interrupt)  # let pytest unwind and run the finalizer
     try:
-        yield Cluster.start(state_dir)
+        # The watchdog covers what no finalizer can: this process being SIGKILLed.
+        yield Cluster.start(state_dir, owner_pid=os.getpid())
     finally:
         stop_state_dir(state_dir)
 

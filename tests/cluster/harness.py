@@ -131,8 +131,11 @@ class Cluster:
 
     # ----------------------------------------------------------------- lifecycle
     @classmethod
-    def start(cls, state_dir: Path = DEFAULT_STATE_DIR, *, runner_gpus: int = 2) -> Cluster:
-        """Start every process; on any failure stop what was started and raise."""
+    def start(
+        cls, state_dir: Path = DEFAULT_STATE_DIR, *, runner_gpus: int = 2, owner_pid: int | None = None
+    ) -> Cluster:
+        """Start every process; on any failure stop what was started and raise. With `owner_pid`,
+        a watchdog stops the cluster when that process ends, even if it is killed (SIGKILL)."""
         state_dir = state_dir.resolve()
         if (state_dir / "state.json").exists():
             existing = cls.attach(state_dir)
@@ -142,6 +145,8 @@ class Cluster:
                 )
             stop_state_dir(state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
+        if owner_pid is not None:
+            _start_watchdog(state_dir, owner_pid)
         starter = _Starter(state_dir, bin_dir(), runner_gpus)
         try:
             return starter.run()
@@ -589,20 +594,57 @@ def stop_state_dir(state_dir: Path, *, remove: bool = True, grace: float = 10.0)
         shutil.rmtree(state_dir, ignore_errors=True)
 
 
+def _start_watchdog(state_dir: Path, owner_pid: int) -> None:
+    from tests.cluster.runner import _proc_start_time
+
+    argv = [sys.executable, "-m", "tests.cluster.harness", "watch", "--state-dir", str(state_dir),
+            "--owner-pid", str(owner_pid), "--owner-start", str(_proc_start_time(owner_pid))]  # fmt: skip
+    subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )  # fmt: skip
+
+
+def _watch(state_dir: Path, owner_pid: int, owner_start: str) -> None:
+    """Stop the cluster in `state_dir` once its owner process is gone; end when the state is gone."""
+    from tests.cluster.runner import _proc_start_time
+
+    while state_dir.exists():
+        if _proc_start_time(owner_pid) != owner_start:
+            stop_state_dir(state_dir)
+            return
+        time.sleep(1)
+
+
 def _reap(procs: list[dict[str, Any]]) -> None:
-    for p in procs:  # reap our own children so they do not linger as zombies
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(p["pid"], os.WNOHANG)
+    """Collect the exit status of those that are our own children, so none lingers as a zombie."""
+    deadline = time.monotonic() + 5
+    pending = {p["pid"] for p in procs}
+    while pending and time.monotonic() < deadline:
+        for pid in list(pending):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # not our child (another process started it) or reaped
+                done = pid
+            if done == pid:
+                pending.discard(pid)
+        if pending:
+            time.sleep(0.05)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.cluster.harness", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("action", choices=["up", "down", "status", "watch"])
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    parser.add_argument("--owner-pid", type=int, help="watch: stop the cluster when this process ends")
+    parser.add_argument("--owner-start", help="watch: that process's start time (/proc/PID/stat field 22)")
     args = parser.parse_args(argv)
     state_dir = args.state_dir.resolve()
+    if args.action == "watch":
+        _watch(state_dir, args.owner_pid, args.owner_start)
+        return 0
     if args.action == "down":
         stop_state_dir(state_dir)
         print(f"stopped the cluster in {state_dir} and removed its state")
@@ -612,6 +654,11 @@ def main(argv: list[str] | None = None) -> int:
         ok = cluster is not None and cluster.healthy()
         print(f"{state_dir}: {'running' if ok else 'not running'}")
         return 0 if ok else 1
+    running = Cluster.attach(state_dir)
+    if running is not None and running.healthy():
+        print(f"a cluster already runs from {state_dir}", file=sys.stderr)
+        print(running.kubeconfig)
+        return 0
     cluster = Cluster.start(state_dir)
     print(f"cluster ready in {cluster.state['start_seconds']}s; API server {cluster.server}", file=sys.stderr)
     print(f"  export KUBECONFIG={cluster.kubeconfig}", file=sys.stderr)

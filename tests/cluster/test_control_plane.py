@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from kubernetes import client
@@ -161,3 +162,18 @@ def test_deleting_an_owner_deletes_its_pods(cluster: Cluster, namespace: str) ->
         timeout=60,
     )
     assert cluster.kubectl("get", "configmap", "bystander", namespace=namespace, check=False).returncode == 0
+
+
+def test_a_second_cluster_coexists_and_stops_without_leftovers(cluster: Cluster, tmp_path: Path) -> None:
+    second = Cluster.start(tmp_path / "second")
+    try:
+        assert second.server != cluster.server
+        assert second.kubectl("get", "--raw", "/readyz").stdout == "ok"
+        assert cluster.kubectl("get", "--raw", "/readyz").stdout == "ok"
+        pids = [p["pid"] for p in second.state["processes"]]
+        assert len(pids) == 6  # etcd, apiserver, controller-manager, scheduler, kwok, runner
+    finally:
+        second.stop()
+    assert not (tmp_path / "second").exists()
+    assert [pid for pid in pids if Path(f"/proc/{pid}").exists()] == []
+    assert cluster.kubectl("get", "--raw", "/readyz").stdout == "ok"
