@@ -74,7 +74,7 @@ test: venv binaries prometheus operator-wheels
 	$(PY) -m pytest tests
 
 # Only the tests against the local control plane (each pytest session starts and stops its own).
-test-cluster: venv binaries
+test-cluster: venv binaries prometheus
 	$(PY) -m pytest -m cluster tests
 
 # A local control plane left running for people and the demo: .cluster/kubeconfig (see
