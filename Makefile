@@ -67,7 +67,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check operator trainer tests bench
 
-test-unit: venv
+test-unit: venv operator-wheels
 	$(PY) -m pytest -m "not cluster" tests
 
 test: venv binaries prometheus operator-wheels
