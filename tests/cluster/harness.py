@@ -298,6 +298,24 @@ class Cluster:
 
         _wait_until(f"pod {namespace}/{name} to reach {phase}", reached, wait, "is it bound to a kwok node?")
 
+    def fake_pod_log(self, namespace: str, name: str, text: str, container: str | None = None) -> Path:
+        """Append `text` to the log of a pod on a kwok node, so `kubectl logs` and
+        read_namespaced_pod_log return it through the API server (as for a real pod)."""
+        folder = self.state_dir / "fake-logs"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{namespace}_{name}_{container or 'all'}.log"
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
+        with path.open("a") as f:  # the CRI log format kwok reads: time, stream, tag, content
+            f.writelines(f"{stamp} stdout F {line}\n" for line in text.splitlines())
+        logs = {
+            "apiVersion": "kwok.x-k8s.io/v1alpha1",
+            "kind": "Logs",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"logs": [{"containers": [container] if container else [], "logsFile": str(path)}]},
+        }
+        self.kubectl("apply", "-f", "-", input=json.dumps(logs))
+        return path
+
     def runner_volume_dir(self, claim_name: str) -> Path:
         """The local folder that stands for PersistentVolumeClaim `claim_name` on the runner node."""
         path = self.runner_root / "volumes" / claim_name
@@ -497,6 +515,10 @@ class _Starter:
             "--authorization-kubeconfig", str(kubeconfigs["scheduler.kubeconfig"]),
             "--bind-address", "127.0.0.1", "--secure-port", "0", "--leader-elect=false", "--v=1",
         ])  # fmt: skip
+        # kwok serves `kubectl logs` for fake pods from files named by Logs objects (fake_pod_log).
+        cluster = Cluster(d, self.state)
+        cluster.kubectl("apply", "-f", str(HERE / "kwok-logs-crd.yaml"))
+        cluster.kubectl("wait", "--for=condition=Established", "crd/logs.kwok.x-k8s.io", "--timeout=30s")
         self.spawn("kwok", [
             str(b / "kwok"), "--kubeconfig", str(kubeconfigs["kubeconfig"]),
             "--config", str(HERE / "kwok-stages.yaml"),
@@ -504,7 +526,7 @@ class _Starter:
             "--node-ip", "127.0.0.1", "--node-port", str(ports["kwok"]),
             "--server-address", f"127.0.0.1:{ports['kwok']}",
             "--tls-cert-file", str(kwok_tls.cert), "--tls-private-key-file", str(kwok_tls.key),
-            "--node-lease-duration-seconds", "40", "--cidr", "10.244.0.0/16",
+            "--node-lease-duration-seconds", "40", "--cidr", "10.244.0.0/16", "--enable-crds", "Logs",
         ])  # fmt: skip
         self.spawn("runner", [
             sys.executable, "-m", "tests.cluster.runner",
@@ -514,7 +536,6 @@ class _Starter:
             "--gpus", str(self.runner_gpus),
         ], env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})  # fmt: skip
 
-        cluster = Cluster(d, self.state)
         cluster.kubectl("apply", "-f", "-", input=json.dumps(_fake_nodes_manifest()))
 
         def nodes_ready() -> bool:

@@ -182,3 +182,17 @@ def test_drive_pod_rejects_nonsense(cluster: Cluster, namespace: str) -> None:
         cluster.drive_pod(namespace, "whatever", phase="Running")
     with pytest.raises(ValueError, match="exit code"):
         cluster.drive_pod(namespace, "whatever", phase="Succeeded", exit_code=1)
+
+
+def test_a_fake_pod_log_is_read_through_the_api_server(cluster: Cluster, namespace: str) -> None:
+    from kubernetes import client
+
+    apply(cluster, namespace, pod("worker", gpus=1))
+    cluster.wait_pod_phase(namespace, "worker", "Running")
+    cluster.fake_pod_log(namespace, "worker", "epoch 1/3 loss=2.1\nepoch 2/3 loss=1.7")
+    cluster.fake_pod_log(namespace, "worker", "epoch 3/3 loss=1.2")
+    core = client.CoreV1Api(cluster.api_client())
+    assert core.read_namespaced_pod_log("worker", namespace, tail_lines=1) == "epoch 3/3 loss=1.2\n"
+    assert cluster.kubectl("logs", "worker", namespace=namespace).stdout.splitlines() == [
+        "epoch 1/3 loss=2.1", "epoch 2/3 loss=1.7", "epoch 3/3 loss=1.2",
+    ]  # fmt: skip
