@@ -25,6 +25,8 @@ _DATASET_KEYS = (
     "imageSize",
     "corruptImages",
     "maxCorruptImages",
+    "cropScaleMin",  # passed on when the CRD and the contract have them
+    "horizontalFlip",
 )
 _FINETUNE_KEYS = ("stripMismatched", "freeze", "freezeStages", "lrMultList")
 _TRAINING_KEYS = (

@@ -133,7 +133,9 @@ def test_success_reports_metrics_conditions_events_and_prometheus(cluster, names
 
     # Deleting the job removes the pod (garbage collector) and the job's top-1 series.
     cluster.kubectl("delete", "ftj", "ok", "--wait=true", "--timeout=30s", namespace=namespace)
-    cluster.wait_for("the pod to be garbage-collected", lambda: cluster.get_pod(namespace, pod) is None, 30)
+    # (The garbage collector notices a new CRD at its next discovery resync, every 30 s: the
+    # first test of a session may wait for that.)
+    cluster.wait_for("the pod to be garbage-collected", lambda: cluster.get_pod(namespace, pod) is None, 90)
     cluster.wait_for(
         "the top-1 series to go",
         lambda: metric_value(operator.metrics(), "finetune_job_top1", namespace=namespace, name="ok") is None,
