@@ -15,6 +15,12 @@ cache=${PFO_CACHE:-$HOME/.cache/paddle-finetune-operator}
 bin="$cache/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION"
 work="$cache/build"
 logs="$cache/logs"
+# Warm cache: every binary is there, nothing to check against the network.
+all_there=1
+for b in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm; do
+  [[ -x $bin/$b ]] || all_there=0
+done
+if (( all_there )); then echo "$bin"; exit 0; fi
 mkdir -p "$bin" "$work" "$logs"
 export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
 
@@ -94,6 +100,23 @@ step kwok "$bin/kwok" build_in "$work/kwok-$KWOK_VERSION" "$bin/kwok" sigs.k8s.i
 simple_module "$work/helm-$HELM_VERSION" helm.sh/helm/v3 "$HELM_VERSION"
 step helm "$bin/helm" build_in "$work/helm-$HELM_VERSION" "$bin/helm" helm.sh/helm/v3/cmd/helm \
   "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+
+# Each binary must report its pinned version (tools such as Helm's kubeVersion checks parse it).
+verify() {  # verify NAME EXPECTED CMD...
+  local name=$1 want=$2; shift 2
+  local got; got=$("$@" 2>&1)
+  if [[ $got != *"$want"* ]]; then
+    log "FAILED: $name reports '$got', expected '$want' (rebuild: rm $bin/$name)"
+    exit 1
+  fi
+}
+for c in kube-apiserver kube-controller-manager kube-scheduler; do
+  verify "$c" "Kubernetes $K8S_VERSION" "$bin/$c" --version
+done
+verify kubectl "$K8S_VERSION" "$bin/kubectl" version --client
+verify etcd "etcd Version: ${ETCD_VERSION#v}" "$bin/etcd" --version
+verify kwok "kwok version $KWOK_VERSION" "$bin/kwok" --version
+verify helm "$HELM_VERSION" "$bin/helm" version --template '{{.Version}}'
 
 (( SECONDS - t_all > 5 )) && log "all binaries ready in $((SECONDS - t_all))s"
 echo "$bin"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -14,11 +15,30 @@ from kubernetes.client.exceptions import ApiException
 from tests.cluster.harness import HERE, Cluster
 
 
+def pinned_versions() -> dict[str, str]:
+    lines = (HERE / "versions.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+
+
 def pinned_k8s_version() -> str:
-    for line in (HERE / "versions.env").read_text().splitlines():
-        if line.startswith("K8S_VERSION="):
-            return line.split("=", 1)[1].strip()
-    raise AssertionError("versions.env has no K8S_VERSION")
+    return pinned_versions()["K8S_VERSION"]
+
+
+def test_every_binary_reports_its_pinned_version(cluster: Cluster) -> None:
+    v = pinned_versions()
+
+    def version(*cmd: str) -> str:
+        proc = subprocess.run(
+            [str(cluster.bin_dir / cmd[0]), *cmd[1:]], capture_output=True, text=True, check=True
+        )
+        return proc.stdout
+
+    for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler"):
+        assert version(name, "--version").strip() == f"Kubernetes {v['K8S_VERSION']}"
+    assert f"Client Version: {v['K8S_VERSION']}" in version("kubectl", "version", "--client")
+    assert version("etcd", "--version").startswith(f"etcd Version: {v['ETCD_VERSION'].removeprefix('v')}\n")
+    assert version("kwok", "--version").startswith(f"kwok version {v['KWOK_VERSION']} ")
+    assert version("helm", "version", "--template", "{{.Version}}") == v["HELM_VERSION"]
 
 
 def test_api_server_reports_the_pinned_version(cluster: Cluster) -> None:
