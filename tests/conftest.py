@@ -3,7 +3,8 @@
 The session starts its own cluster in a temporary directory and stops it at the end (also on
 failure, Ctrl-C or SIGTERM through a finalizer and atexit, and on SIGKILL through a watchdog
 process that notices the session is gone). Set PFO_REUSE_CLUSTER=1 to run against
-the cluster `make cluster-up` left running in .cluster/ instead (it is then left running).
+the cluster `make cluster-up` left running in .cluster/ instead (it is then left running; CI=true
+always starts a fresh one).
 Tests that use `cluster` (directly or through `namespace`) are marked `cluster` automatically, so
 `pytest -m "not cluster"` never starts one.
 """
@@ -35,7 +36,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    if os.environ.get("PFO_REUSE_CLUSTER") == "1":
+    if os.environ.get("PFO_REUSE_CLUSTER") == "1" and os.environ.get("CI") != "true":
         existing = Cluster.attach(DEFAULT_STATE_DIR)
         if existing is None or not existing.healthy():
             pytest.fail(
