@@ -51,7 +51,7 @@ def test_vd_shortcut_pools_before_its_conv(r50):
 
 @pytest.mark.parametrize(
     "arch, feature_dim, blocks",
-    [("ResNet18_vd", 512, 8), ("ResNet34_vd", 512, 16), ("ResNet101_vd", 2048, 33)],
+    [("ResNet18_vd", 512, 8), ("ResNet34_vd", 512, 16)],  # 101/152: test_parity.py
 )
 def test_family_table(arch, feature_dim, blocks):
     model = build_model(arch, 5)
