@@ -309,3 +309,12 @@ def test_crafted_pickle_cannot_run_code(tmp_path):
     with pytest.raises(PretrainedError, match="mkdir, which a weights file never needs"):
         load_pretrained(build_model("ResNet18_vd", 10), evil)
     assert not marker.exists()
+
+
+def test_unusable_cache_dir_is_permanent(tmp_path, server):
+    server.routes["/w.pdparams"] = (200, b"payload", "full")
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache directory should be")
+    with pytest.raises(PretrainedError, match="cacheDir: cannot create"):
+        fetch_pretrained(PretrainedSource(url=server.url("/w.pdparams")), blocker / "cache", **FAST)
+    assert server.hits["/w.pdparams"] == 0

@@ -125,7 +125,10 @@ def fetch_pretrained(
     _check_url(url)
 
     cache = Path(cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PretrainedError(f"cacheDir: cannot create {cache}: {exc}") from exc
     target = cache / cache_name(url, sha)
     if target.is_file():
         if not sha or _sha256(target) == sha:
@@ -197,7 +200,10 @@ def _session(retries: int, backoff: float) -> requests.Session:
 
 def _download(url: str, target: Path, sha: str, *, timeout: float, retries: int, backoff: float) -> None:
     log.info("pretrained weights: downloading %s", url)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    except OSError as exc:
+        raise PretrainedError(f"cacheDir: cannot write in {target.parent}: {exc}") from exc
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out, _session(retries, backoff) as session:
@@ -221,6 +227,8 @@ def _download(url: str, target: Path, sha: str, *, timeout: float, retries: int,
                         received += len(chunk)
                 except requests.RequestException as exc:
                     raise DownloadError(f"{url}: download interrupted after {received} bytes: {exc}") from exc
+                except OSError as exc:  # e.g. the cache volume is full: may pass once space frees up
+                    raise DownloadError(f"{url}: cannot write {tmp} after {received} bytes: {exc}") from exc
             if expected_len is not None and expected_len.isdigit() and received != int(expected_len):
                 raise DownloadError(f"{url}: truncated download ({received} of {expected_len} bytes)")
             out.flush()
