@@ -132,10 +132,16 @@ class Cluster:
     # ----------------------------------------------------------------- lifecycle
     @classmethod
     def start(
-        cls, state_dir: Path = DEFAULT_STATE_DIR, *, runner_gpus: int = 2, owner_pid: int | None = None
+        cls,
+        state_dir: Path = DEFAULT_STATE_DIR,
+        *,
+        runner_gpus: int = 2,
+        owner_pid: int | None = None,
+        gpu_nodes: int = len(GPU_NODES),
     ) -> Cluster:
         """Start every process; on any failure stop what was started and raise. With `owner_pid`,
-        a watchdog stops the cluster when that process ends, even if it is killed (SIGKILL)."""
+        a watchdog stops the cluster when that process ends, even if it is killed (SIGKILL).
+        `gpu_nodes`: how many fake 8-GPU nodes (kwok-gpu-0, ...); the benchmark asks for many."""
         state_dir = state_dir.resolve()
         if (state_dir / "state.json").exists():
             existing = cls.attach(state_dir)
@@ -147,7 +153,7 @@ class Cluster:
         state_dir.mkdir(parents=True, exist_ok=True)
         if owner_pid is not None:
             _start_watchdog(state_dir, owner_pid)
-        starter = _Starter(state_dir, bin_dir(), runner_gpus)
+        starter = _Starter(state_dir, bin_dir(), runner_gpus, gpu_nodes)
         try:
             return starter.run()
         except BaseException:
@@ -271,20 +277,7 @@ class Cluster:
         (default Completed/Error) and `message` (state.terminated.message), the pod reaches `phase`;
         `pod_reason`/`pod_message` set status.reason/message (e.g. "Evicted"). Waits up to `wait`
         seconds for the phase (0: do not wait; a pod deleted meanwhile ends the wait)."""
-        if phase not in ("Succeeded", "Failed"):
-            raise ValueError(f"drive_pod: phase must be Succeeded or Failed, not {phase!r}")
-        if phase == "Succeeded" and exit_code != 0:
-            raise ValueError("drive_pod: a Succeeded pod's exit code is 0")
-        annotations = {
-            DRIVE_PREFIX + "phase": phase,
-            DRIVE_PREFIX + "exit-code": str(int(exit_code)),
-            DRIVE_PREFIX + "reason": reason or ("Completed" if phase == "Succeeded" else "Error"),
-            DRIVE_PREFIX + "message": message,
-        }
-        if pod_reason:
-            annotations[DRIVE_PREFIX + "pod-reason"] = pod_reason
-        if pod_message:
-            annotations[DRIVE_PREFIX + "pod-message"] = pod_message
+        annotations = drive_annotations(phase, exit_code, message, reason, pod_reason, pod_message)
         patch = json.dumps({"metadata": {"annotations": annotations}})
         self.kubectl("patch", "pod", name, "--type=merge", "-p", patch, namespace=namespace)
         if wait <= 0:
@@ -374,9 +367,37 @@ class Cluster:
         }
 
 
+def drive_annotations(
+    phase: str = "Succeeded",
+    exit_code: int = 0,
+    message: str = "",
+    reason: str = "",
+    pod_reason: str = "",
+    pod_message: str = "",
+) -> dict[str, str]:
+    """The pod annotations drive_pod sets (for callers that patch many pods at once)."""
+    if phase not in ("Succeeded", "Failed"):
+        raise ValueError(f"drive_pod: phase must be Succeeded or Failed, not {phase!r}")
+    if phase == "Succeeded" and exit_code != 0:
+        raise ValueError("drive_pod: a Succeeded pod's exit code is 0")
+    annotations = {
+        DRIVE_PREFIX + "phase": phase,
+        DRIVE_PREFIX + "exit-code": str(int(exit_code)),
+        DRIVE_PREFIX + "reason": reason or ("Completed" if phase == "Succeeded" else "Error"),
+        DRIVE_PREFIX + "message": message,
+    }
+    if pod_reason:
+        annotations[DRIVE_PREFIX + "pod-reason"] = pod_reason
+    if pod_message:
+        annotations[DRIVE_PREFIX + "pod-message"] = pod_message
+    return annotations
+
+
 # --------------------------------------------------------------------- starting
 class _Starter:
-    def __init__(self, state_dir: Path, bins: Path, runner_gpus: int) -> None:
+    def __init__(
+        self, state_dir: Path, bins: Path, runner_gpus: int, gpu_nodes: int = len(GPU_NODES)
+    ) -> None:
         self.dir = state_dir
         self.bins = bins
         self.runner_gpus = runner_gpus
@@ -387,7 +408,7 @@ class _Starter:
             "processes": [],
             "runner_node": RUNNER_NODE,
             "runner_root": str(state_dir / "runner"),
-            "gpu_nodes": list(GPU_NODES),
+            "gpu_nodes": [f"kwok-gpu-{i}" for i in range(gpu_nodes)],
             "cpu_nodes": list(CPU_NODES),
             "ready": False,
         }
@@ -536,7 +557,7 @@ class _Starter:
             "--gpus", str(self.runner_gpus),
         ], env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})  # fmt: skip
 
-        cluster.kubectl("apply", "-f", "-", input=json.dumps(_fake_nodes_manifest()))
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(_fake_nodes_manifest(self.state["gpu_nodes"])))
 
         def nodes_ready() -> bool:
             for p in self.state["processes"]:
@@ -552,7 +573,7 @@ class _Starter:
                 # node-lifecycle lifts the not-ready taint; until then nothing schedules there
                 if conditions.get("Ready") == "True" and "node.kubernetes.io/not-ready" not in taints:
                     ready.add(node["metadata"]["name"])
-            return ready >= {*GPU_NODES, *CPU_NODES, RUNNER_NODE}
+            return ready >= {*self.state["gpu_nodes"], *CPU_NODES, RUNNER_NODE}
 
         _wait_until("all nodes Ready", nodes_ready, 60, f"see {self.logs}/kwok.log and runner.log")
 
@@ -569,7 +590,7 @@ class _Starter:
         return Cluster(d, self.state)
 
 
-def _fake_nodes_manifest() -> dict[str, Any]:
+def _fake_nodes_manifest(gpu_nodes: list[str]) -> dict[str, Any]:
     def node(name: str, gpus: int) -> dict[str, Any]:
         capacity = {"cpu": "32" if gpus else "16", "memory": "256Gi" if gpus else "64Gi", "pods": "110"}
         labels = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
@@ -584,7 +605,7 @@ def _fake_nodes_manifest() -> dict[str, Any]:
             "status": {"capacity": capacity, "allocatable": capacity},
         }
 
-    items = [node(n, GPUS_PER_NODE) for n in GPU_NODES] + [node(n, 0) for n in CPU_NODES]
+    items = [node(n, GPUS_PER_NODE) for n in gpu_nodes] + [node(n, 0) for n in CPU_NODES]
     return {"apiVersion": "v1", "kind": "List", "items": items}
 
 
