@@ -109,19 +109,19 @@ class OperatorProcess:
 
 
 # ------------------------------------------------------------------------------------------
-def job_manifest(name: str, claim: str, **spec: Any) -> dict[str, Any]:
-    """A FineTuneJob using PersistentVolumeClaim `claim` for data and output; `spec` keys
-    replace whole sections (runPolicy, resources, template, ...)."""
+def job_manifest(name: str, volume: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    """A FineTuneJob using the volume source `volume` for data and output; `spec` keys replace
+    whole sections (runPolicy, resources, template, ...)."""
     body: dict[str, Any] = {
         "model": {"architecture": "ResNet18_vd", "pretrained": {"name": "ResNet18_vd"}},
         "dataset": {
-            "volume": {"persistentVolumeClaim": {"claimName": claim}},
+            "volume": volume,
             "numClasses": 10,
             "imageSize": 32,
         },
         "training": {"epochs": 4, "batchSize": 8, "warmupEpochs": 1},
         "resources": {"gpus": 1},
-        "output": {"volume": {"persistentVolumeClaim": {"claimName": claim}}},
+        "output": {"volume": volume},
         "runPolicy": {"backoffLimit": 2},
     }
     body.update(spec)

@@ -88,7 +88,7 @@ def test_finetune_job_runs_the_real_trainer(cluster, namespace, crd_installed, h
     try:
         manifest = job_manifest(
             "digits",
-            "digits",
+            {"persistentVolumeClaim": {"claimName": "digits"}},
             model={
                 "architecture": "ResNet18_vd",
                 "pretrained": {"url": f"https://127.0.0.1:{port}/{weights.name}", "sha256": sha256},

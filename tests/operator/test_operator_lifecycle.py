@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 
-import pytest
 from finetune_contract import encode_result
 
 from tests.operator.running_operator import (
@@ -46,16 +45,14 @@ RESULT = {
 }
 
 
-@pytest.fixture
-def claim(cluster, namespace):
-    """A Bound PersistentVolumeClaim for data and output (fake pods never open it)."""
-    cluster.create_runner_pvc(namespace, "vol")
-    return "vol"
+# Fake pods never open their volumes: an inline CSI volume (allowed by Pod Security
+# "restricted", and with no claim to bind first) stands for the data and output volumes.
+VOLUME = {"csi": {"driver": "datasets.csi.example.com"}}
 
 
-def start(cluster, operator, namespace, name, claim, **spec):
+def start(cluster, operator, namespace, name, **spec):
     """Create a job and wait until its first pod runs on a fake node; returns the pod name."""
-    apply(cluster, namespace, job_manifest(name, claim, **spec))
+    apply(cluster, namespace, job_manifest(name, VOLUME, **spec))
     wait_job(cluster, operator, namespace, name, phase_is("Running"), "Running")
     return f"{name}-attempt-1"
 
@@ -75,8 +72,8 @@ def metric_value(text: str, metric: str, **labels: str) -> float | None:
     return None
 
 
-def test_success_reports_metrics_conditions_events_and_prometheus(cluster, namespace, operator, claim):
-    pod = start(cluster, operator, namespace, "ok", claim)
+def test_success_reports_metrics_conditions_events_and_prometheus(cluster, namespace, operator):
+    pod = start(cluster, operator, namespace, "ok")
     manifest = cluster.get_pod(namespace, pod)
     assert manifest["spec"]["nodeName"].startswith("kwok-gpu-")  # the scheduler placed a GPU pod
     assert manifest["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
@@ -131,21 +128,9 @@ def test_success_reports_metrics_conditions_events_and_prometheus(cluster, names
     assert metric_value(text, "finetune_job_duration_seconds_count", phase="Succeeded") == 1
     assert metric_value(text, "finetune_job_pod_creation_seconds_count") == 1
 
-    # Deleting the job removes the pod (garbage collector) and the job's top-1 series.
-    cluster.kubectl("delete", "ftj", "ok", "--wait=true", "--timeout=30s", namespace=namespace)
-    # (The garbage collector notices a new CRD at its next discovery resync, every 30 s: the
-    # first test of a session may wait for that.)
-    cluster.wait_for("the pod to be garbage-collected", lambda: cluster.get_pod(namespace, pod) is None, 90)
-    cluster.wait_for(
-        "the top-1 series to go",
-        lambda: metric_value(operator.metrics(), "finetune_job_top1", namespace=namespace, name="ok") is None,
-        10,
-    )
-    assert metric_value(operator.metrics(), "finetune_jobs", phase="Succeeded") == 0
 
-
-def test_permanent_failure_fails_at_once(cluster, namespace, operator, claim):
-    pod = start(cluster, operator, namespace, "bad-data", claim)
+def test_permanent_failure_fails_at_once(cluster, namespace, operator):
+    pod = start(cluster, operator, namespace, "bad-data")
     message = encode_result(
         {"exitCode": 3, "reason": "DataError", "message": "val_list.txt line 2: missing image"}
     )
@@ -166,8 +151,8 @@ def test_permanent_failure_fails_at_once(cluster, namespace, operator, claim):
     assert "finetune_job_outcomes_total" in operator.metrics()
 
 
-def test_transient_failure_then_success_on_retry(cluster, namespace, operator, claim):
-    pod = start(cluster, operator, namespace, "flaky", claim)
+def test_transient_failure_then_success_on_retry(cluster, namespace, operator):
+    pod = start(cluster, operator, namespace, "flaky")
     cluster.drive_pod(namespace, pod, "Failed", exit_code=143)
     status = wait_job(cluster, operator, namespace, "flaky", lambda s: s.get("attempts") == 2, "on attempt 2")
     assert status["podName"] == "flaky-attempt-2"
@@ -181,8 +166,8 @@ def test_transient_failure_then_success_on_retry(cluster, namespace, operator, c
     assert 'finetune_retries_total{reason="Interrupted"} 1.0' in operator.metrics()
 
 
-def test_backoff_limit_exhausted(cluster, namespace, operator, claim):
-    pod = start(cluster, operator, namespace, "hopeless", claim, runPolicy={"backoffLimit": 1})
+def test_backoff_limit_exhausted(cluster, namespace, operator):
+    pod = start(cluster, operator, namespace, "hopeless", runPolicy={"backoffLimit": 1})
     cluster.drive_pod(namespace, pod, "Failed", exit_code=75)
     wait_job(
         cluster,
@@ -200,9 +185,9 @@ def test_backoff_limit_exhausted(cluster, namespace, operator, claim):
     assert pod_names(cluster, namespace, "hopeless") == ["hopeless-attempt-1", "hopeless-attempt-2"]
 
 
-def test_active_deadline_fails_the_job_and_deletes_the_pod(cluster, namespace, operator, claim):
+def test_active_deadline_fails_the_job_and_deletes_the_pod(cluster, namespace, operator):
     pod = start(
-        cluster, operator, namespace, "slow", claim, runPolicy={"backoffLimit": 2, "activeDeadlineSeconds": 4}
+        cluster, operator, namespace, "slow", runPolicy={"backoffLimit": 2, "activeDeadlineSeconds": 4}
     )
     status = wait_job(cluster, operator, namespace, "slow", phase_is("Failed"), "Failed", timeout=20)
     assert status["reason"] == "DeadlineExceeded"
@@ -211,8 +196,8 @@ def test_active_deadline_fails_the_job_and_deletes_the_pod(cluster, namespace, o
     assert status["attempts"] == 1
 
 
-def test_suspend_deletes_the_pod_and_resume_starts_a_new_attempt(cluster, namespace, operator, claim):
-    pod = start(cluster, operator, namespace, "queued", claim)
+def test_suspend_deletes_the_pod_and_resume_starts_a_new_attempt(cluster, namespace, operator):
+    pod = start(cluster, operator, namespace, "queued")
     suspend(cluster, namespace, "queued", True)
     status = wait_job(cluster, operator, namespace, "queued", phase_is("Suspended"), "Suspended")
     assert (condition(status, "Suspended")["status"], condition(status, "Running")["status"]) == (
@@ -232,8 +217,8 @@ def test_suspend_deletes_the_pod_and_resume_starts_a_new_attempt(cluster, namesp
     )
 
 
-def test_unschedulable_gpus_pending_then_failed(cluster, namespace, operator, claim):
-    manifest = job_manifest("huge", claim, resources={"gpus": 16}, runPolicy={"pendingTimeoutSeconds": 5})
+def test_unschedulable_gpus_pending_then_failed(cluster, namespace, operator):
+    manifest = job_manifest("huge", VOLUME, resources={"gpus": 16}, runPolicy={"pendingTimeoutSeconds": 5})
     apply(cluster, namespace, manifest)
     status = wait_job(
         cluster,
@@ -254,15 +239,15 @@ def test_unschedulable_gpus_pending_then_failed(cluster, namespace, operator, cl
     )
 
 
-def test_ttl_deletes_the_finished_job(cluster, namespace, operator, claim):
-    pod = start(cluster, operator, namespace, "short-lived", claim, runPolicy={"ttlSecondsAfterFinished": 2})
+def test_ttl_deletes_the_finished_job(cluster, namespace, operator):
+    pod = start(cluster, operator, namespace, "short-lived", runPolicy={"ttlSecondsAfterFinished": 2})
     cluster.drive_pod(namespace, pod, "Succeeded", message=encode_result(RESULT))
     wait_job(cluster, operator, namespace, "short-lived", phase_is("Succeeded"), "Succeeded")
     cluster.wait_for("the job to be deleted", lambda: get_job(cluster, namespace, "short-lived") is None, 20)
 
 
-def test_operator_restart_keeps_one_pod_per_attempt_and_the_status(cluster, namespace, operator, claim):
-    pod = start(cluster, operator, namespace, "durable", claim)
+def test_operator_restart_keeps_one_pod_per_attempt_and_the_status(cluster, namespace, operator):
+    pod = start(cluster, operator, namespace, "durable")
     before = get_job(cluster, namespace, "durable")["status"]
     operator.kill()
     operator.start()  # finds the running pod by name instead of creating another
@@ -295,3 +280,22 @@ def test_operator_restart_keeps_one_pod_per_attempt_and_the_status(cluster, name
     assert status["attempts"] == 2
     assert pod_names(cluster, namespace, "durable") == ["durable-attempt-1", "durable-attempt-2"]
     assert status["metrics"]["top1"] == 0.8125
+
+
+def test_deleting_a_job_removes_its_pods_and_its_top1_series(cluster, namespace, operator):
+    # Last in the module: by now the garbage collector has picked up the FineTuneJob kind (it
+    # rediscovers resources every 30 s, so a CRD installed a moment ago may not be watched yet).
+    pod = start(cluster, operator, namespace, "doomed")
+    cluster.drive_pod(namespace, pod, "Succeeded", message=encode_result(RESULT))
+    wait_job(cluster, operator, namespace, "doomed", phase_is("Succeeded"), "Succeeded")
+    assert metric_value(operator.metrics(), "finetune_job_top1", namespace=namespace, name="doomed") == 0.8125
+    cluster.kubectl("delete", "ftj", "doomed", "--wait=true", "--timeout=30s", namespace=namespace)
+    cluster.wait_for("the pod to be garbage-collected", lambda: cluster.get_pod(namespace, pod) is None, 60)
+    cluster.wait_for(
+        "the top-1 series to go",
+        lambda: (
+            metric_value(operator.metrics(), "finetune_job_top1", namespace=namespace, name="doomed") is None
+        ),
+        10,
+    )
+    assert metric_value(operator.metrics(), "finetune_jobs", phase="Succeeded") == 0
