@@ -224,3 +224,42 @@ def test_auto_rules(feature_model, kind, total, rule, strategy, stages):
         "similarity": SIMILARITY_THRESHOLD,
     }
     assert decision.to_dict()["evidence"] is ev
+
+
+def _stripes(per_class: int, seed: int, amplitude: float = 0.5):
+    """Four classes of faint oriented stripes (random phase) under unit Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:16, 0:16]
+    patterns = [np.sin(2 * np.pi * (np.cos(a) * xx + np.sin(a) * yy) / 4.0) for a in np.pi * np.arange(4) / 4]
+    labels = np.repeat(np.arange(4), per_class)
+    images = rng.standard_normal((len(labels), 3, 16, 16))
+    for i, label in enumerate(labels):
+        images[i] += amplitude * np.roll(patterns[label], rng.integers(0, 4), axis=1)[None]
+    return images.astype("float32"), labels
+
+
+def test_pretraining_on_related_data_turns_rule_3_into_rule_1():
+    """The similarity score measures the model, not the data alone: untrained features do not
+    separate faint stripes from noise (rule 3), features trained on other images of the same
+    kind do (rule 1), for the very same sample."""
+    images, labels = _stripes(16, seed=1)
+    paddle.seed(1)
+    model = build_model("ResNet18_vd", 4)
+    before = decide_auto(model, images, labels, num_classes=4, num_train_images=400)
+    assert before.rule == 3, before.evidence
+
+    train_x, train_y = _stripes(64, seed=2)  # other images: "pretraining data"
+    opt = paddle.optimizer.Momentum(learning_rate=0.05, momentum=0.9, parameters=model.parameters())
+    rng = np.random.default_rng(0)
+    model.train()
+    for _ in range(40):
+        batch = rng.integers(0, len(train_y), 32)
+        loss = paddle.nn.functional.cross_entropy(
+            model(paddle.to_tensor(train_x[batch])), paddle.to_tensor(train_y[batch])
+        )
+        loss.backward()
+        opt.step()
+        opt.clear_grad()
+    after = decide_auto(model, images, labels, num_classes=4, num_train_images=400)
+    assert after.rule == 1, after.evidence
+    assert after.evidence["similarity"] > before.evidence["similarity"] + 0.3
