@@ -196,3 +196,26 @@ def test_a_fake_pod_log_is_read_through_the_api_server(cluster: Cluster, namespa
     assert cluster.kubectl("logs", "worker", namespace=namespace).stdout.splitlines() == [
         "epoch 1/3 loss=2.1", "epoch 2/3 loss=1.7", "epoch 3/3 loss=1.2",
     ]  # fmt: skip
+
+
+def test_a_job_completes_on_fake_nodes(cluster: Cluster, namespace: str) -> None:
+    """The Job controller runs and kwok finishes Job-owned pods (the Job benchmark relies on it)."""
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "bench"},
+        "spec": {
+            "completions": 3,
+            "parallelism": 3,
+            "template": {
+                "metadata": {"annotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "200ms"}},
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": "fake"}]},
+            },
+        },
+    }
+    apply(cluster, namespace, job)
+    cluster.kubectl("wait", "--for=condition=Complete", "job/bench", "--timeout=60s", namespace=namespace)
+    status = json.loads(cluster.kubectl("get", "job", "bench", "-o", "json", namespace=namespace).stdout)[
+        "status"
+    ]
+    assert status["succeeded"] == 3
