@@ -480,6 +480,7 @@ def test_operator_without_the_pod_create_rule_is_refused_and_the_job_stalls(
     op = OperatorProcess(cluster, [], log_path, kubeconfig=str(kubeconfig))
     try:
         op.start()
+        t0 = time.monotonic()
         create_job(cluster, jobs_ns, "ftj-norbac")
         wait_for(
             "the operator to log a 403 for creating the pod",
@@ -488,6 +489,7 @@ def test_operator_without_the_pod_create_rule_is_refused_and_the_job_stalls(
             lambda: _read(log_path),
         )
         assert re.search(r'cannot create resource \\?"pods\\?"', _read(log_path)), _read(log_path)
+        print(f"403 on pod creation logged {time.monotonic() - t0:.1f}s after the job was applied")
         time.sleep(3)  # give a wrongly working operator time to make progress anyway
         pods = cluster.kubectl("get", "pods", "-o", "name", namespace=jobs_ns).stdout.split()
         assert pods == [], f"a pod was created without the 'create pods' rule: {pods}"
