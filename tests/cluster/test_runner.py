@@ -147,13 +147,13 @@ def test_a_pvc_volume_is_written_back(cluster: Cluster, namespace: str) -> None:
 
 def test_deleting_a_pod_stops_its_process(cluster: Cluster, namespace: str) -> None:
     code = "import time\nprint('started', flush=True)\nwhile True: time.sleep(0.1)\n"
-    create(cluster, namespace, runner_pod(cluster, "forever", code, terminationGracePeriodSeconds=5))
+    create(cluster, namespace, runner_pod(cluster, "forever", code, terminationGracePeriodSeconds=30))
     running = cluster.wait_pod_phase(namespace, "forever", "Running", timeout=60)
     pid = int(running["status"]["containerStatuses"][0]["containerID"].removeprefix("runner://"))
     assert os.path.exists(f"/proc/{pid}")
     t0 = time.monotonic()
     cluster.kubectl("delete", "pod", "forever", "--wait=true", "--timeout=30s", namespace=namespace)
-    assert time.monotonic() - t0 < 5  # SIGTERM ends python at once; no need to wait for the grace period
+    assert time.monotonic() - t0 < 15  # SIGTERM ends python at once: far less than the 30 s grace period
     assert cluster.get_pod(namespace, "forever") is None
     cluster.wait_for(f"process {pid} to exit", lambda: not os.path.exists(f"/proc/{pid}"), timeout=10)
 
@@ -164,3 +164,16 @@ def test_active_deadline_is_enforced(cluster: Cluster, namespace: str) -> None:
     got = cluster.wait_pod_phase(namespace, "slow", "Failed", timeout=60)
     assert got["status"]["reason"] == "DeadlineExceeded"
     assert terminated(got)["exitCode"] == 143  # SIGTERM
+
+
+def test_a_process_that_ignores_sigterm_is_killed_after_the_grace_period(
+    cluster: Cluster, namespace: str
+) -> None:
+    code = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True: time.sleep(0.1)\n"
+    create(cluster, namespace, runner_pod(cluster, "stubborn", code, terminationGracePeriodSeconds=2))
+    running = cluster.wait_pod_phase(namespace, "stubborn", "Running", timeout=60)
+    pid = int(running["status"]["containerStatuses"][0]["containerID"].removeprefix("runner://"))
+    t0 = time.monotonic()
+    cluster.kubectl("delete", "pod", "stubborn", "--wait=true", "--timeout=30s", namespace=namespace)
+    assert time.monotonic() - t0 >= 2  # it survived SIGTERM until the grace period ran out
+    cluster.wait_for(f"process {pid} to exit", lambda: not os.path.exists(f"/proc/{pid}"), timeout=10)
