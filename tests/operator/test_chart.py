@@ -111,6 +111,18 @@ def test_values_schema_rejects_bad_values_with_a_clear_message(values: list[str]
     assert expected in proc.stderr, proc.stderr
 
 
+def test_existing_service_account_and_external_rbac() -> None:
+    no_name = ["--set", "serviceAccount.create=false"]
+    proc = helm("template", "x", str(CHART), "--kube-version", "1.35.0", *no_name, check=False)
+    assert proc.returncode != 0 and "serviceAccount.name: name an existing ServiceAccount" in proc.stderr
+    docs = documents(
+        render("--set", "serviceAccount.create=false,serviceAccount.name=ops-sa,rbac.create=false")
+    )
+    assert {d["kind"] for d in docs} == {"Service", "Deployment"}
+    (d,) = by_kind(docs, "Deployment")
+    assert d["spec"]["template"]["spec"]["serviceAccountName"] == "ops-sa"
+
+
 def test_values_schema_is_strict_at_every_level() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
 
