@@ -134,3 +134,35 @@ def install_for_local_operator(
         bin_dir=cluster.bin_dir, kubeconfig=cluster.kubeconfig,
     )  # fmt: skip
     return service_account_kubeconfig(cluster, namespace, fullname(release), path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tests.operator.helm install-local`: install the chart into the cluster that
+    `make cluster-up` runs and print a kubeconfig path for its ServiceAccount, e.g.
+
+        KUBECONFIG=$(python -m tests.operator.helm install-local) finetune-operator
+    """
+    import argparse
+    import sys
+
+    from tests.cluster.harness import DEFAULT_STATE_DIR, Cluster
+
+    parser = argparse.ArgumentParser(prog="python -m tests.operator.helm", description=main.__doc__)
+    parser.add_argument("action", choices=["install-local"])
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    parser.add_argument("--namespace", default="pfo-system")
+    parser.add_argument("--release", default="pfo")
+    args = parser.parse_args(argv)
+    cluster = Cluster.attach(args.state_dir.resolve())
+    if cluster is None or not cluster.healthy():
+        print(f"no running cluster in {args.state_dir}: run `make cluster-up` first", file=sys.stderr)
+        return 1
+    if cluster.kubectl("get", "namespace", args.namespace, check=False).returncode != 0:
+        cluster.kubectl("create", "namespace", args.namespace)
+    path = cluster.state_dir / f"{args.release}-operator.kubeconfig"
+    print(install_for_local_operator(cluster, args.namespace, path, release=args.release))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
