@@ -123,6 +123,12 @@ def test_existing_service_account_and_external_rbac() -> None:
     assert d["spec"]["template"]["spec"]["serviceAccountName"] == "ops-sa"
 
 
+def test_kube_version_floor() -> None:
+    proc = helm("template", "x", str(CHART), "--kube-version", "1.28.9", check=False)
+    assert proc.returncode != 0 and "requires kubeVersion: >=1.29.0-0" in proc.stderr, proc.stderr
+    assert helm("template", "x", str(CHART), "--kube-version", "1.29.0", check=False).returncode == 0
+
+
 def test_values_schema_is_strict_at_every_level() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
 
