@@ -188,17 +188,10 @@ class Reconciler:
             return self._finished(p)
 
         current = pods.get(attempts)
-        if (
-            current
-            and current["metadata"].get("deletionTimestamp")
-            and current["status"].get("phase")
-            not in (
-                "Succeeded",
-                "Failed",
-            )
-        ):
-            current = None if policy.get("suspend") or status.get("phase") == "Suspended" else current
-            if current is not None:
+        if current and _terminating(current):
+            if policy.get("suspend") or status.get("phase") == "Suspended":
+                current = None  # our own deletion on suspend: the pod is as good as gone
+            else:
                 return WAIT_FOR_TERMINATION  # someone deletes it: judge it once it has terminated
         outcome = observe_pod(current) if current else None
 
@@ -236,9 +229,10 @@ class Reconciler:
         if outcome is None:
             if attempts == 0:
                 return self._start_attempt(p, 1)
-            if status.get("nextAttemptTime") and p.now < parse_time(status["nextAttemptTime"]):
-                return _soonest((parse_time(status["nextAttemptTime"]) - p.now).total_seconds(), remaining)
-            if not status.get("nextAttemptTime"):
+            next_at = parse_time(p.get("nextAttemptTime"))
+            if next_at and p.now < next_at:
+                return _soonest((next_at - p.now).total_seconds(), remaining)
+            if not next_at:
                 p.events.append(
                     ("Warning", "PodMissing", f"pod {pod_name(p.meta['name'], attempts)} disappeared")
                 )
@@ -318,7 +312,7 @@ class Reconciler:
         if not decision.retry:
             self._fail(p, None, decision.reason, decision.message)
             return self._finished(p)
-        next_at = parse_time(p.status.get("nextAttemptTime"))
+        next_at = parse_time(p.get("nextAttemptTime"))
         if next_at is None:
             delay = retry.backoff_seconds(
                 failures, self.config.backoff_base_seconds, self.config.backoff_max_seconds
@@ -419,8 +413,14 @@ class Reconciler:
             if last is not None and tick - last < self.config.progress_poll_seconds * 0.9:
                 return
             self._last_poll[key] = tick
+        # Only what was written since about the last poll: a progress line older than that is in
+        # the status already, and the window keeps a long progress-bar line from filling the
+        # byte limit before the newest lines.
+        since = int(self.config.progress_poll_seconds * 2) + 10
         try:
-            text = self.kube.pod_log_tail(key[0], pod, CONTAINER, self.config.log_tail_lines, LOG_LIMIT_BYTES)
+            text = self.kube.pod_log_tail(
+                key[0], pod, CONTAINER, self.config.log_tail_lines, LOG_LIMIT_BYTES, since
+            )
         except Exception as exc:  # no log yet, or a node that serves none
             log.debug("%s/%s: no log for progress: %s", key[0], key[1], exc)
             return
@@ -432,6 +432,12 @@ class Reconciler:
             p.update.fields["progress"] = progress
         if "top1" in progress:
             self.metrics.top1.labels(namespace=key[0], name=key[1]).set(progress["top1"])
+
+
+def _terminating(pod: dict[str, Any]) -> bool:
+    """Being deleted and not finished yet."""
+    phase = (pod.get("status") or {}).get("phase")
+    return bool(pod["metadata"].get("deletionTimestamp")) and phase not in ("Succeeded", "Failed")
 
 
 def _soonest(*delays: float | None) -> float | None:

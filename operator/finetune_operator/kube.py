@@ -107,12 +107,14 @@ class Kube:
             if exc.status not in (404, 409):  # already gone, or replaced by another pod
                 raise
 
-    def pod_log_tail(self, namespace: str, name: str, container: str, lines: int, limit_bytes: int) -> str:
+    def pod_log_tail(
+        self, namespace: str, name: str, container: str, lines: int, limit_bytes: int, since_seconds: int
+    ) -> str:
+        """The last `lines` lines written in the last `since_seconds`, at most `limit_bytes`."""
+        query = [("container", container), ("tailLines", lines), ("limitBytes", limit_bytes)]
+        query.append(("sinceSeconds", since_seconds))
         return self._request(
-            "GET",
-            f"/api/v1/namespaces/{namespace}/pods/{quote(name)}/log",
-            query=[("container", container), ("tailLines", lines), ("limitBytes", limit_bytes)],
-            raw=True,
+            "GET", f"/api/v1/namespaces/{namespace}/pods/{quote(name)}/log", query=query, raw=True
         )
 
     # Events ---------------------------------------------------------------------------------
