@@ -20,21 +20,21 @@ each container's command and args as a local process with the pod's environment:
 * deletion: SIGTERM to the container's process group, SIGKILL after the grace period, then the
   pod object is removed (as a kubelet does).
 
+Environment and volumes come from pod_inputs.py, the log endpoint from kubelet_logs.py, and each
+container is started by podexec.py inside its mount namespace.
+
 Run by the harness; by hand: python -m tests.cluster.runner --kubeconfig K --node N --root DIR ...
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
-import http.server
 import json
 import logging
 import os
 import re
 import signal
-import ssl
 import subprocess
 import sys
 import threading
@@ -45,9 +45,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.cluster.kube_rest import KubeError, KubeRest
+from tests.cluster.kubelet_logs import serve_logs
+from tests.cluster.pod_inputs import DEFAULT_PATH, REPO_ROOT, PodContext, SetupError, expand, volume_sources
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 RUNNER_LABEL = "pfo.dev/local-runner"
 MESSAGE_LIMIT = 4096  # kubelet's limit for one container's termination message
 FALLBACK_LINES, FALLBACK_BYTES = 80, 2048  # what kubelet takes from the log for FallbackToLogsOnError
@@ -77,188 +77,6 @@ def kill_leftover_pods(root: Path) -> None:
             pid, started = pidfile.read_text().split()
             if _proc_start_time(int(pid)) == started:
                 os.killpg(int(pid), signal.SIGKILL)
-
-
-class SetupError(Exception):
-    """The pod cannot be started as written (kubelet: CreateContainerConfigError)."""
-
-
-# --------------------------------------------------------------------- pod environment and volumes
-_VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
-
-
-def expand(value: str, env: dict[str, str]) -> str:
-    """Kubernetes' $(VAR) expansion in env values, command and args ($$ escapes; unknown refs stay)."""
-
-    def sub(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        return env.get(m.group(1), m.group(0))
-
-    return _VAR_REF.sub(sub, value)
-
-
-def _field(pod: dict[str, Any], path: str) -> str:
-    m = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
-    if m:
-        return pod["metadata"].get(m.group(1), {}).get(m.group(2), "")
-    simple = {
-        "metadata.name": pod["metadata"]["name"],
-        "metadata.namespace": pod["metadata"]["namespace"],
-        "metadata.uid": pod["metadata"]["uid"],
-        "spec.nodeName": pod["spec"].get("nodeName", ""),
-        "spec.serviceAccountName": pod["spec"].get("serviceAccountName", ""),
-        "status.hostIP": "127.0.0.1",
-        "status.podIP": "127.0.0.1",
-    }
-    if path not in simple:
-        raise SetupError(f"fieldRef {path!r} is not supported by the local runner")
-    return simple[path]
-
-
-class PodContext:
-    """Reads what a pod references (ConfigMaps, Secrets, tokens) with the node's identity."""
-
-    def __init__(self, api: KubeRest, pod: dict[str, Any]) -> None:
-        self.api = api
-        self.pod = pod
-        self.ns = pod["metadata"]["namespace"]
-
-    def _object(self, kind: str, name: str, optional: bool) -> dict[str, str] | None:
-        try:
-            obj = self.api.get(f"/api/v1/namespaces/{self.ns}/{kind}s/{name}")
-        except KubeError as exc:
-            if exc.status == 404 and optional:
-                return None
-            raise SetupError(f"{kind} {self.ns}/{name}: {exc}") from exc
-        data = dict(obj.get("data") or {})
-        if kind == "secret":
-            return {k: base64.b64decode(v).decode() for k, v in data.items()}
-        data.update({k: base64.b64decode(v).decode() for k, v in (obj.get("binaryData") or {}).items()})
-        return data
-
-    def key_ref(self, kind: str, ref: dict[str, Any]) -> str | None:
-        data = self._object(kind, ref["name"], ref.get("optional", False))
-        if data is None or ref["key"] not in data:
-            if ref.get("optional"):
-                return None
-            raise SetupError(f"{kind} {self.ns}/{ref['name']} has no key {ref['key']!r}")
-        return data[ref["key"]]
-
-    def env(self, container: dict[str, Any], service_env: dict[str, str]) -> dict[str, str]:
-        env = {"HOSTNAME": self.pod["metadata"]["name"], **service_env}
-        for src in container.get("envFrom") or []:
-            for kind, key in (("configmap", "configMapRef"), ("secret", "secretRef")):
-                if key in src:
-                    data = self._object(kind, src[key]["name"], src[key].get("optional", False)) or {}
-                    env.update({src.get("prefix", "") + k: v for k, v in data.items()})
-        for var in container.get("env") or []:
-            if "valueFrom" not in var:
-                env[var["name"]] = expand(var.get("value", ""), env)
-                continue
-            vf = var["valueFrom"]
-            if "fieldRef" in vf:
-                value: str | None = _field(self.pod, vf["fieldRef"]["fieldPath"])
-            elif "configMapKeyRef" in vf:
-                value = self.key_ref("configmap", vf["configMapKeyRef"])
-            elif "secretKeyRef" in vf:
-                value = self.key_ref("secret", vf["secretKeyRef"])
-            else:
-                raise SetupError(f"env {var['name']}: {sorted(vf)} is not supported by the local runner")
-            if value is not None:
-                env[var["name"]] = value
-        env["PATH"] = f"{REPO_ROOT / '.venv' / 'bin'}:{env.get('PATH', DEFAULT_PATH)}"
-        return env
-
-    def token(self, sa: str, audience: str | None, seconds: int) -> str:
-        body = {
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {
-                "audiences": [audience] if audience else None,
-                "expirationSeconds": seconds,
-                "boundObjectRef": {
-                    "apiVersion": "v1",
-                    "kind": "Pod",
-                    "name": self.pod["metadata"]["name"],
-                    "uid": self.pod["metadata"]["uid"],
-                },
-            },
-        }
-        path = f"/api/v1/namespaces/{self.ns}/serviceaccounts/{sa}/token"
-        try:
-            return self.api.create(path, body)["status"]["token"]
-        except KubeError as exc:
-            raise SetupError(f"ServiceAccount token for {sa}: {exc}") from exc
-
-
-def _write_items(folder: Path, data: dict[str, str], items: list[dict[str, Any]] | None) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    pairs = [(i["key"], i["path"]) for i in items] if items else [(k, k) for k in data]
-    for key, rel in pairs:
-        if key not in data:
-            raise SetupError(f"volume file {rel!r}: key {key!r} not found")
-        target = folder / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(data[key])
-        target.chmod(0o644)
-
-
-def volume_sources(ctx: PodContext, pod_dir: Path, volumes_root: Path) -> dict[str, tuple[Path, bool]]:
-    """Each pod volume's local folder and whether it is read-only by nature."""
-    out: dict[str, tuple[Path, bool]] = {}
-    fs_group = (ctx.pod["spec"].get("securityContext") or {}).get("fsGroup")
-    for vol in ctx.pod["spec"].get("volumes") or []:
-        name, local = vol["name"], pod_dir / "volumes" / vol["name"]
-        if "persistentVolumeClaim" in vol:
-            claim = vol["persistentVolumeClaim"]
-            folder = volumes_root / claim["claimName"]
-            folder.mkdir(parents=True, exist_ok=True)
-            if fs_group is not None:  # what kubelet does for volumes that support ownership management
-                subprocess.run(["chgrp", "-R", str(fs_group), str(folder)], check=True)
-                subprocess.run(["chmod", "-R", "g+rwX", str(folder)], check=True)
-            out[name] = (folder, bool(claim.get("readOnly")))
-        elif "emptyDir" in vol:
-            local.mkdir(parents=True, exist_ok=True)
-            local.chmod(0o777)  # kubelet creates emptyDir world-writable
-            out[name] = (local, False)
-        elif "hostPath" in vol:
-            out[name] = (Path(vol["hostPath"]["path"]), False)
-        elif "configMap" in vol or "secret" in vol:
-            kind, key = ("configmap", "configMap") if "configMap" in vol else ("secret", "secret")
-            src = vol[key]
-            ref_name = src.get("name") or src.get("secretName")
-            data = ctx._object(kind, ref_name, src.get("optional", False)) or {}
-            _write_items(local, data, src.get("items"))
-            out[name] = (local, True)
-        elif "downwardAPI" in vol:
-            items = vol["downwardAPI"].get("items") or []
-            data = {i["path"]: _field(ctx.pod, i["fieldRef"]["fieldPath"]) for i in items if "fieldRef" in i}
-            _write_items(local, data, None)
-            out[name] = (local, True)
-        elif "projected" in vol:
-            data: dict[str, str] = {}
-            for source in vol["projected"].get("sources") or []:
-                if "serviceAccountToken" in source:
-                    t = source["serviceAccountToken"]
-                    sa = ctx.pod["spec"].get("serviceAccountName") or "default"
-                    data[t["path"]] = ctx.token(sa, t.get("audience"), int(t.get("expirationSeconds", 3607)))
-                elif "configMap" in source or "secret" in source:
-                    kind, key = ("configmap", "configMap") if "configMap" in source else ("secret", "secret")
-                    s = source[key]
-                    obj = ctx._object(kind, s["name"], s.get("optional", False)) or {}
-                    pairs = [(i["key"], i["path"]) for i in s.get("items") or []] or [(k, k) for k in obj]
-                    data.update({rel: obj[k] for k, rel in pairs if k in obj})
-                elif "downwardAPI" in source:
-                    for i in source["downwardAPI"].get("items") or []:
-                        if "fieldRef" in i:
-                            data[i["path"]] = _field(ctx.pod, i["fieldRef"]["fieldPath"])
-            _write_items(local, data, None)
-            out[name] = (local, True)
-        else:
-            kinds = sorted(set(vol) - {"name"})
-            raise SetupError(f"volume {name!r}: {kinds} is not supported by the local runner")
-    return out
 
 
 # --------------------------------------------------------------------- one pod
@@ -601,73 +419,6 @@ class PodWorker(threading.Thread):
                 time.sleep(0.5)
 
 
-# --------------------------------------------------------------------- logs on the kubelet port
-class LogHandler(http.server.BaseHTTPRequestHandler):
-    runner: Runner
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        log.debug("log server: " + format, *args)
-
-    def _reply(self, code: int, text: str) -> None:
-        data = text.encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:  # noqa: N802 - the base class's name
-        url = urllib.parse.urlsplit(self.path)
-        if url.path == "/healthz":
-            return self._reply(200, "ok")
-        m = re.fullmatch(r"/containerLogs/([^/]+)/([^/]+)/([^/]+)", url.path)
-        if not m:
-            return self._reply(404, f"not found: {url.path}")
-        ns, name, container = (urllib.parse.unquote(p) for p in m.groups())
-        q = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
-        if q.get("previous") == "true":
-            return self._reply(400, f'previous terminated container "{container}" in pod "{name}" not found')
-        worker, logfile = self.runner.find_log(ns, name, container)
-        if logfile is None:
-            return self._reply(404, f'container "{container}" in pod "{name}" has no log on this node')
-        data = logfile.read_bytes()
-        if "tailLines" in q:
-            n = int(q["tailLines"])
-            lines = data.splitlines(keepends=True)
-            data = b"".join(lines[-n:]) if n > 0 else b""
-        limit = int(q["limitBytes"]) if "limitBytes" in q else None
-        follow = q.get("follow") == "true" and worker is not None
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        if not follow:
-            data = data[:limit] if limit is not None else data
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-            return
-        self.end_headers()  # follow: stream until the container ends (HTTP/1.0: close ends the body)
-        sent = 0
-        with open(logfile, "rb") as f:
-            f.seek(len(logfile.read_bytes()))
-            chunks = [data]
-            while True:
-                for chunk in chunks:
-                    if limit is not None:
-                        chunk = chunk[: max(0, limit - sent)]
-                    self.wfile.write(chunk)
-                    self.wfile.flush()
-                    sent += len(chunk)
-                if limit is not None and sent >= limit:
-                    return
-                alive = worker.running(container)
-                chunk = f.read()
-                if not chunk and not alive:
-                    return
-                chunks = [chunk]
-                if not chunk:
-                    time.sleep(0.2)
-
-
 # --------------------------------------------------------------------- the node
 class Runner:
     def __init__(self, args: argparse.Namespace) -> None:
@@ -794,18 +545,6 @@ class Runner:
             except Exception as exc:  # keep beating; the API server may be restarting
                 log.warning("heartbeat: %s", exc)
 
-    def serve_logs(self) -> None:
-        handler = type("Handler", (LogHandler,), {"runner": self})
-        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(self.args.tls_cert, self.args.tls_key)
-        ctx.load_verify_locations(self.args.client_ca)
-        ctx.verify_mode = (
-            ssl.CERT_REQUIRED
-        )  # only clients with a certificate from the cluster CA (the API server)
-        httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
-        threading.Thread(target=httpd.serve_forever, daemon=True, name="log-server").start()
-
     def find_log(self, ns: str, name: str, container: str) -> tuple[PodWorker | None, Path | None]:
         live = [w for w in self.workers.values() if (w.ns, w.name) == (ns, name)]
         if live:
@@ -894,7 +633,8 @@ class Runner:
     def run(self) -> None:
         (self.root / "volumes").mkdir(parents=True, exist_ok=True)
         (self.root / "pods").mkdir(parents=True, exist_ok=True)
-        self.serve_logs()
+        a = self.args
+        serve_logs(self, self.port, a.tls_cert, a.tls_key, a.client_ca)
         self.register()
         threading.Thread(target=self.heartbeat, daemon=True, name="heartbeat").start()
         log.info("node %s registered; log server on 127.0.0.1:%d", self.node, self.port)

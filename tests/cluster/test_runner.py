@@ -169,10 +169,18 @@ def test_active_deadline_is_enforced(cluster: Cluster, namespace: str) -> None:
 def test_a_process_that_ignores_sigterm_is_killed_after_the_grace_period(
     cluster: Cluster, namespace: str
 ) -> None:
-    code = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True: time.sleep(0.1)\n"
+    code = (
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('ignoring SIGTERM', flush=True)\nwhile True: time.sleep(0.1)\n"
+    )
     create(cluster, namespace, runner_pod(cluster, "stubborn", code, terminationGracePeriodSeconds=2))
     running = cluster.wait_pod_phase(namespace, "stubborn", "Running", timeout=60)
     pid = int(running["status"]["containerStatuses"][0]["containerID"].removeprefix("runner://"))
+    cluster.wait_for(  # the handler is in place only once Python has started and said so
+        "the process to ignore SIGTERM",
+        lambda: "ignoring" in cluster.kubectl("logs", "stubborn", namespace=namespace).stdout,
+        timeout=30,
+    )
     t0 = time.monotonic()
     cluster.kubectl("delete", "pod", "stubborn", "--wait=true", "--timeout=30s", namespace=namespace)
     assert time.monotonic() - t0 >= 2  # it survived SIGTERM until the grace period ran out
