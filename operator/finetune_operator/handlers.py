@@ -108,6 +108,9 @@ def build_registry(operator: Operator) -> kopf.OperatorRegistry:
         # Discovery once at startup: the CRD must be installed first (the chart does), and the
         # operator needs no permission on CustomResourceDefinitions or Namespaces.
         settings.scanning.disabled = True
+        # Watch only our pods, filtered by the API server (the handler's `labels=` alone would
+        # filter client-side, after every pod of the cluster had crossed the wire).
+        settings.watching.label_selectors["v1", "pods"] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
         # Watch streams end and are re-listed every few minutes, which also re-queues every job
         # (a periodic resync that heals anything a lost event would have missed).
         settings.watching.server_timeout = 300

@@ -1,0 +1,49 @@
+"""The operator's Prometheus metrics: bounded label sets, per-job series removed on deletion."""
+
+from finetune_operator.metrics import Metrics
+from prometheus_client import generate_latest
+
+
+def value(metrics: Metrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def test_jobs_by_phase_follow_each_job():
+    m = Metrics()
+    m.observe_job("a", "one", None)
+    m.observe_job("a", "two", "Running")
+    assert (value(m, "finetune_jobs", phase="Pending"), value(m, "finetune_jobs", phase="Running")) == (1, 1)
+    m.observe_job("a", "two", "Succeeded")  # a job moves: it is counted once, in its new phase
+    assert value(m, "finetune_jobs", phase="Running") == 0
+    assert value(m, "finetune_jobs", phase="Succeeded") == 1
+    m.forget_job("a", "two")
+    assert value(m, "finetune_jobs", phase="Succeeded") == 0
+    assert value(m, "finetune_jobs", phase="Suspended") == 0  # every phase is always exported
+
+
+def test_top1_series_is_removed_with_the_job():
+    m = Metrics()
+    m.top1.labels(namespace="a", name="one").set(0.93)
+    m.top1.labels(namespace="a", name="two").set(0.5)
+    m.forget_job("a", "one")
+    m.forget_job("a", "never-seen")  # harmless
+    text = generate_latest(m.registry).decode()
+    assert 'finetune_job_top1{name="one",namespace="a"}' not in text
+    assert 'finetune_job_top1{name="two",namespace="a"} 0.5' in text
+
+
+def test_exposition_names():
+    m = Metrics()
+    m.outcomes.labels(phase="Failed", reason="DataError").inc()
+    m.retries.labels(reason="Evicted").inc()
+    m.attempts.inc()
+    m.duration.labels(phase="Failed").observe(120)
+    m.pod_creation.observe(0.3)
+    m.reconcile_errors.labels(kind="ApiException").inc()
+    assert value(m, "finetune_job_outcomes_total", phase="Failed", reason="DataError") == 1
+    assert value(m, "finetune_retries_total", reason="Evicted") == 1
+    assert value(m, "finetune_attempts_total") == 1
+    assert value(m, "finetune_job_duration_seconds_bucket", phase="Failed", le="300.0") == 1
+    assert value(m, "finetune_job_duration_seconds_bucket", phase="Failed", le="60.0") == 0
+    assert value(m, "finetune_job_pod_creation_seconds_count") == 1
+    assert value(m, "finetune_reconcile_errors_total", kind="ApiException") == 1
