@@ -200,14 +200,15 @@ class Reconciler:
             return self._finished(p)
 
         if policy.get("suspend"):
+            message = "the job is suspended (spec.runPolicy.suspend): no pod runs until it is resumed"
+            if status.get("phase") == "Suspended":
+                message = status.get("message") or message  # keep the suspension's own message
             if current and outcome and outcome.phase in ("Pending", "Running"):
-                self.kube.delete_pod(
-                    p.meta["namespace"], current["metadata"]["name"], current["metadata"]["uid"]
-                )
+                name = current["metadata"]["name"]
+                self.kube.delete_pod(p.meta["namespace"], name, current["metadata"]["uid"])
+                message = f"the job is suspended (spec.runPolicy.suspend): deleted pod {name}"
             p.update.fields["nextAttemptTime"] = None
-            p.transition(
-                "Suspended", "Suspended", "the job is suspended (spec.runPolicy.suspend); its pod was deleted"
-            )
+            p.transition("Suspended", "Suspended", message)
             return None
 
         if status.get("phase") == "Suspended":

@@ -217,6 +217,18 @@ def test_suspend_deletes_the_pod_and_resume_starts_a_new_attempt(cluster, namesp
     )
 
 
+def test_created_suspended_runs_nothing_until_resumed(cluster, namespace, operator):
+    """How a queueing system (Kueue) holds a job: created suspended, admitted later."""
+    apply(cluster, namespace, job_manifest("held", VOLUME, runPolicy={"backoffLimit": 2, "suspend": True}))
+    status = wait_job(cluster, operator, namespace, "held", phase_is("Suspended"), "Suspended")
+    assert "no pod runs until it is resumed" in status["message"]
+    assert not status.get("attempts")
+    assert pod_names(cluster, namespace, "held") == []
+    suspend(cluster, namespace, "held", False)
+    status = wait_job(cluster, operator, namespace, "held", phase_is("Running"), "Running")
+    assert (status["attempts"], status["podName"]) == (1, "held-attempt-1")
+
+
 def test_unschedulable_gpus_pending_then_failed(cluster, namespace, operator):
     manifest = job_manifest("huge", VOLUME, resources={"gpus": 16}, runPolicy={"pendingTimeoutSeconds": 5})
     apply(cluster, namespace, manifest)
