@@ -111,8 +111,9 @@ def build_registry(operator: Operator) -> kopf.OperatorRegistry:
         # Watch only our pods, filtered by the API server (the handler's `labels=` alone would
         # filter client-side, after every pod of the cluster had crossed the wire).
         settings.watching.label_selectors["v1", "pods"] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
-        # Watch streams end and are re-listed every few minutes, which also re-queues every job
-        # (a periodic resync that heals anything a lost event would have missed).
+        # Watch requests end every few minutes and resume from the last resourceVersion, so a
+        # silently dead connection is noticed. No resync is needed: every job that is not
+        # finished has a timed re-queue of its own (back-off, deadline, pending timeout, poll).
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         # kopf posts Events only for its own warnings; the job's story comes from the reconciler.
