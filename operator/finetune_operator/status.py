@@ -141,6 +141,11 @@ def _failed(pod: dict[str, Any], status: dict[str, Any], terminated: dict[str, A
         return PodOutcome(
             "Failed", "OOMKilled", _short(message or "the trainer ran out of memory"), code, True, result
         )
+    reported = (result or {}).get("exitCode")
+    if isinstance(reported, int) and not isinstance(reported, bool) and reported != 0:
+        # The trainer's own exit code: with several GPUs the container's code is
+        # paddle.distributed.launch's, which does not keep the trainer's meaning.
+        code = reported
     if code is None:
         return PodOutcome("Failed", pod_reason or "PodFailed", _short(message or "the pod failed"), None)
     if not message:

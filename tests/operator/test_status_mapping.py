@@ -124,6 +124,13 @@ def test_transient_exit_codes():
     assert (download.reason, download.transient) == ("DownloadFailed", True)
 
 
+def test_trainer_reported_exit_code_wins_over_the_launchers():
+    # paddle.distributed.launch exits 1 when a rank fails; the result JSON keeps the trainer's code.
+    text = encode_result({"exitCode": 69, "reason": "DownloadFailed", "message": "https://x: timed out"})
+    outcome = observe_pod(pod("Failed", terminated={"exitCode": 1, "message": text}))
+    assert (outcome.reason, outcome.exit_code, outcome.transient) == ("DownloadFailed", 69, True)
+
+
 def test_oom_killed_is_transient():
     outcome = observe_pod(pod("Failed", terminated={"exitCode": 137, "reason": "OOMKilled"}))
     assert (outcome.reason, outcome.transient) == ("OOMKilled", True)
