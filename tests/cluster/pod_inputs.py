@@ -34,7 +34,7 @@ def expand(value: str, env: dict[str, str]) -> str:
     return _VAR_REF.sub(sub, value)
 
 
-def _field(pod: dict[str, Any], path: str) -> str:
+def field_value(pod: dict[str, Any], path: str) -> str:
     m = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
     if m:
         return pod["metadata"].get(m.group(1), {}).get(m.group(2), "")
@@ -94,7 +94,7 @@ class PodContext:
                 continue
             vf = var["valueFrom"]
             if "fieldRef" in vf:
-                value: str | None = _field(self.pod, vf["fieldRef"]["fieldPath"])
+                value: str | None = field_value(self.pod, vf["fieldRef"]["fieldPath"])
             elif "configMapKeyRef" in vf:
                 value = self.key_ref("configmap", vf["configMapKeyRef"])
             elif "secretKeyRef" in vf:
@@ -169,7 +169,9 @@ def volume_sources(ctx: PodContext, pod_dir: Path, volumes_root: Path) -> dict[s
             out[name] = (local, True)
         elif "downwardAPI" in vol:
             items = vol["downwardAPI"].get("items") or []
-            data = {i["path"]: _field(ctx.pod, i["fieldRef"]["fieldPath"]) for i in items if "fieldRef" in i}
+            data = {
+                i["path"]: field_value(ctx.pod, i["fieldRef"]["fieldPath"]) for i in items if "fieldRef" in i
+            }
             _write_items(local, data, None)
             out[name] = (local, True)
         elif "projected" in vol:
@@ -188,7 +190,7 @@ def volume_sources(ctx: PodContext, pod_dir: Path, volumes_root: Path) -> dict[s
                 elif "downwardAPI" in source:
                     for i in source["downwardAPI"].get("items") or []:
                         if "fieldRef" in i:
-                            data[i["path"]] = _field(ctx.pod, i["fieldRef"]["fieldPath"])
+                            data[i["path"]] = field_value(ctx.pod, i["fieldRef"]["fieldPath"])
             _write_items(local, data, None)
             out[name] = (local, True)
         else:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.harness import GPU_RESOURCE, Cluster
+from tests.cluster.harness import GPU_RESOURCE, Cluster, drive_annotations
 
 
 def pod(name: str, gpus: int = 0, **spec: Any) -> dict[str, Any]:
@@ -177,11 +177,12 @@ def test_a_pod_driven_to_an_eviction(cluster: Cluster, namespace: str) -> None:
     assert terminated(got)["exitCode"] == 143
 
 
-def test_drive_pod_rejects_nonsense(cluster: Cluster, namespace: str) -> None:
+def test_drive_annotations_reject_nonsense() -> None:
     with pytest.raises(ValueError, match="phase"):
-        cluster.drive_pod(namespace, "whatever", phase="Running")
+        drive_annotations(phase="Running")
     with pytest.raises(ValueError, match="exit code"):
-        cluster.drive_pod(namespace, "whatever", phase="Succeeded", exit_code=1)
+        drive_annotations(phase="Succeeded", exit_code=1)
+    assert drive_annotations("Failed", 2)["pfo.dev/drive-reason"] == "Error"
 
 
 def test_a_fake_pod_log_is_read_through_the_api_server(cluster: Cluster, namespace: str) -> None:
