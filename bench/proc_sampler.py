@@ -1,0 +1,76 @@
+"""Resident memory and CPU seconds of one process, read from /proc (Linux), sampled in the
+background so that the peak during a burst is caught, not only the value at its end."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class Reading:
+    cpu_seconds: float  # user + system, all threads
+    rss_bytes: int
+
+
+def read(pid: int) -> Reading:
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces
+    utime, stime = int(fields[11]), int(fields[12])
+    with open(f"/proc/{pid}/statm") as f:
+        rss_pages = int(f.read().split()[1])
+    return Reading((utime + stime) / _TICKS, rss_pages * _PAGE)
+
+
+class Sampler:
+    """Samples `pid` every `interval` seconds; `window()` starts a measurement, `close(start)`
+    returns CPU seconds spent and the peak and final RSS since."""
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        self.pid = pid
+        self.interval = interval
+        self._peak = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"sample {pid}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                rss = read(self.pid).rss_bytes
+            except OSError:
+                return
+            with self._lock:
+                self._peak = max(self._peak, rss)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def window(self) -> tuple[float, Reading]:
+        """Start a window: (monotonic time, reading); resets the peak."""
+        now = read(self.pid)
+        with self._lock:
+            self._peak = now.rss_bytes
+        return time.monotonic(), now
+
+    def close(self, start: tuple[float, Reading]) -> dict[str, float]:
+        t0, r0 = start
+        r1 = read(self.pid)
+        with self._lock:
+            peak = max(self._peak, r1.rss_bytes)
+        seconds = time.monotonic() - t0
+        cpu = r1.cpu_seconds - r0.cpu_seconds
+        return {
+            "seconds": round(seconds, 2),
+            "cpuSeconds": round(cpu, 2),
+            "cpuFraction": round(cpu / seconds, 3) if seconds > 0 else 0.0,
+            "rssPeakMiB": round(peak / 2**20, 1),
+            "rssEndMiB": round(r1.rss_bytes / 2**20, 1),
+        }

@@ -1,0 +1,220 @@
+"""`make bench`: every benchmark under bench/, one after the other, and a summary.
+
+    .venv/bin/python bench/run.py [--only operator,trainer,accuracy] [--jobs 100,1000] [--nodes 128]
+        [--idle-seconds 30] [--footprint-jobs 5000]
+
+* operator: bench/operator_scale.py (the operator against kube-controller-manager's Job controller)
+* trainer: bench/trainer_step.py (our train step against PaddleClas 2.6.0's) and
+  bench/trainer_pipeline.py (the full loop against the bare step)
+* accuracy: bench/time_to_accuracy.py (finetune against from scratch on the digits)
+
+Each runs as its own process (its figures are not disturbed by the others' memory), writes its
+JSON under bench/results/, and this script collects the headline ratios into
+bench/results/summary.md with the machine's description. Every figure is a ratio measured in one
+run on the same machine; absolute times on a shared machine say little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+GROUPS = ("operator", "trainer", "accuracy")
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        paddle = metadata.version("paddlepaddle")
+    except metadata.PackageNotFoundError:
+        paddle = "not installed"
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = float("nan")
+    return {
+        "cpu": model,
+        "cores": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "paddle": paddle,
+        "loadAverageAtStart": round(load, 2),
+    }
+
+
+def run(name: str, argv: list[str], log: list[dict[str, Any]]) -> bool:
+    cmd = [sys.executable, str(ROOT / "bench" / argv[0]), *argv[1:]]
+    print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    seconds = round(time.monotonic() - t0, 1)
+    log.append({"name": name, "command": " ".join(["python", *cmd[1:]]).replace(str(ROOT) + "/", ""),
+                "exitCode": proc.returncode, "seconds": seconds})  # fmt: skip
+    if proc.returncode != 0:
+        print(f"!!! {name} failed with exit code {proc.returncode}", file=sys.stderr)
+    return proc.returncode == 0
+
+
+def load(name: str) -> dict[str, Any] | None:
+    try:
+        return json.loads((RESULTS / name).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def summary_lines(groups: list[str]) -> list[str]:
+    rows: list[tuple[str, str, str]] = []  # (benchmark, figure, value)
+    if "operator" in groups and (op := load("operator_scale.json")):
+        for r in op.get("rounds", []):
+            n = r["n"]
+            ratios = next((x for x in op.get("ratios", []) if x["n"] == n), {})
+            ours = r.get("ours") or {}
+            native = r.get("native") or {}
+            if ratios:
+                rows.append(
+                    (f"operator N={n}", "pod created p99, ours/native", str(ratios.get("podCreated.p99")))
+                )
+                rows.append((f"operator N={n}", "pod scheduled p99, ours/native (goal <= 1.5 at N=1000)",
+                             str(ratios.get("podScheduled.p99"))))  # fmt: skip
+                rows.append(
+                    (f"operator N={n}", "all pods exist, ours/native", str(ratios.get("allPodsExist")))
+                )
+            prop = ours.get("propagation", {}).get("podSucceededToJobDone")
+            if prop:
+                nat = native.get("propagation", {}).get("podSucceededToJobDone", {})
+                figure = "pod Succeeded -> job Succeeded p50 / p99 s, ours (goal p99 < 2 s at N=100)"
+                value = (
+                    f"{prop['p50']} / {prop['p99']} (native Complete: {nat.get('p50')} / {nat.get('p99')})"
+                )
+                rows.append((f"operator N={n}", figure, value))
+            for key, label in (("burst", "burst"), ("idleFinished", "idle, all Succeeded")):
+                part = ours.get(key)
+                if part:
+                    o = part.get("operator", part)
+                    rows.append((f"operator N={n}", f"operator RSS peak MiB / CPU s ({label})",
+                                 f"{o['rssPeakMiB']} / {o['cpuSeconds']} in {o['seconds']} s"))  # fmt: skip
+            if ours.get("burst"):
+                reqs = ours["burst"]["requests"]
+                done = (ours.get("propagation") or {}).get("requests", {})
+                rows.append((f"operator N={n}", "API requests per job, ours (create+run / finish)",
+                             f"{reqs['perJob']} / {done.get('perJob')}"))  # fmt: skip
+            for key, label in (("idleRunning", "pods running"), ("idleFinished", "all Succeeded")):
+                if ours.get(key):
+                    rows.append((f"operator N={n}", f"operator requests per idle minute ({label})",
+                                 str(ours[key]["requestsPerMinute"])))  # fmt: skip
+        for r in op.get("footprintRounds", []):
+            f = r["footprint"]
+            for key, label in (("burst", "burst"), ("idleRunning", "idle")):
+                if f.get(key):
+                    o = f[key].get("operator", f[key])
+                    rows.append((f"operator N={r['n']} (footprint)", f"operator RSS peak MiB ({label})",
+                                 str(o["rssPeakMiB"])))  # fmt: skip
+    if "trainer" in groups:
+        if step := load("trainer_step.json"):
+            figure = (
+                f"PaddleClas/ours CPU time per step, ResNet50_vd batch {step['batch']} "
+                f"at {step['imageSize']} px (goal >= 1.0)"
+            )
+            rows.append(("trainer step", figure, f"{step['ratioReferenceOverOurs']:.3f}"))
+        if pipe := load("trainer_pipeline.json"):
+            rows.append(("trainer pipeline", "loop overhead vs bare step, 2 workers (goal < 0.10)",
+                         f"{pipe['overheadFraction']} ({pipe['fullLoopImagesPerSecond']} vs "
+                         f"{pipe['bareStepImagesPerSecond']} img/s)"))  # fmt: skip
+    if "accuracy" in groups and (acc := load("time_to_accuracy.json")):
+        runs = acc["runs"]
+        for mode in ("finetune", "scratch"):
+            got = runs[mode]["reached"]
+            if got:
+                value = f"epoch {got['epoch']}, {got['imagesSeen']} images, {got['wallSeconds']} s"
+            else:
+                value = f"not reached in {len(runs[mode]['epochs'])} epochs (best {runs[mode]['bestTop1']})"
+            rows.append(("time to accuracy", f"{mode}: to top-1 {acc['target']}", value))
+        rows.append(("time to accuracy", "ratios scratch/finetune", json.dumps(acc["ratios"])))
+    lines = ["| benchmark | figure | value |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--only", default=",".join(GROUPS), help="comma-separated subset of operator,trainer,accuracy"
+    )
+    parser.add_argument("--jobs", default="100,1000", help="operator: N FineTuneJobs per round")
+    parser.add_argument("--nodes", default="128", help="operator: fake 8-GPU nodes")
+    parser.add_argument("--idle-seconds", default="30", help="operator: idle window per state")
+    parser.add_argument(
+        "--footprint-jobs", default="", help="operator: extra N for footprint only (e.g. 5000)"
+    )
+    args = parser.parse_args(argv)
+    groups = [g.strip() for g in args.only.split(",") if g.strip()]
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown:
+        parser.error(f"--only: unknown {unknown}; choose from {', '.join(GROUPS)}")
+
+    started = datetime.now(timezone.utc)
+    info = machine()
+    log: list[dict[str, Any]] = []
+    ok = True
+    if "operator" in groups:
+        operator_args = [
+            "operator_scale.py",
+            "--jobs",
+            args.jobs,
+            "--nodes",
+            args.nodes,
+            "--idle-seconds",
+            args.idle_seconds,
+        ]
+        if args.footprint_jobs:
+            operator_args += ["--footprint-jobs", args.footprint_jobs]
+        ok &= run("operator", operator_args, log)
+    if "trainer" in groups:
+        ok &= run("trainer step", ["trainer_step.py"], log)
+        ok &= run(
+            "trainer pipeline", ["trainer_pipeline.py", "--out", str(RESULTS / "trainer_pipeline.json")], log
+        )
+    if "accuracy" in groups:
+        ok &= run("time to accuracy", ["time_to_accuracy.py"], log)
+
+    command = " ".join(sys.argv[1:] if argv is None else argv)
+    lines = [
+        "# Benchmark summary",
+        "",
+        f"Run {started:%Y-%m-%d %H:%M} UTC with `python bench/run.py {command}` on {info['cpu']}, "
+        f"{info['cores']} cores, Python {info['python']}, Paddle {info['paddle']} (load average "
+        f"{info['loadAverageAtStart']} at start: a shared machine, so read ratios, not absolute times).",
+        "",
+        *summary_lines(groups),
+        "",
+        "| benchmark | command | exit code | seconds |",
+        "|---|---|---|---|",
+        *(f"| {e['name']} | `{e['command']}` | {e['exitCode']} | {e['seconds']} |" for e in log),
+        "",
+        "Details: the JSON files next to this one.",
+    ]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n" + "\n".join(lines))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
