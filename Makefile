@@ -65,7 +65,7 @@ images:
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check operator trainer tests bench
+	$(VENV)/bin/ruff format --check operator trainer tests bench demo
 
 test-unit: venv operator-wheels
 	$(PY) -m pytest -m "not cluster" tests
@@ -85,8 +85,10 @@ cluster-up: venv binaries
 cluster-down:
 	@if [ -x $(PY) ]; then $(PY) -m tests.cluster.harness down; else echo "no $(PY): nothing started"; fi
 
-demo: venv
-	$(PY) -m finetune_trainer.demo
+# The demo (demo/README.md): cluster, chart, operator, weights and data, one FineTuneJob to
+# Succeeded. Everything stays running; `make cluster-down` stops it.
+demo: venv binaries
+	$(PY) -m demo
 
 bench: venv
 	$(PY) bench/run.py

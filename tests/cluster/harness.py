@@ -179,6 +179,18 @@ class Cluster:
     def stop(self) -> None:
         stop_state_dir(self.state_dir)
 
+    def add_companion(self, name: str, pid: int, marker: str) -> None:
+        """Record a process started beside the cluster (the demo's operator, its HTTPS server) so
+        that stopping the cluster stops it first. `marker` must appear in its command line. Not
+        part of healthy(): a companion that died does not make the cluster unusable."""
+        state = json.loads((self.state_dir / "state.json").read_text())
+        others = [c for c in state.get("companions", []) if c["name"] != name]  # a restarted one
+        state["companions"] = [*others, {"name": name, "pid": pid, "marker": marker}]
+        tmp = self.state_dir / "state.json.tmp"
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.state_dir / "state.json")
+        self.state = state
+
     # ----------------------------------------------------------------- clients
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, namespace: str | None = None
@@ -616,7 +628,9 @@ def stop_state_dir(state_dir: Path, *, remove: bool = True, grace: float = 10.0)
         state = json.loads((state_dir / "state.json").read_text())
     except (OSError, ValueError):
         state = {"processes": []}
-    procs = [p for p in reversed(state.get("processes", [])) if _pid_alive(p["pid"], p["marker"])]
+    # Companions (Cluster.add_companion) go first: they talk to the API server.
+    recorded = state.get("processes", []) + state.get("companions", [])
+    procs = [p for p in reversed(recorded) if _pid_alive(p["pid"], p["marker"])]
     for p in procs:  # SIGTERM the process group (each was started in its own session)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(p["pid"], signal.SIGTERM)

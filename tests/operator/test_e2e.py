@@ -9,21 +9,17 @@ the trainer measured, with progress read from the trainer's log on the way.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import json
 import shutil
-import ssl
-import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.https_files import make_self_signed, serve
 from tests.operator.running_operator import (
     OperatorProcess,
     apply,
@@ -44,20 +40,8 @@ def https_dir() -> Iterator[tuple[Path, int]]:
     root.chmod(0o755)
     served = root / "files"
     served.mkdir(mode=0o755)
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(root / "key.pem"), "-out", str(root / "cert.pem"),
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    (root / "cert.pem").chmod(0o644)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(root / "cert.pem", root / "key.pem")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    make_self_signed(root / "cert.pem", root / "key.pem")
+    server = serve(served, root / "cert.pem", root / "key.pem")
     yield root, server.server_address[1]
     server.shutdown()
     server.server_close()

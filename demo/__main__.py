@@ -1,0 +1,230 @@
+"""`make demo` (`python -m demo`): a FineTuneJob end to end on the local control plane.
+
+Starts (or reuses) the local cluster in .cluster/, applies the CRD, installs the chart and runs
+the operator as a local process with the chart's ServiceAccount, makes pretrained weights and
+serves them over HTTPS, writes the finetune data, applies examples/demo-digits.yaml, shows
+`kubectl get ftj -w` until the job finishes, and prints its top-1 and what to try next. The
+cluster, the operator and the HTTPS server stay running; `make cluster-down` stops them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from demo import assets
+from tests.cluster.harness import DEFAULT_STATE_DIR, REPO_ROOT, Cluster, _pid_alive
+from tests.operator import crd
+from tests.operator.helm import install_for_local_operator
+from tests.operator.running_operator import OperatorProcess
+
+EXAMPLE = REPO_ROOT / "examples" / "demo-digits.yaml"
+NAMESPACE = "default"  # the example has none, so that `kubectl get ftj` shows it without -n
+OPERATOR_NAMESPACE = "pfo-system"
+OPERATOR_NAME = "demo-operator"
+DATA_CLAIM, OUTPUT_CLAIM = "demo-digits", "demo-output"  # the claims the example names
+STARTED = time.monotonic()
+
+
+def say(message: str) -> None:
+    print(f"[demo {time.monotonic() - STARTED:5.0f}s] {message}", flush=True)
+
+
+def ensure_cluster(state_dir: Path) -> Cluster:
+    running = Cluster.attach(state_dir)
+    if running is not None and running.healthy():
+        say(f"reusing the local cluster in {state_dir}")
+        return running
+    say("starting the local cluster (etcd, kube-apiserver, controllers, scheduler, kwok, process runner) ...")
+    cluster = Cluster.start(state_dir)  # no owner: it stays up for exploration
+    say(f"cluster ready in {cluster.state['start_seconds']}s")
+    return cluster
+
+
+def install_crd(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd.CRD_DIR))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd.CRD_NAME}")
+    deadline = time.monotonic() + 30  # Established first, then discovery resolves `ftj`
+    while cluster.kubectl("get", "ftj", "-A", check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError("`kubectl get ftj` still fails 30s after the CRD is Established")
+        time.sleep(0.5)
+
+
+def start_operator(cluster: Cluster, ca_bundle: Path) -> OperatorProcess:
+    """Install the chart and (re)start the operator with its ServiceAccount's token (a fresh one
+    each run: the token lasts an hour)."""
+    if cluster.kubectl("get", "namespace", OPERATOR_NAMESPACE, check=False).returncode != 0:
+        cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE)
+    kubeconfig = install_for_local_operator(
+        cluster, OPERATOR_NAMESPACE, cluster.state_dir / "operator-sa.kubeconfig"
+    )
+    for c in cluster.state.get("companions", []):
+        if c["name"] == OPERATOR_NAME and _pid_alive(c["pid"], c["marker"]):
+            os.killpg(c["pid"], signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while _pid_alive(c["pid"], c["marker"]) and time.monotonic() < deadline:
+                time.sleep(0.2)
+    operator = OperatorProcess(
+        cluster,
+        [],  # all namespaces, as the chart's default values grant
+        cluster.state_dir / "operator.log",
+        extra=["--trainer-env", f"REQUESTS_CA_BUNDLE={ca_bundle}"],
+        kubeconfig=str(kubeconfig),
+    )
+    operator.start()
+    assert operator.proc is not None
+    cluster.add_companion(OPERATOR_NAME, operator.proc.pid, f"--health-port {operator.health_port}")
+    return operator
+
+
+def job_manifest(url: str, sha256: str) -> dict[str, Any]:
+    """examples/demo-digits.yaml with the served weights' address and checksum (the file on disk
+    keeps its placeholders)."""
+    job = yaml.safe_load(EXAMPLE.read_text())
+    job["spec"]["model"]["pretrained"] = {"url": url, "sha256": sha256}
+    return job
+
+
+def get_job(cluster: Cluster, name: str) -> dict[str, Any] | None:
+    proc = cluster.kubectl("get", "ftj", name, "-o", "json", namespace=NAMESPACE, check=False)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def remove_previous_run(cluster: Cluster, name: str, output: Path) -> None:
+    """A second `make demo` runs the job afresh: delete the old job (the operator removes its
+    finalizer and pods) and its output folder, which the trainer would otherwise resume from."""
+    if get_job(cluster, name) is not None:
+        say(f"deleting the previous ftj/{name}")
+        cluster.kubectl("delete", "ftj", name, "--wait=true", "--timeout=60s", namespace=NAMESPACE)
+        cluster.kubectl(
+            "wait", "--for=delete", "pod", "-l", f"finetune.paddle.dev/job-name={name}",
+            "--timeout=60s", namespace=NAMESPACE, check=False,
+        )  # fmt: skip
+    shutil.rmtree(output / f"{NAMESPACE}-{name}", ignore_errors=True)
+
+
+def watch_until_finished(cluster: Cluster, name: str, timeout: float) -> dict[str, Any]:
+    """Stream `kubectl get ftj -w` to the terminal until the job is Succeeded or Failed."""
+    kubectl = [str(cluster.bin_dir / "kubectl"), "--kubeconfig", cluster.kubeconfig, "-n", NAMESPACE]
+    print(f"\n$ kubectl get ftj {name} -w", flush=True)
+    watch = subprocess.Popen([*kubectl, "get", "ftj", name, "-w"], stdin=subprocess.DEVNULL)
+    status: dict[str, Any] = {}
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = (get_job(cluster, name) or {}).get("status") or {}
+            if status.get("phase") in ("Succeeded", "Failed"):
+                time.sleep(1.5)  # let the watch print the final row
+                break
+            time.sleep(1)
+    finally:
+        watch.terminate()
+        watch.wait(10)
+    print(flush=True)
+    return status
+
+
+def explain_failure(cluster: Cluster, name: str, status: dict[str, Any], operator: OperatorProcess) -> None:
+    print(f"ftj/{name} did not succeed: phase {status.get('phase', '(none yet)')}, reason "
+          f"{status.get('reason')}: {status.get('message')}\n", file=sys.stderr)  # fmt: skip
+    print(cluster.kubectl("describe", "ftj", name, namespace=NAMESPACE, check=False).stdout, file=sys.stderr)
+    if status.get("podName"):
+        logs = cluster.kubectl("logs", status["podName"], "--tail=30", namespace=NAMESPACE, check=False)
+        print(f"--- last lines of the trainer's log ({status['podName']}):\n{logs.stdout}{logs.stderr}",
+              file=sys.stderr)  # fmt: skip
+    print(
+        f"--- last lines of the operator's log ({operator.log_path}):\n{operator.log_tail(30)}",
+        file=sys.stderr,
+    )
+
+
+def next_steps(cluster: Cluster, name: str, operator: OperatorProcess, output: Path) -> str:
+    def rel(path: Path | str) -> str:
+        return os.path.relpath(path, Path.cwd())
+
+    k = f"kubectl --kubeconfig {rel(cluster.kubeconfig)}"
+    steps = [
+        ("the pinned kubectl and helm", f"export PATH={cluster.bin_dir}:$PATH"),
+        ("the job: spec, status, freeze decision and evidence, conditions, events",
+         f"{k} describe ftj {name}"),
+        ("every job with attempts, model and message", f"{k} get ftj -o wide"),
+        ("the FineTuneJob fields, documented by the CRD", f"{k} explain ftj.spec.training"),
+        ("the trainer's log", f"{k} logs {name}-attempt-1"),
+        ("the operator's Prometheus metrics",
+         f"curl -s http://127.0.0.1:{operator.metrics_port}/metrics | grep '^finetune'"),
+        ("the trainer's output (inference model, result.json)", f"ls {rel(output)}/{NAMESPACE}-{name}/"),
+        ("the operator's log", f"tail -f {rel(operator.log_path)}"),
+        ("stop the cluster, the operator and the weights server", "make cluster-down"),
+    ]  # fmt: skip
+    lines = "".join(f"\n  # {why}\n  {command}" for why, command in steps)
+    return f"\nWhat to try next (the cluster, the operator and the weights server keep running):{lines}\n"
+
+
+def run(state_dir: Path, timeout: float) -> int:
+    cluster = ensure_cluster(state_dir)
+    install_crd(cluster)
+    say("CRD finetunejobs.finetune.paddle.dev established")
+
+    weights, made = assets.pretrained_weights(log=say)
+    if not made:
+        say(f"reusing pretrained weights {weights}")
+    port, cert = assets.https_server(cluster, weights.parent)
+    url = f"https://127.0.0.1:{port}/{weights.name}"
+    say(f"serving the weights at {url} (self-signed certificate {cert})")
+
+    operator = start_operator(cluster, cert)
+    say(f"operator running with the chart's ServiceAccount (log: {operator.log_path})")
+
+    cluster.kubectl(
+        "label", "namespace", NAMESPACE, "--overwrite", "pod-security.kubernetes.io/enforce=restricted"
+    )
+    data = cluster.create_runner_pvc(NAMESPACE, DATA_CLAIM)
+    output = cluster.create_runner_pvc(NAMESPACE, OUTPUT_CLAIM)
+    name = yaml.safe_load(EXAMPLE.read_text())["metadata"]["name"]
+    remove_previous_run(cluster, name, output)
+    info = assets.write_finetune_data(data)
+    say(f"finetune data: digits {info['classes']}, {info['train']} train / {info['val']} val images "
+        f"in PVC {DATA_CLAIM} ({os.path.relpath(data, Path.cwd())})")  # fmt: skip
+
+    manifest = job_manifest(url, assets.sha256_of(weights))
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest), namespace=NAMESPACE)
+    say(f"applied {os.path.relpath(EXAMPLE, REPO_ROOT)} (url and sha256 of the served weights filled in)")
+
+    status = watch_until_finished(cluster, name, timeout)
+    if status.get("phase") != "Succeeded":
+        explain_failure(cluster, name, status, operator)
+        return 1
+    metrics, freeze = status.get("metrics") or {}, (status.get("finetune") or {}).get("freeze") or {}
+    say(
+        f"ftj/{name} Succeeded: TOP1 {metrics.get('top1'):.4f} (top-5 {metrics.get('top5'):.4f}, best epoch "
+        f"{metrics.get('bestEpoch')}/{metrics.get('epochsRun')}, trainer {metrics.get('durationSeconds')}s); "
+        f"freeze {freeze.get('strategy')} ({freeze.get('decidedBy')}, rule {freeze.get('rule')}); "
+        f"stripped {(status.get('finetune') or {}).get('strippedParameters')}"
+    )
+    print(next_steps(cluster, name, operator, output))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the job")
+    args = parser.parse_args(argv)
+    code = run(args.state_dir.resolve(), args.timeout)
+    say(f"done in {time.monotonic() - STARTED:.0f}s")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""What the demo job needs besides the cluster: pretrained weights it makes itself (cached), the
+finetune data on the runner's volume, and an HTTPS server for the weights."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.cluster.harness import REPO_ROOT, Cluster, _pid_alive
+
+PRETRAIN_CLASSES = (0, 1, 2, 3, 4)  # the stand-in for ImageNet: a model that knows digits 0-4
+FINETUNE_CLASSES = (5, 6, 7, 8, 9)  # the demo job's task: digits it never saw (numClasses 5)
+IMAGE_SIZE = 32  # = spec.dataset.imageSize of examples/demo-digits.yaml
+# Measured on 2 shared CPU cores: about 60 s, top-1 0.95 on the held-out digits 0-4.
+PRETRAIN = {"epochs": 3, "warmupEpochs": 1, "learningRate": 0.05}
+HTTPS_NAME = "demo-https"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PFO_CACHE", Path.home() / ".cache" / "paddle-finetune-operator")) / "demo"
+
+
+def pretrained_weights(log: Any = print) -> tuple[Path, bool]:
+    """ResNet18_vd weights trained from scratch on digits 0-4, made once and kept in the cache
+    (keyed by the recipe, so a changed recipe makes new ones). Returns (path, made_now)."""
+    recipe = {"classes": PRETRAIN_CLASSES, "imageSize": IMAGE_SIZE, **PRETRAIN}
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
+    path = cache_dir() / "weights" / f"ResNet18_vd_digits0-4_{key}.pdparams"
+    if path.is_file():
+        return path, False
+    from finetune_trainer.digits import make_pretrained_weights
+
+    log(f"pretraining ResNet18_vd on digits {PRETRAIN_CLASSES} (once; cached in {path.parent}) ...")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="pfo-demo-pretrain-") as work:
+        partial = Path(work) / path.name
+        result = make_pretrained_weights(partial, Path(work), PRETRAIN_CLASSES, IMAGE_SIZE, **PRETRAIN)
+        shutil.move(partial, path)  # only complete files ever carry the final name
+    path.chmod(0o644)
+    log(f"pretrained: top-1 {result['top1']:.3f} on held-out digits {PRETRAIN_CLASSES} -> {path.name}")
+    return path, True
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_finetune_data(folder: Path) -> dict[str, Any]:
+    """Digits 5-9 (relabelled 0-4) in PaddleClas list format, replacing what was there."""
+    from finetune_trainer.digits import write_digits_dataset
+
+    for child in folder.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+    return write_digits_dataset(folder, FINETUNE_CLASSES, IMAGE_SIZE)
+
+
+def https_server(cluster: Cluster, folder: Path) -> tuple[int, Path]:
+    """An HTTPS server for `folder` on 127.0.0.1 with a self-signed certificate, started as a
+    companion of the cluster (make cluster-down stops it), or the one a previous run left.
+    Returns (port, certificate). The certificate lives in the cluster's state directory, outside
+    /root, so the trainer's non-root user can read it."""
+    from tests.https_files import make_self_signed
+
+    tls = cluster.state_dir / "demo"
+    cert, key, port_file = tls / "cert.pem", tls / "key.pem", tls / "https.port"
+    for c in cluster.state.get("companions", []):
+        if c["name"] == HTTPS_NAME and _pid_alive(c["pid"], c["marker"]) and port_file.is_file():
+            return int(port_file.read_text()), cert
+    tls.mkdir(mode=0o755, parents=True, exist_ok=True)
+    port_file.unlink(missing_ok=True)
+    if not cert.is_file():
+        make_self_signed(cert, key)
+    argv = [sys.executable, "-m", "tests.https_files", "--dir", str(folder), "--cert", str(cert),
+            "--key", str(key), "--port-file", str(port_file)]  # fmt: skip
+    with open(cluster.state_dir / "logs" / f"{HTTPS_NAME}.log", "ab") as log:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT, start_new_session=True,
+        )  # fmt: skip
+    cluster.add_companion(HTTPS_NAME, proc.pid, str(cluster.state_dir))  # the cert path is in its argv
+    deadline = time.monotonic() + 30
+    while not port_file.is_file():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(
+                f"the HTTPS server did not start; see {cluster.state_dir}/logs/{HTTPS_NAME}.log"
+            )
+        time.sleep(0.1)
+    return int(port_file.read_text()), cert
