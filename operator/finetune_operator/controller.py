@@ -22,7 +22,7 @@ from finetune_contract import SettingsError, parse_last_progress
 
 from . import retry
 from .config import OperatorConfig
-from .kube import Kube, is_status
+from .kube import Kube, api_message, is_status
 from .metrics import Metrics
 from .pod import CONTAINER, LABEL_ATTEMPT, pod_name, pod_selector, render_pod
 from .settings import trainer_settings
@@ -233,7 +233,7 @@ class Reconciler:
             next_at = parse_time(p.get("nextAttemptTime"))
             if next_at and p.now < next_at:
                 return _soonest((next_at - p.now).total_seconds(), remaining)
-            if not next_at:
+            if not next_at and p.status.get("reason") != "PodForbidden":
                 p.events.append(
                     ("Warning", "PodMissing", f"pod {pod_name(p.meta['name'], attempts)} disappeared")
                 )
@@ -260,12 +260,17 @@ class Reconciler:
     def _start_attempt(self, p: _Pass, attempt: int, resumed: bool = False) -> float | None:
         meta = p.meta
         pod = render_pod(p.job, attempt, self.config)
+        name = pod["metadata"]["name"]
         try:
             self.kube.create_pod(pod)
         except Exception as exc:
+            if is_status(exc, 422):  # the pod as rendered can never be created
+                self._fail(p, None, "PodInvalid", f"the API server refused pod {name}: {api_message(exc)}")
+                return self._finished(p)
+            if is_status(exc, 403):  # a quota or an admission policy: may pass later
+                return self._forbidden(p, name, api_message(exc))
             if not is_status(exc, 409):  # 409: it exists already, which is what we want
                 raise
-        name = pod["metadata"]["name"]
         fields = p.update.fields
         fields.update(attempts=attempt, podName=name, nextAttemptTime=None)
         if resumed or not p.status.get("startTime"):
@@ -280,6 +285,21 @@ class Reconciler:
         if (p.status.get("phase"), p.status.get("reason")) == ("Pending", "PodCreated"):
             p.events.append(("Normal", "PodCreated", f"attempt {attempt} {what}: created pod {name}"))
         return _soonest(self._pending_timeout(p), self._deadline_remaining(p))
+
+    def _forbidden(self, p: _Pass, name: str, message: str) -> float | None:
+        """Pod creation refused (403: ResourceQuota, PodSecurity, another admission policy):
+        Pending with the API server's words, retried, Failed after the pending timeout."""
+        timeout = self._pending_timeout(p)
+        waiting_since = p.now
+        if p.status.get("reason") == "PodForbidden":
+            waiting_since = parse_time(p.status.get("lastTransitionTime")) or p.now
+        waited = (p.now - waiting_since).total_seconds()
+        text = f"the API server refused pod {name}: {message}"
+        if waited >= timeout:
+            self._fail(p, None, "PodForbidden", f"{text} (for more than {timeout:g}s)")
+            return self._finished(p)
+        p.transition("Pending", "PodForbidden", text, "Warning")
+        return _soonest(min(self.config.backoff_max_seconds, timeout - waited), self._deadline_remaining(p))
 
     def _pending_timeout(self, p: _Pass) -> float:
         return float(p.policy.get("pendingTimeoutSeconds") or self.config.pending_timeout_seconds)

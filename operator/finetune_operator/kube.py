@@ -34,6 +34,14 @@ def is_status(exc: Exception, code: int) -> bool:
     return isinstance(exc, ApiException) and exc.status == code
 
 
+def api_message(exc: Exception) -> str:
+    """The API server's message from an ApiException (its Status body), else the exception."""
+    try:
+        return str(json.loads(getattr(exc, "body", "") or "")["message"])
+    except (ValueError, KeyError, TypeError):
+        return str(exc)
+
+
 class Kube:
     """Synchronous calls (the controller runs them in worker threads)."""
 

@@ -251,6 +251,32 @@ def test_unschedulable_gpus_pending_then_failed(cluster, namespace, operator):
     )
 
 
+def test_refused_pod_creation_waits_then_fails_with_the_api_servers_words(cluster, namespace, operator):
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "no-pods"},
+        "spec": {"hard": {"pods": "0"}},
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(quota), namespace=namespace)
+    cluster.wait_for(  # the quota controller fills status.hard before admission enforces it
+        "the quota to be active",
+        lambda: "pods" in cluster.kubectl("get", "resourcequota", "no-pods", "-o", "jsonpath={.status.hard}",
+                                          namespace=namespace).stdout,
+        30,
+    )  # fmt: skip
+    apply(cluster, namespace, job_manifest("blocked", VOLUME, runPolicy={"pendingTimeoutSeconds": 4}))
+    status = wait_job(
+        cluster, operator, namespace, "blocked", lambda s: s.get("reason") == "PodForbidden", "refused"
+    )
+    assert status["phase"] == "Pending"
+    assert "exceeded quota" in status["message"]
+    status = wait_job(cluster, operator, namespace, "blocked", phase_is("Failed"), "Failed", timeout=20)
+    assert status["reason"] == "PodForbidden"
+    assert "exceeded quota" in status["message"] and "(for more than 4s)" in status["message"]
+    assert pod_names(cluster, namespace, "blocked") == []
+
+
 def test_ttl_deletes_the_finished_job(cluster, namespace, operator):
     pod = start(cluster, operator, namespace, "short-lived", runPolicy={"ttlSecondsAfterFinished": 2})
     cluster.drive_pod(namespace, pod, "Succeeded", message=encode_result(RESULT))
