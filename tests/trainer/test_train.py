@@ -15,6 +15,7 @@ from finetune_contract import (
     EXIT_DATA_ERROR,
     EXIT_INTERRUPTED,
     EXIT_NON_FINITE_LOSS,
+    EXIT_TRANSIENT,
     PROGRESS_PREFIX,
     RESULT_MAX_BYTES,
     decode_result,
@@ -278,3 +279,80 @@ def test_only_rank_zero_writes(dataset, tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "termination-log").exists()
     assert not out.exists() or not any(out.iterdir())
     assert PROGRESS_PREFIX not in capsys.readouterr().out
+
+
+def test_amp_only_on_a_gpu():
+    assert train.amp_dtype_for("auto", on_gpu=True) == "float16"
+    assert train.amp_dtype_for("bfloat16", on_gpu=True) == "bfloat16"
+    assert train.amp_dtype_for("off", on_gpu=True) is None
+    for mode in ("auto", "float16", "bfloat16", "off"):
+        assert train.amp_dtype_for(mode, on_gpu=False) is None
+
+
+def test_out_of_memory_is_a_transient_failure(dataset, tmp_path, monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise MemoryError("cannot allocate 4 GiB")
+
+    monkeypatch.setattr(train, "train_step", no_memory)
+    result = train.run(tiny_settings(dataset, tmp_path / "out", training__epochs=1))
+    assert result["exitCode"] == EXIT_TRANSIENT and result["reason"] == "TransientError"
+    assert "out of memory" in result["message"] and "batchSize" in result["message"]
+
+
+def test_sigterm_during_evaluation_keeps_the_epoch(dataset, tmp_path, monkeypatch):
+    real = train.evaluate
+
+    def evaluate_then_sigterm(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate", evaluate_then_sigterm)
+    out = tmp_path / "out"
+    result = train.run(tiny_settings(dataset, out))
+    assert result["exitCode"] == EXIT_INTERRUPTED
+    assert "stopped after epoch 1 (checkpoint saved)" in result["message"]
+    assert checkpoint.find_latest(out).name == "epoch-0001"
+    monkeypatch.setattr(train, "evaluate", real)
+    resumed = train.run(tiny_settings(dataset, out))
+    assert resumed["exitCode"] == 0 and resumed["resumedFromEpoch"] == 1 and resumed["epochsRun"] == 2
+
+
+def test_auto_freeze_decision_is_reported_and_kept_on_resume(dataset, tmp_path):
+    weights = tmp_path / "pre.pdparams"
+    paddle.save(build_model("ResNet18_vd", 10).state_dict(), str(weights))
+    out = tmp_path / "out"
+    settings = tiny_settings(dataset, out, training__epochs=1, finetune__freeze="auto")
+    settings.model.pretrained.path = str(weights)
+    first = train.run(settings)
+    assert first["exitCode"] == 0, first.get("message")
+    freeze = first["freeze"]
+    assert freeze["decidedBy"] == "auto" and freeze["rule"] in (1, 2, 3, 4)
+    assert freeze["strategy"] in ("fc-only", "none", "stages", "from-scratch")
+    assert freeze["evidence"]["totalImages"] == 12 and freeze["evidence"]["size"] == "small"
+    if freeze["strategy"] == "fc-only":
+        assert freeze["trainableParameters"] == 512 * 3 + 3
+    # The next attempt continues with the same decision, from the checkpoint, without re-deciding.
+    settings.training.epochs = 2
+    second = train.run(settings)
+    assert second["resumedFromEpoch"] == 1
+    assert second["freeze"] == freeze
+    assert second["strippedParameters"] == ["fc.weight", "fc.bias"]
+
+
+def test_auto_without_pretrained_weights_trains_from_scratch(dataset, tmp_path):
+    result = train.run(tiny_settings(dataset, tmp_path / "out", training__epochs=1, finetune__freeze="auto"))
+    assert result["exitCode"] == 0
+    assert result["freeze"]["strategy"] == "from-scratch" and result["freeze"]["decidedBy"] == "auto"
+    assert result["learningRate"] == pytest.approx(0.125 * 4 / 32)  # the from-scratch default
+
+
+def test_an_unforeseen_crash_still_leaves_a_result(dataset, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("something nobody planned for")
+
+    monkeypatch.setattr(train, "train_step", broken)
+    with pytest.raises(RuntimeError, match="nobody planned"):
+        train.run(tiny_settings(dataset, tmp_path / "out", training__epochs=1))
+    result = decode_result((tmp_path / "termination-log").read_text())
+    assert result["exitCode"] == 1 and result["reason"] == "TrainerError"
+    assert result["message"] == "RuntimeError: something nobody planned for"

@@ -239,7 +239,9 @@ def _progress(dist: Distributed, epoch: int, epochs: int, **extra: Any) -> None:
 
 def _is_out_of_memory(exc: BaseException) -> bool:
     text = f"{type(exc).__name__} {exc}".lower()
-    return isinstance(exc, MemoryError) or "out of memory" in text or "resourceexhausted" in text
+    # A DataLoader worker that "exited unexpectedly" was almost always killed by the OOM killer.
+    markers = ("out of memory", "resourceexhausted", "exit unexpectedly", "exited unexpectedly")
+    return isinstance(exc, MemoryError) or any(m in text for m in markers)
 
 
 class _SigtermGuard:
@@ -289,6 +291,12 @@ def run(settings: TrainerSettings) -> dict[str, Any]:
         result = _failure(info, EXIT_DOWNLOAD_ERROR, str(exc))
     except Exception as exc:  # noqa: BLE001 - every failure must still produce a result
         if not _is_out_of_memory(exc):
+            # A bug or an unforeseen failure: report it (exit code 1, permanent), then let the
+            # traceback through for the log.
+            crash = _failure(info, 1, f"{type(exc).__name__}: {str(exc)[-500:]}")
+            crash["durationSeconds"] = round(time.time() - started, 2)
+            if dist.is_main:
+                write_result(crash, output, settings.output.resultPath)
             raise
         result = _failure(info, EXIT_TRANSIENT, f"out of memory: {str(exc)[-300:]} (try a smaller batchSize)")
     result["durationSeconds"] = round(time.time() - started, 2)
@@ -414,6 +422,7 @@ def _train(
     val_loader = make_loader(val_shard, val_sampler, t.numWorkers)
     _progress(dist, state.epoch, t.epochs, phase="Training", stepsPerEpoch=steps_per_epoch)
 
+    guard.in_loop = True  # from here on SIGTERM is handled at the next step or epoch boundary
     while state.epoch < t.epochs:
         epoch = state.epoch  # 0-based index of the epoch being trained
         train_set.set_epoch(epoch)
@@ -433,7 +442,6 @@ def _train(
             dynamic_ncols=True,
             mininterval=1.0 if sys.stderr.isatty() else 30.0,
         )
-        guard.in_loop = True
         try:
             for images, labels, indices in loader:
                 if guard.requested:
@@ -467,7 +475,6 @@ def _train(
             _save_interrupted(output, model, optimizer, scheduler, scaler, state, counter, dist, log)
             raise
         finally:
-            guard.in_loop = False
             bar.close()
         seconds = time.perf_counter() - tick
         state.trainImages += epoch_images * dist.world_size
@@ -514,6 +521,9 @@ def _train(
             bestTop1=state.best["top1"],
             bestEpoch=state.best["epoch"],
         )
+        if guard.requested:  # arrived during evaluation or saving: this epoch's checkpoint is complete
+            raise Interrupted(f"received SIGTERM; stopped after epoch {state.epoch} (checkpoint saved)")
+    guard.in_loop = False
 
     if dist.is_main:
         _export_best(output, model, num_classes, d.imageSize, index, log)
