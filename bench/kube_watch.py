@@ -96,8 +96,13 @@ def request_counts(rest: KubeRest) -> dict[RequestKey, float]:
     """apiserver_request_total summed over codes and scopes, by (verb, group, resource, subresource)."""
     resp = rest.session.get(rest.server + "/metrics", timeout=30)
     resp.raise_for_status()
+    return parse_request_counts(resp.text)
+
+
+def parse_request_counts(text: str) -> dict[RequestKey, float]:
+    """apiserver_request_total samples of a Prometheus text exposition, summed by RequestKey."""
     counts: dict[RequestKey, float] = {}
-    for line in resp.text.splitlines():
+    for line in text.splitlines():
         match = _SAMPLE.match(line)
         if not match:
             continue
