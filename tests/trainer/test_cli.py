@@ -151,3 +151,47 @@ def test_cli_data_error_exit_code_and_result(tmp_path):
     assert result["reason"] == "DataError"
     assert "train_list.txt:2: label 7 out of range" in result["message"]
     assert "train_list.txt:2: label 7 out of range" in proc.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_under_paddle_distributed_launch(tmp_path):
+    """The multi-GPU code path, on CPU: init_parallel_env, DataParallel, sharded sampler, eval
+    counts summed over ranks, and only rank 0 reporting."""
+    import finetune_trainer.__main__ as entry
+
+    data = write_list_dataset(tmp_path / "data", classes=3)  # 12 train, 6 val images
+    out = tmp_path / "out"
+    args = [
+        f"dataset.root={data}",
+        "dataset.imageSize=16",
+        "dataset.resizeShort=16",
+        "model.architecture=ResNet18_vd",
+        "finetune.freeze=none",
+        "training.epochs=1",
+        "training.batchSize=2",
+        "training.numWorkers=0",
+        f"output.dir={out}",
+        f"output.resultPath={tmp_path / 'tl'}",
+    ]
+    command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2"]
+    command += ["--log_dir", str(tmp_path / "logs"), entry.__file__]
+    for arg in args:
+        command += ["--set", arg]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "trainer")}
+    proc = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path, check=False
+    )
+    logs = {p.name: p.read_text() for p in (tmp_path / "logs").glob("workerlog.*")}
+    assert proc.returncode == 0, proc.stdout[-2000:] + "\n".join(v[-2000:] for v in logs.values())
+    rank0, rank1 = logs["workerlog.0"], logs["workerlog.1"]
+    assert "batch 2 x 2 process(es)" in rank0
+    progress = [
+        json.loads(x[len(PROGRESS_PREFIX) :]) for x in rank0.splitlines() if x.startswith(PROGRESS_PREFIX)
+    ]
+    assert progress[0]["stepsPerEpoch"] == 3  # 12 images / (2 per process x 2 processes)
+    assert PROGRESS_PREFIX not in rank1 and "[finetune]" not in rank1
+    result = decode_result((tmp_path / "tl").read_text())
+    assert result["exitCode"] == 0 and result["epochsRun"] == 1
+    state = json.loads((out / "checkpoints" / "epoch-0001" / "state.json").read_text())
+    assert state["history"][0]["valImages"] == 6  # each rank evaluated its half; counts summed
+    assert (out / "inference" / "inference.pdiparams").is_file()

@@ -130,6 +130,7 @@ def test_run_trains_evaluates_checkpoints_and_reports(dataset, tmp_path, capsys)
     _, _, state = checkpoint.load_checkpoint(latest)
     assert state["epoch"] == 2 and state["globalStep"] == 2 * 3  # 12 images / batch 4
     assert [h["epoch"] for h in state["history"]] == [1, 2]
+    assert [h["valImages"] for h in state["history"]] == [6, 6]
     assert (tmp_path / "out" / "best_model" / "model.pdparams").is_file()
     assert (tmp_path / "out" / "inference" / "labels.txt").read_text() == "0\n1\n2\n"
     layer = paddle.jit.load(str(tmp_path / "out" / "inference" / "inference"))

@@ -168,7 +168,7 @@ def evaluate(
     counter: CorruptImageCounter,
     dist: Distributed,
 ) -> dict[str, float]:
-    """Top-1, top-min(5, classes) and mean loss over the validation set (summed over ranks)."""
+    """Top-1, top-min(5, classes), mean loss and image count over the validation set (all ranks)."""
     model.eval()
     k = min(5, num_classes)
     totals = paddle.zeros([4], dtype="float64")  # correct@1, correct@k, loss sum, count
@@ -195,8 +195,8 @@ def evaluate(
     if dist.world_size > 1:
         paddle.distributed.all_reduce(totals)
     c1, ck, loss_sum, count = (float(v) for v in totals.numpy())
-    count = max(count, 1.0)
-    return {"top1": c1 / count, "top5": ck / count, "loss": loss_sum / count}
+    seen = max(count, 1.0)
+    return {"top1": c1 / seen, "top5": ck / seen, "loss": loss_sum / seen, "count": int(count)}
 
 
 @dataclass
@@ -488,6 +488,7 @@ def _train(
             "top1": round(metrics["top1"], 6),
             "top5": round(metrics["top5"], 6),
             "valLoss": round(metrics["loss"], 6),
+            "valImages": metrics["count"],  # evaluated, over all ranks (corrupt ones skipped)
             "trainLoss": round(loss_sum / max(loss_count, 1), 6),
             "imagesPerSecond": round(images_per_second, 2),
             "learningRate": scheduler.get_lr(),
