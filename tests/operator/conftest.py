@@ -19,10 +19,20 @@ def crd_installed(cluster: Any) -> str:
     and fit the cost budget) and any later change to crds/ simply updates the installed CRD.
     """
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd.CRD_DIR))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd.CRD_NAME}")
-    conditions = json.loads(cluster.kubectl("get", f"crd/{crd.CRD_NAME}", "-o", "json").stdout)["status"][
-        "conditions"
-    ]
+    # Poll rather than `kubectl wait`: right after the apply the CRD may have no conditions yet,
+    # which `kubectl wait` reports as an error instead of waiting.
+    deadline = time.monotonic() + 60
+    while True:
+        conditions = (
+            json.loads(cluster.kubectl("get", f"crd/{crd.CRD_NAME}", "-o", "json").stdout)
+            .get("status", {})
+            .get("conditions", [])
+        )
+        if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{crd.CRD_NAME} not Established after 60 s: {conditions}")
+        time.sleep(0.2)
     broken = [c for c in conditions if c["type"] == "NonStructuralSchema" and c["status"] == "True"]
     assert not broken, (
         f"{crd.CRD_FILE}: the API server calls the schema non-structural: {broken[0]['message']}"
