@@ -28,25 +28,35 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PFO_CACHE", Path.home() / ".cache" / "paddle-finetune-operator")) / "demo"
 
 
-def pretrained_weights(log: Any = print) -> tuple[Path, bool]:
-    """ResNet18_vd weights trained from scratch on digits 0-4, made once and kept in the cache
-    (keyed by the recipe, so a changed recipe makes new ones). Returns (path, made_now)."""
+def weights_path() -> Path:
+    """Where the pretrained weights are cached, keyed by the recipe (a changed recipe makes new ones)."""
     recipe = {"classes": PRETRAIN_CLASSES, "imageSize": IMAGE_SIZE, **PRETRAIN}
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
-    path = cache_dir() / "weights" / f"ResNet18_vd_digits0-4_{key}.pdparams"
-    if path.is_file():
-        return path, False
+    return cache_dir() / "weights" / f"ResNet18_vd_digits0-4_{key}.pdparams"
+
+
+def make_weights(path: Path) -> dict[str, Any]:
+    """Train ResNet18_vd from scratch on digits 0-4 (the trainer itself) and save its best weights
+    at `path`; returns the trainer's result."""
     from finetune_trainer.digits import make_pretrained_weights
 
-    log(f"pretraining ResNet18_vd on digits {PRETRAIN_CLASSES} (once; cached in {path.parent}) ...")
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="pfo-demo-pretrain-") as work:
         partial = Path(work) / path.name
         result = make_pretrained_weights(partial, Path(work), PRETRAIN_CLASSES, IMAGE_SIZE, **PRETRAIN)
+        partial.chmod(0o644)
         shutil.move(partial, path)  # only complete files ever carry the final name
-    path.chmod(0o644)
-    log(f"pretrained: top-1 {result['top1']:.3f} on held-out digits {PRETRAIN_CLASSES} -> {path.name}")
-    return path, True
+    return result
+
+
+def start_pretraining(path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """make_weights in a child process (its own log), so the cluster starts meanwhile."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "demo.assets", "pretrain", str(path)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+        )  # fmt: skip
 
 
 def sha256_of(path: Path) -> str:
@@ -98,3 +108,20 @@ def https_server(cluster: Cluster, folder: Path) -> tuple[int, Path]:
             )
         time.sleep(0.1)
     return int(port_file.read_text()), cert
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m demo.assets pretrain PATH`: what start_pretraining runs."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m demo.assets")
+    parser.add_argument("action", choices=["pretrain"])
+    parser.add_argument("path", type=Path)
+    args = parser.parse_args(argv)
+    result = make_weights(args.path)
+    print(f"PRETRAINED {json.dumps({'top1': result['top1'], 'path': str(args.path)})}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
