@@ -442,7 +442,7 @@ class _Starter:
         )
         log.close()
         # The state directory appears in every command line: it identifies our processes later.
-        self.state["processes"].append({"name": name, "pid": proc.pid, "marker": str(self.dir)})
+        self.state["processes"].append({"name": name, "pid": proc.pid, "marker": f"{self.dir}/"})
         self.save()
         return proc
 

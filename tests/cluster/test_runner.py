@@ -185,3 +185,27 @@ def test_a_process_that_ignores_sigterm_is_killed_after_the_grace_period(
     cluster.kubectl("delete", "pod", "stubborn", "--wait=true", "--timeout=30s", namespace=namespace)
     assert time.monotonic() - t0 >= 2  # it survived SIGTERM until the grace period ran out
     cluster.wait_for(f"process {pid} to exit", lambda: not os.path.exists(f"/proc/{pid}"), timeout=10)
+
+
+def test_in_cluster_config_works_with_the_mounted_service_account_token(
+    cluster: Cluster, namespace: str
+) -> None:
+    """The projected token, CA and KUBERNETES_SERVICE_* let a pod talk to the API server as its
+    ServiceAccount (which RBAC then judges): what an operator Deployment on this node would do."""
+    code = (
+        "from kubernetes import client, config\n"
+        "NS_FILE = '/var/run/secrets/kubernetes.io/serviceaccount/namespace'\n"
+        "from kubernetes.client.exceptions import ApiException\n"
+        "config.load_incluster_config()\n"
+        "core = client.CoreV1Api()\n"
+        "try:\n"
+        "    core.list_namespaced_secret(open(NS_FILE).read())\n"
+        "except ApiException as e:\n"
+        "    open('/dev/termination-log', 'w').write(f'{e.status} {e.body}')\n"
+    )
+    body = runner_pod(cluster, "in-cluster", code)
+    body["spec"]["automountServiceAccountToken"] = True
+    create(cluster, namespace, body)
+    message = terminated(cluster.wait_pod_phase(namespace, "in-cluster", "Succeeded", timeout=60))["message"]
+    assert message.startswith("403 ")
+    assert f"system:serviceaccount:{namespace}:default" in message
