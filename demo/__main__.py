@@ -88,7 +88,8 @@ def start_operator(cluster: Cluster, ca_bundle: Path) -> OperatorProcess:
     )
     operator.start()
     assert operator.proc is not None
-    cluster.add_companion(OPERATOR_NAME, operator.proc.pid, f"--health-port {operator.health_port}")
+    # The trailing space makes the marker exact (more flags follow the port in its argv).
+    cluster.add_companion(OPERATOR_NAME, operator.proc.pid, f"--health-port {operator.health_port} ")
     return operator
 
 

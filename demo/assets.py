@@ -99,7 +99,7 @@ def https_server(cluster: Cluster, folder: Path) -> tuple[int, Path]:
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             cwd=REPO_ROOT, start_new_session=True,
         )  # fmt: skip
-    cluster.add_companion(HTTPS_NAME, proc.pid, str(cluster.state_dir))  # the cert path is in its argv
+    cluster.add_companion(HTTPS_NAME, proc.pid, f"{cluster.state_dir}/")  # the cert path is in its argv
     deadline = time.monotonic() + 30
     while not port_file.is_file():
         if proc.poll() is not None or time.monotonic() > deadline:
