@@ -172,6 +172,9 @@ def test_epoch_batch_sampler_shuffles_by_seed_and_epoch_and_resumes_mid_epoch(tm
     b = EpochBatchSampler(data, 3, rank=0, world_size=1, shuffle=True, seed=8)
     b.set_epoch(2)
     assert list(b) != full
+    big = EpochBatchSampler(data, 3, rank=0, world_size=1, shuffle=True, seed=2**31 + 5)
+    big.set_epoch(10**6)  # any seed and epoch stay valid RandomState seeds
+    assert sorted(i for batch in big for i in batch) == data
 
 
 def test_epoch_batch_sampler_shards_across_ranks():

@@ -203,6 +203,7 @@ class TrainerSettings:
         _at_least("training.warmupEpochs", t.warmupEpochs, 0)
         _at_least("training.numWorkers", t.numWorkers, 0)
         _at_least("training.logEverySteps", t.logEverySteps, 1)
+        _at_least("training.seed", t.seed, 0)
         for name in ("learningRate", "momentum", "weightDecay", "labelSmoothing"):
             value = getattr(t, name)
             if not _finite(value) or value < 0:

@@ -300,7 +300,7 @@ class EpochBatchSampler(DistributedBatchSampler):
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         # DistributedBatchSampler shuffles with RandomState(self.epoch): mix the seed in.
-        super().set_epoch((self.seed & 0xFFFF) * 100_003 + epoch)
+        super().set_epoch(((self.seed & 0xFFFFFFFF) * 100_003 + epoch) % 2**32)  # RandomState: < 2**32
         self.current_epoch = epoch
         self.start_step = start_step
 
