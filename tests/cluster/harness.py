@@ -356,9 +356,16 @@ class Cluster:
                 "resources": {"requests": {"storage": size}},
             },
         }
-        self.kubectl(
-            "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [pv, pvc]})
-        )
+        # The PV first, and the claim once the binder has seen it (it marks the PV Available): a
+        # claim seen before its volume waits for the binder's periodic pass (15 s, often two).
+        self.kubectl("apply", "-f", "-", input=json.dumps(pv))
+
+        def pv_seen() -> bool:
+            out = self.kubectl("get", "pv", pv_name, "-o", "jsonpath={.status.phase}")
+            return out.stdout in ("Available", "Bound")
+
+        _wait_until(f"PersistentVolume {pv_name} to be Available", pv_seen, 60)
+        self.kubectl("apply", "-f", "-", input=json.dumps(pvc))
 
         def bound() -> bool:
             out = self.kubectl(
