@@ -357,3 +357,15 @@ def test_an_unforeseen_crash_still_leaves_a_result(dataset, tmp_path, monkeypatc
     result = decode_result((tmp_path / "termination-log").read_text())
     assert result["exitCode"] == 1 and result["reason"] == "TrainerError"
     assert result["message"] == "RuntimeError: something nobody planned for"
+
+
+def test_amp_scaler_state_survives_the_json_checkpoint():
+    # GradScaler is disabled on CPU; this is the shape of its state_dict() on a GPU.
+    scaler_state = {
+        "scale": np.array([32768.0], dtype="float32"),
+        "incr_count": np.int64(3),
+        "incr_ratio": 2.0,
+    }
+    restored = json.loads(json.dumps(scaler_state, default=train._jsonable))
+    assert restored == {"scale": [32768.0], "incr_count": 3, "incr_ratio": 2.0}
+    assert restored["scale"][0] == 32768.0  # what GradScaler.load_state_dict reads

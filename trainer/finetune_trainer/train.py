@@ -626,7 +626,9 @@ def _checkpoint_state(state: RunState, scheduler, scaler, counter: CorruptImageC
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, (np.generic,)):
+    if isinstance(value, np.ndarray):  # e.g. the AMP scaler's "scale"
+        return value.tolist()
+    if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, paddle.Tensor):
         return value.numpy().tolist()
