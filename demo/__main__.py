@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -213,11 +212,8 @@ def run(state_dir: Path, timeout: float) -> int:
         cluster.kubectl(
             "label", "namespace", NAMESPACE, "--overwrite", "pod-security.kubernetes.io/enforce=restricted"
         )
-        # Side by side: on a fresh cluster each claim waits for the PV binder's periodic pass (~15s).
-        with ThreadPoolExecutor(2) as pool:
-            data, output = pool.map(
-                lambda claim: cluster.create_runner_pvc(NAMESPACE, claim), (DATA_CLAIM, OUTPUT_CLAIM)
-            )
+        data = cluster.create_runner_pvc(NAMESPACE, DATA_CLAIM)
+        output = cluster.create_runner_pvc(NAMESPACE, OUTPUT_CLAIM)
         name = yaml.safe_load(EXAMPLE.read_text())["metadata"]["name"]
         remove_previous_run(cluster, name, output)
         info = assets.write_finetune_data(data)
