@@ -195,3 +195,49 @@ def test_two_processes_under_paddle_distributed_launch(tmp_path):
     state = json.loads((out / "checkpoints" / "epoch-0001" / "state.json").read_text())
     assert state["history"][0]["valImages"] == 6  # each rank evaluated its half; counts summed
     assert (out / "inference" / "inference.pdiparams").is_file()
+
+
+def test_sigterm_to_the_cli_checkpoints_exits_143_and_the_rerun_resumes(tmp_path):
+    import signal
+
+    data = write_list_dataset(tmp_path / "data", classes=3)
+    out = tmp_path / "out"
+    args = [
+        "--settings-json",
+        json.dumps(
+            {
+                "model": {"architecture": "ResNet18_vd"},
+                "dataset": {"root": str(data), "imageSize": 16, "resizeShort": 16},
+                "finetune": {"freeze": "none"},
+                "training": {"epochs": 8, "batchSize": 4, "numWorkers": 2, "warmupEpochs": 1},
+                "output": {"dir": str(out), "resultPath": str(tmp_path / "tl")},
+            }
+        ),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "trainer")}
+    proc = subprocess.Popen(
+        [str(ENTRY), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        for line in proc.stdout:  # wait until the first epoch is done (and checkpointed)
+            if line.startswith(PROGRESS_PREFIX) and json.loads(line[len(PROGRESS_PREFIX) :])["epoch"] >= 1:
+                proc.send_signal(signal.SIGTERM)
+                break
+        proc.stdout.read()
+        assert proc.wait(timeout=120) == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stopped = decode_result((tmp_path / "tl").read_text())
+    assert stopped["reason"] == "Interrupted" and 1 <= stopped["epochsRun"] < 8
+    assert (out / "checkpoints" / "latest.json").is_file()
+
+    rerun = _run_cli(args, tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    done = decode_result((tmp_path / "tl").read_text())
+    assert done["resumedFromEpoch"] >= stopped["epochsRun"] and done["epochsRun"] == 8
