@@ -114,12 +114,6 @@ def amp_dtype_for(mode: str, on_gpu: bool) -> str | None:
     return "float16" if mode == "auto" else mode
 
 
-@dataclass
-class StepResult:
-    loss: float
-    images: int
-
-
 def train_step(
     model: paddle.nn.Layer,
     optimizer: paddle.optimizer.Optimizer,
@@ -277,7 +271,7 @@ def run(settings: TrainerSettings) -> dict[str, Any]:
     try:
         with _SigtermGuard() as guard:
             dist = setup_distributed()
-            result = _train(settings, dist, guard, info, started)
+            result = _train(settings, dist, guard, info)
         result.update(exitCode=EXIT_OK, reason=exit_reason(EXIT_OK))
     except TrainerFailure as exc:
         result = _failure(info, exc.exit_code, str(exc))
@@ -323,7 +317,7 @@ def write_result(result: dict[str, Any], output_dir: Path, result_path: str) -> 
 
 
 def _train(
-    settings: TrainerSettings, dist: Distributed, guard: _SigtermGuard, info: dict[str, Any], started: float
+    settings: TrainerSettings, dist: Distributed, guard: _SigtermGuard, info: dict[str, Any]
 ) -> dict[str, Any]:
     d, f, t = settings.dataset, settings.finetune, settings.training
     log = _Log(dist.is_main)
