@@ -203,3 +203,23 @@ def test_crop_scale_and_flip_settings():
     for s in range(30):
         out = train_transform(image, 16, np.random.default_rng(s), scale_min=1.0, flip=False)
         assert out[:, :, 0].mean() < out[:, :, -1].mean()
+
+
+def test_label_list_names_the_classes(tmp_path):
+    write_list_dataset(tmp_path, classes=3)
+    (tmp_path / "names.txt").write_text("0 pink primrose\n1 hard-leaved pocket orchid\n2 canterbury bells\n")
+    index = index_dataset(tmp_path, "list", labelList="names.txt")
+    assert index.label_names == ["pink primrose", "hard-leaved pocket orchid", "canterbury bells"]
+    assert index.num_classes == 3
+    (tmp_path / "plain.txt").write_text("cat\ndog\nbird\n")
+    assert index_dataset(tmp_path, "list", labelList="plain.txt").label_names == ["cat", "dog", "bird"]
+    with pytest.raises(DataError, match="2 class names but dataset.numClasses=3"):
+        (tmp_path / "two.txt").write_text("cat\ndog\n")
+        index_dataset(tmp_path, "list", num_classes=3, labelList="two.txt")
+    with pytest.raises(DataError, match=r"train_list.txt:\d+: label 2 out of range"):
+        index_dataset(tmp_path, "list", labelList="two.txt")  # labels 0..2 but only 2 names
+    (tmp_path / "gap.txt").write_text("0 a\n2 c\n")
+    with pytest.raises(DataError, match=r"gap.txt:2: class id 2 out of order: expected 1"):
+        index_dataset(tmp_path, "list", labelList="gap.txt")
+    with pytest.raises(DataError, match="label list not found"):
+        index_dataset(tmp_path, "list", labelList="missing.txt")

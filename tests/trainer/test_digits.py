@@ -52,6 +52,7 @@ def test_finetuning_beats_training_from_scratch_on_real_digits(tmp_path, capsys)
     with capsys.disabled():
         print(f"\n[digits] pretrain top1 {pretrain['top1']:.3f}; {json.dumps(report)}")
     assert finetune["strippedParameters"] == ["fc.weight", "fc.bias"]
+    assert (tmp_path / "finetune" / "inference" / "labels.txt").read_text() == "6\n7\n8\n9\n"
     assert finetune["missingParameters"] == [] and finetune["unexpectedParameters"] == []
     assert scratch["freeze"]["strategy"] == "from-scratch"
     assert finetune["epochsRun"] == scratch["epochsRun"] == finetune_budget()["epochs"]

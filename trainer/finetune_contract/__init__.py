@@ -97,6 +97,7 @@ class DatasetSettings:
     format: str = "list"
     trainList: str = "train_list.txt"  # format=list: files relative to root
     valList: str = "val_list.txt"
+    labelList: str = ""  # format=list, optional: class names, line i (or "i name") naming class i
     trainDir: str = "train"  # format=folder: one sub-folder per class
     valDir: str = "val"
     numClasses: int = 0  # 0: infer from the data

@@ -146,10 +146,39 @@ def index_dataset(root: str | Path, fmt: str, num_classes: int = 0, **names: str
                 f"dataset.numClasses={num_classes}"
             )
         return DatasetIndex(train, val, len(label_names), label_names)
+    label_names = read_label_list(root / names["labelList"]) if names.get("labelList") else None
+    if label_names and num_classes and len(label_names) != num_classes:
+        raise DataError(
+            f"{root / names['labelList']}: {len(label_names)} class names "
+            f"but dataset.numClasses={num_classes}"
+        )
+    num_classes = num_classes or len(label_names or [])
     train = read_list_file(root / names.get("trainList", "train_list.txt"), root, num_classes)
     val = read_list_file(root / names.get("valList", "val_list.txt"), root, num_classes)
     inferred = num_classes or max(s.label for s in train + val) + 1
-    return DatasetIndex(train, val, inferred, [str(i) for i in range(inferred)])
+    return DatasetIndex(train, val, inferred, label_names or [str(i) for i in range(inferred)])
+
+
+def read_label_list(path: Path) -> list[str]:
+    """Class names, one a line: ``name`` or PaddleClas's ``class_id_map_file`` form ``i name``
+    (then the ids must run 0, 1, 2, ... in order)."""
+    if not path.is_file():
+        raise DataError(f"{path}: label list not found")
+    names: list[str] = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        head, _, rest = line.partition(" ")
+        if rest.strip() and head.isdigit():
+            if int(head) != len(names):
+                raise DataError(f"{path}:{number}: class id {head} out of order: expected {len(names)}")
+            line = rest.strip()
+        names.append(line)
+    if not names:
+        raise DataError(f"{path}: label list has no class names")
+    return names
 
 
 # ---------------------------------------------------------------------------------------------

@@ -90,6 +90,7 @@ def digits_settings(
         "dataset": {
             "root": str(data_root),
             "numClasses": num_classes,
+            "labelList": "labels.txt",  # the digits, so the exported labels say "6", not "0"
             "imageSize": image_size,
             "resizeShort": image_size,  # the images are already that size: no centre crop
             # Digits are small and orientation matters (a mirrored 2 is no digit): mild crops, no flip.

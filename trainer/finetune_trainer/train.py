@@ -337,6 +337,7 @@ def _train(
         d.numClasses,
         trainList=d.trainList,
         valList=d.valList,
+        labelList=d.labelList,
         trainDir=d.trainDir,
         valDir=d.valDir,
     )
