@@ -53,11 +53,13 @@ def ensure_cluster(state_dir: Path) -> Cluster:
 
 def install_crd(cluster: Cluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd.CRD_DIR))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd.CRD_NAME}")
-    deadline = time.monotonic() + 30  # Established first, then discovery resolves `ftj`
+    # Poll: right after the apply the CRD may have no conditions yet (`kubectl wait` errors then),
+    # and once Established, discovery must list it before `kubectl get ftj` resolves.
+    deadline = time.monotonic() + 60
     while cluster.kubectl("get", "ftj", "-A", check=False).returncode != 0:
         if time.monotonic() > deadline:
-            raise RuntimeError("`kubectl get ftj` still fails 30s after the CRD is Established")
+            status = cluster.kubectl("get", f"crd/{crd.CRD_NAME}", "-o", "jsonpath={.status}", check=False)
+            raise RuntimeError(f"{crd.CRD_NAME} is not served 60s after applying it: {status.stdout}")
         time.sleep(0.5)
 
 
