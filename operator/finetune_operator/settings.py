@@ -25,7 +25,8 @@ _DATASET_KEYS = (
     "imageSize",
     "corruptImages",
     "maxCorruptImages",
-    "cropScaleMin",  # passed on when the CRD and the contract have them
+    "labelList",
+    "cropScaleMin",
     "horizontalFlip",
 )
 _FINETUNE_KEYS = ("stripMismatched", "freeze", "freezeStages", "lrMultList")

@@ -197,6 +197,20 @@ INVALID = [
         "relative path",
     ),
     ("val-list-escape", {"dataset.valList": "../val_list.txt"}, "spec.dataset.valList", "no '..' segment"),
+    (
+        "label-list-escape",
+        {"dataset.labelList": "../labels.txt"},
+        "spec.dataset.labelList",
+        "no '..' segment",
+    ),
+    ("crop-scale-zero", {"dataset.cropScaleMin": 0}, "spec.dataset.cropScaleMin", "greater than 0"),
+    (
+        "crop-scale-above-one",
+        {"dataset.cropScaleMin": 1.5},
+        "spec.dataset.cropScaleMin",
+        "less than or equal to 1",
+    ),
+    ("flip-not-bool", {"dataset.horizontalFlip": "no"}, "spec.dataset.horizontalFlip", "boolean"),
     ("train-dir-escape", {"dataset.trainDir": "a/../../b"}, "spec.dataset.trainDir", "no '..' segment"),
     ("dataset-subpath-escape", {"dataset.subPath": ".."}, "spec.dataset.subPath", "no '..' segment"),
     ("output-subpath-absolute", {"output.subPath": "/results"}, "spec.output.subPath", "relative path"),
@@ -396,6 +410,8 @@ def test_minimal_job_gets_the_documented_defaults(objects: Any, namespace: str) 
         "imageSize": 224,
         "corruptImages": "fail",
         "maxCorruptImages": 10,
+        "cropScaleMin": 0.08,
+        "horizontalFlip": True,
     }
     assert spec["finetune"] == {"stripMismatched": True, "freeze": "auto"}
     assert spec["training"] == {

@@ -56,6 +56,20 @@ def test_url_source_and_small_images():
     assert (settings.dataset.imageSize, settings.dataset.resizeShort) == (32, 37)
 
 
+def test_augmentation_and_label_names_reach_the_trainer():
+    settings = trainer_settings(
+        job(
+            dataset={"numClasses": 4, "labelList": "labels.txt", "cropScaleMin": 0.9, "horizontalFlip": False}
+        )
+    )
+    assert settings.dataset.labelList == "labels.txt"
+    assert settings.dataset.cropScaleMin == 0.9
+    assert settings.dataset.horizontalFlip is False
+    # Absent: the recipe's defaults.
+    defaults = trainer_settings(job()).dataset
+    assert (defaults.labelList, defaults.cropScaleMin, defaults.horizontalFlip) == ("", 0.08, True)
+
+
 def test_no_pretrained_section_gives_no_source():
     settings = trainer_settings(job(model={"architecture": "ResNet34_vd"}))
     assert (
