@@ -9,7 +9,7 @@ child process; the wall time of every epoch is when its progress line arrives, s
 validation are counted. Reported per mode: the top-1 curve per epoch, and the wall time and
 images seen until top-1 first reaches --target.
 
-    .venv/bin/python bench/time_to_accuracy.py [--target 0.9] [--epochs 8]
+    .venv/bin/python bench/time_to_accuracy.py [--target 0.9] [--epochs 16]
 
 Writes bench/results/time_to_accuracy.json and prints a markdown table.
 """
@@ -100,7 +100,7 @@ def reached(run: dict[str, Any], target: float, train_images: int) -> dict[str, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--target", type=float, default=0.9, help="top-1 to reach (default 0.9)")
-    parser.add_argument("--epochs", type=int, default=8, help="epochs per run (default 8)")
+    parser.add_argument("--epochs", type=int, default=16, help="epochs per run (default 16)")
     parser.add_argument(
         "--learning-rate", type=float, default=0.0, help="both modes (0: each recipe's default)"
     )
