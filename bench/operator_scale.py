@@ -193,6 +193,9 @@ def intervals(tracks: dict[str, Track], start: str, end: str) -> list[float]:
     return out
 
 
+TIMED_OUT: list[str] = []  # the waits that gave up, reported in the JSON
+
+
 def wait_until(what: str, check: Callable[[], bool], timeout: float, watchers: list[Watcher]) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -203,6 +206,7 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float, watchers: l
             return True
         time.sleep(0.05)
     print(f"  !! timed out after {timeout:.0f}s waiting for {what}", file=sys.stderr)
+    TIMED_OUT.append(what)
     return False
 
 
@@ -274,6 +278,10 @@ def run_phase(
         "namespace": phase.namespace,
     }
     budget = 120 + n * 0.5  # generous: the native controller creates pods at about 20 requests/s
+
+    def left(since: float) -> float:  # one budget for all the waits of a stage
+        return max(1.0, since + budget - time.monotonic())
+
     try:
         before = request_counts(rest)
         window = sampler.window() if sampler else None
@@ -281,13 +289,15 @@ def run_phase(
         parallel(lambda r, name: r.create(phase.jobs_path, phase.manifest(name)), names, kubeconfig)
         t_posted = time.monotonic()
         print(f"  {label}: {n} created in {t_posted - t0:.1f}s", file=sys.stderr)
-        wait_until(f"{label}: every pod created", lambda: rec.count("pod_created") >= n, budget, watchers)
+        wait_until(f"{label}: every pod created", lambda: rec.count("pod_created") >= n, left(t0), watchers)
         t_all_pods = max((t.pod_created for t in rec.tracks.values() if t.pod_created), default=t0)
-        wait_until(f"{label}: every pod scheduled", lambda: rec.count("pod_scheduled") >= n, budget, watchers)
-        wait_until(f"{label}: every pod running", lambda: rec.count("pod_running") >= n, budget, watchers)
+        wait_until(
+            f"{label}: every pod scheduled", lambda: rec.count("pod_scheduled") >= n, left(t0), watchers
+        )
+        wait_until(f"{label}: every pod running", lambda: rec.count("pod_running") >= n, left(t0), watchers)
         if phase.kind != "native":  # the operator has seen them run: its burst is over
             wait_until(
-                f"{label}: every job Running", lambda: _all_phase(rest, phase, "Running"), budget, watchers
+                f"{label}: every job Running", lambda: _all_phase(rest, phase, "Running"), left(t0), watchers
             )
         burst_counts = count_delta(before, request_counts(rest))
         result["burst"] = {
@@ -321,7 +331,7 @@ def run_phase(
         t_drive = time.monotonic()
         parallel(lambda r, pod: r.patch(f"{pods_path}/{pod}", patch, kind="merge-patch"), pods, kubeconfig)
         t_driven = time.monotonic()
-        wait_until(f"{label}: every job done", lambda: rec.count("done") >= n, budget, watchers)
+        wait_until(f"{label}: every job done", lambda: rec.count("done") >= n, left(t_drive), watchers)
         t_all_done = max((t.done for t in rec.tracks.values() if t.done), default=t_drive)
         result["propagation"] = {
             "driveSeconds": round(t_driven - t_drive, 3),
@@ -666,6 +676,7 @@ def main(argv: list[str] | None = None) -> int:
             operator.stop()
         cluster.stop()
         report["totalSeconds"] = round(time.monotonic() - t_start, 1)
+        report["timedOut"] = TIMED_OUT
         report.setdefault("ratios", summarise(report["rounds"]))
         _save(args.out, report)
     print(markdown(report))
