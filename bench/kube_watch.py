@@ -87,7 +87,11 @@ def parallel(
         return list(pool.map(call, items))
 
 
-_SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+_SAMPLE = re.compile(
+    r"^(?P<metric>apiserver_request_total|apiserver_request_duration_seconds_sum)"
+    r"\{(?P<labels>[^}]*)\} (?P<value>\S+)$"
+)
+SECONDS = "seconds:"  # verb prefix of the keys that hold summed request durations
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 RequestKey = tuple[str, str, str, str]  # (verb, group, resource, subresource)
 
@@ -100,19 +104,18 @@ def request_counts(rest: KubeRest) -> dict[RequestKey, float]:
 
 
 def parse_request_counts(text: str) -> dict[RequestKey, float]:
-    """apiserver_request_total samples of a Prometheus text exposition, summed by RequestKey."""
+    """apiserver_request_total samples of a Prometheus text exposition, summed by RequestKey; the
+    summed durations (apiserver_request_duration_seconds_sum) under the verb SECONDS + verb."""
     counts: dict[RequestKey, float] = {}
     for line in text.splitlines():
         match = _SAMPLE.match(line)
         if not match:
             continue
         labels = dict(_LABEL.findall(match["labels"]))
-        key = (
-            labels.get("verb", ""),
-            labels.get("group", ""),
-            labels.get("resource", ""),
-            labels.get("subresource", ""),
-        )
+        verb = labels.get("verb", "")
+        if match["metric"] != "apiserver_request_total":
+            verb = SECONDS + verb
+        key = (verb, labels.get("group", ""), labels.get("resource", ""), labels.get("subresource", ""))
         counts[key] = counts.get(key, 0.0) + float(match["value"])
     return counts
 

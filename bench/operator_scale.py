@@ -49,7 +49,7 @@ from finetune_contract import encode_result  # noqa: E402
 from finetune_operator.config import OperatorConfig  # noqa: E402
 from finetune_operator.pod import LABEL_JOB, LABEL_MANAGED_BY, render_pod  # noqa: E402
 
-from bench.kube_watch import Watcher, count_delta, parallel, request_counts  # noqa: E402
+from bench.kube_watch import SECONDS, Watcher, count_delta, parallel, request_counts  # noqa: E402
 from bench.proc_sampler import Sampler  # noqa: E402
 from tests.cluster.harness import GPUS_PER_NODE, Cluster, drive_annotations  # noqa: E402
 from tests.cluster.kube_rest import KubeError, KubeRest  # noqa: E402
@@ -364,6 +364,11 @@ def _requests(delta: dict[Any, float], phase: Phase, n: int, drives: int) -> dic
             value -= drives  # the benchmark's own drive patches
         if value > 0:
             by_kind[what] = value
+    latency: dict[str, float] = {}  # mean seconds per request, as the API server measured it
+    for key, what in wanted.items():
+        count, seconds = delta.get(key, 0.0), delta.get((SECONDS + key[0], *key[1:]), 0.0)
+        if count > 0 and seconds > 0:
+            latency[what] = round(seconds / count, 4)
     total = sum(by_kind.values())
     # Core Events are posted by other components too (node controller, kwok): shown apart.
     quiet = total - by_kind.get("create event", 0.0)
@@ -372,7 +377,13 @@ def _requests(delta: dict[Any, float], phase: Phase, n: int, drives: int) -> dic
         "perJob": round(total / n, 2) if n else None,
         "perJobWithoutEvents": round(quiet / n, 2) if n else None,
         "byKind": {k: int(v) for k, v in sorted(by_kind.items())},
-        "allDeltas": {"/".join(k): int(v) for k, v in sorted(delta.items(), key=lambda kv: -kv[1])[:25]},
+        "meanSeconds": dict(sorted(latency.items())),
+        "allDeltas": {
+            "/".join(k): int(v)
+            for k, v in sorted(
+                ((k, v) for k, v in delta.items() if not k[0].startswith(SECONDS)), key=lambda kv: -kv[1]
+            )[:25]
+        },
     }
 
 

@@ -30,6 +30,7 @@ apiserver_request_total{code="201",component="apiserver",dry_run="",group="",res
 apiserver_request_total{code="409",component="apiserver",dry_run="",group="",resource="pods",scope="resource",subresource="",verb="POST",version="v1"} 1
 apiserver_request_total{code="200",component="apiserver",dry_run="",group="finetune.paddle.dev",resource="finetunejobs",scope="resource",subresource="status",verb="PATCH",version="v1alpha1"} 2e+01
 apiserver_request_duration_seconds_count{component="apiserver",group="",resource="pods",verb="LIST"} 99
+apiserver_request_duration_seconds_sum{component="apiserver",group="",resource="pods",scope="namespace",subresource="",verb="LIST",version="v1"} 0.35
 """  # noqa: E501
 
 
@@ -39,6 +40,7 @@ def test_request_counts_sum_over_codes_and_skip_other_series() -> None:
         ("LIST", "", "pods", ""): 7.0,
         ("POST", "", "pods", ""): 4.0,
         ("PATCH", "finetune.paddle.dev", "finetunejobs", "status"): 20.0,
+        ("seconds:LIST", "", "pods", ""): 0.35,
     }
     later = dict(counts)
     later[("POST", "", "pods", "")] += 5
