@@ -236,10 +236,11 @@ def run(state_dir: Path, timeout: float) -> int:
         explain_failure(cluster, name, status, operator)
         return 1
     metrics, freeze = status.get("metrics") or {}, (status.get("finetune") or {}).get("freeze") or {}
+    decided = f"auto, rule {freeze.get('rule')}" if freeze.get("decidedBy") == "auto" else "set in the spec"
     say(
         f"ftj/{name} Succeeded: TOP1 {metrics.get('top1'):.4f} (top-5 {metrics.get('top5'):.4f}, best epoch "
         f"{metrics.get('bestEpoch')}/{metrics.get('epochsRun')}, trainer {metrics.get('durationSeconds')}s); "
-        f"freeze {freeze.get('strategy')} ({freeze.get('decidedBy')}, rule {freeze.get('rule')}); "
+        f"freeze {freeze.get('strategy')} ({decided}); "
         f"stripped {(status.get('finetune') or {}).get('strippedParameters')}"
     )
     print(next_steps(cluster, name, operator, output))
