@@ -124,15 +124,17 @@ def build_registry(operator: Operator) -> kopf.OperatorRegistry:
     async def cleanup(**_: Any) -> None:
         await operator.stop()
 
+    # Coroutines, so kopf calls them on the event loop: it runs sync handlers in a thread pool,
+    # and the work queue (a dict and an asyncio.Event) is not thread-safe.
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    def job_event(event: dict[str, Any], namespace: str, name: str, **_: Any) -> None:
+    async def job_event(event: dict[str, Any], namespace: str, name: str, **_: Any) -> None:
         if event.get("type") == "DELETED":
             operator.deleted(namespace, name)
         else:
             operator.enqueue(namespace, name)
 
     @kopf.on.event("v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY}, registry=registry)
-    def pod_event(body: dict[str, Any], namespace: str, **_: Any) -> None:
+    async def pod_event(body: dict[str, Any], namespace: str, **_: Any) -> None:
         for owner in body.get("metadata", {}).get("ownerReferences") or []:
             if owner.get("kind") == KIND and owner.get("apiVersion", "").startswith(GROUP + "/"):
                 operator.enqueue(namespace, owner["name"])
