@@ -50,7 +50,7 @@ from finetune_operator.config import OperatorConfig  # noqa: E402
 from finetune_operator.pod import LABEL_JOB, LABEL_MANAGED_BY, render_pod  # noqa: E402
 
 from bench.kube_watch import SECONDS, Watcher, count_delta, parallel, request_counts  # noqa: E402
-from bench.proc_sampler import Sampler  # noqa: E402
+from bench.proc_sampler import Sampler, cpu_model  # noqa: E402
 from tests.cluster.harness import GPUS_PER_NODE, Cluster, drive_annotations  # noqa: E402
 from tests.cluster.kube_rest import KubeError, KubeRest  # noqa: E402
 from tests.operator import crd  # noqa: E402
@@ -582,15 +582,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {len(os.sched_getaffinity(0))} cores available"
+    return f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores available"
 
 
 # ------------------------------------------------------------------------------ main

@@ -29,19 +29,15 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.proc_sampler import cpu_model  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 GROUPS = ("operator", "trainer", "accuracy")
 
 
 def machine() -> dict[str, Any]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     try:
         paddle = metadata.version("paddlepaddle")
     except metadata.PackageNotFoundError:
@@ -51,7 +47,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         load = float("nan")
     return {
-        "cpu": model,
+        "cpu": cpu_model(),
         "cores": len(os.sched_getaffinity(0)),
         "python": platform.python_version(),
         "paddle": paddle,
