@@ -287,7 +287,14 @@ class PodWorker(threading.Thread):
             "gid": gid,
             "groups": groups,
             "start_error_file": str(start_error),
-            "interpreter": os.path.realpath(REPO_ROOT / ".venv" / "bin" / "python"),
+            # What a non-root container user must reach: the venv's real interpreter, the venv
+            # (console scripts) and the sources its editable install points at.
+            "expose": [
+                os.path.realpath(REPO_ROOT / ".venv" / "bin" / "python"),
+                str(REPO_ROOT / ".venv"),
+                str(REPO_ROOT / "trainer"),
+                str(REPO_ROOT / "operator"),
+            ],
             "term_file": str(term_file),
         }
 
