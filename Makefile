@@ -65,7 +65,7 @@ images:
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check operator trainer tests bench demo
+	$(VENV)/bin/ruff format --check contract operator trainer tests bench demo
 
 test-unit: venv operator-wheels
 	$(PY) -m pytest -m "not cluster" tests

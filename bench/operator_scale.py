@@ -41,20 +41,22 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-for extra in (ROOT, ROOT / "operator", ROOT / "trainer"):
+for extra in (ROOT, ROOT / "contract", ROOT / "operator", ROOT / "trainer"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
 from finetune_contract import encode_result  # noqa: E402
+from finetune_operator.api import LABEL_JOB, LABEL_MANAGED_BY  # noqa: E402
 from finetune_operator.config import OperatorConfig  # noqa: E402
-from finetune_operator.pod import LABEL_JOB, LABEL_MANAGED_BY, render_pod  # noqa: E402
+from finetune_operator.pod import render_pod  # noqa: E402
 
 from bench.kube_watch import SECONDS, Watcher, count_delta, parallel, request_counts  # noqa: E402
 from bench.proc_sampler import Sampler, cpu_model  # noqa: E402
 from tests.cluster.harness import GPUS_PER_NODE, Cluster, drive_annotations  # noqa: E402
 from tests.cluster.kube_rest import KubeError, KubeRest  # noqa: E402
+from tests.contract.sample import SAMPLE_RESULT  # noqa: E402
 from tests.operator import crd  # noqa: E402
-from tests.operator.fake_jobs import RESULT, job_manifest  # noqa: E402
+from tests.operator.fake_jobs import job_manifest  # noqa: E402
 from tests.operator.running_operator import OperatorProcess  # noqa: E402
 
 FTJ = f"/apis/{crd.GROUP}/{crd.VERSION}/namespaces/{{ns}}/{crd.PLURAL}"
@@ -322,7 +324,7 @@ def run_phase(
             return result
 
         # ---- status propagation: every pod finishes at once
-        message = encode_result(RESULT)
+        message = encode_result(SAMPLE_RESULT)
         patch = {"metadata": {"annotations": drive_annotations("Succeeded", 0, message)}}
         pods_path = PODS.format(ns=phase.namespace)
         pods = [p["metadata"]["name"] for p in rest.get(pods_path)["items"]]

@@ -2,7 +2,7 @@
 
 Full loop: ``finetune_trainer.train.run`` on a synthetic JPEG dataset (decode, random resized
 crop, flip, normalise in 2 DataLoader workers, the step, the loss check, the progress bar); its
-images/s is that of its second epoch (the first warms up). Bare step: ``train.train_step`` on
+images/s is that of its second epoch (the first warms up). Bare step: ``loop.train_step`` on
 the same kind of batches already in memory. The two alternate, three rounds, medians reported
 (the machine is shared, so single runs drift). Overhead = 1 - full / bare, per round.
 Input pipeline alone: images/s out of the DataLoader with no step, to compare with the step's,
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import paddle
 from finetune_contract import TrainerSettings
-from finetune_trainer import train
+from finetune_trainer import loop, train
 from finetune_trainer.data import EpochBatchSampler, ImageDataset, index_dataset, make_loader
 from finetune_trainer.model import build_model
 from finetune_trainer.schedule import WarmupCosine, build_optimizer
@@ -82,10 +82,10 @@ def bare_step_rate(root: Path, steps: int) -> tuple[float, float]:
     optimizer = build_optimizer(model.parameters(), scheduler, 0.9, 1e-5)
     model.train()
     for images, labels in batches[:2]:  # warm-up, like the full loop's first epoch
-        float(train.train_step(model, optimizer, None, images, labels, None, 0.0))
+        float(loop.train_step(model, optimizer, None, images, labels, None, 0.0))
     tick, cpu = time.perf_counter(), time.process_time()
     for images, labels in batches:
-        float(train.train_step(model, optimizer, None, images, labels, None, 0.0))
+        float(loop.train_step(model, optimizer, None, images, labels, None, 0.0))
         scheduler.step()
     images = BATCH * len(batches)
     return images / (time.perf_counter() - tick), (time.process_time() - cpu) / images
@@ -112,11 +112,11 @@ def pipeline_only_rate(root: Path) -> tuple[float, float]:
 def profile_summary(stats: pstats.Stats) -> dict[str, float]:
     """Cumulative seconds of the main process in the parts of the loop that matter."""
     wanted = {
-        "trainStep": ("train.py", "train_step"),
+        "trainStep": ("loop.py", "train_step"),
         "waitingForBatches": ("dataloader_iter.py", "__next__"),
-        "corruptImageCheck": ("train.py", "_split_corrupt"),
+        "corruptImageCheck": ("loop.py", "split_corrupt"),
         "progressBar": ("std.py", "update"),
-        "evaluate": ("train.py", "evaluate"),
+        "evaluate": ("loop.py", "evaluate"),
         "checkpointSave": ("checkpoint.py", "save_checkpoint"),
         "exportInference": ("export.py", "export_inference"),
         "wholeRun": ("train.py", "run"),
@@ -195,7 +195,7 @@ def main() -> None:
                 "trainStep": round(step_cpu, 5),
             },
             "inputPipelineCpuShare": round(pipeline_cpu / (pipeline_cpu + step_cpu), 4),
-            "fullLoopExitCode": result["exitCode"],
+            "fullLoopExitCode": result.exitCode,
             "profileSeconds": seconds,
             "profileNote": (
                 "one 1-epoch run under cProfile (main process only): waitingForBatches is time blocked "

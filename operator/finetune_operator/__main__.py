@@ -10,7 +10,7 @@ import kopf
 
 from .config import ConfigError, OperatorConfig, parse_config
 from .controller import Reconciler
-from .handlers import Operator, build_registry
+from .handlers import ReconcileQueue, build_registry
 from .kube import Kube, load_api_client
 from .metrics import Metrics
 
@@ -27,9 +27,9 @@ def run(config: OperatorConfig) -> None:
     metrics = Metrics()
     if config.metrics_port:
         metrics.serve(config.metrics_port)
-    operator = Operator(config, metrics, lambda: Reconciler(Kube(load_api_client()), config, metrics))
+    queue = ReconcileQueue(config, metrics, lambda: Reconciler(Kube(load_api_client()), config, metrics))
     kopf.run(
-        registry=build_registry(operator),
+        registry=build_registry(queue),
         standalone=True,  # no peering: one replica (see RBAC.md)
         clusterwide=config.clusterwide,
         namespaces=list(config.namespaces),

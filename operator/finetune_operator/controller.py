@@ -18,25 +18,27 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from finetune_contract import SettingsError, parse_last_progress
+from finetune_contract import SettingsError, TrainerResult, parse_last_progress
 
 from . import retry
+from .api import CONTAINER, FINISHED, LABEL_ATTEMPT, Phase, Reason
 from .config import OperatorConfig
-from .kube import Kube, api_message, is_status
-from .metrics import Metrics
-from .pod import CONTAINER, LABEL_ATTEMPT, pod_name, pod_selector, render_pod
-from .settings import trainer_settings
-from .status import (
-    PodOutcome,
+from .job_status import (
     StatusUpdate,
     finetune_from_result,
     metrics_from_result,
     now_iso,
-    observe_pod,
     parse_time,
+    progress_at_success,
     progress_from_record,
     same_progress,
+    success_message,
 )
+from .kube import Kube, api_message, is_status
+from .metrics import Metrics
+from .pod import pod_name, pod_selector, render_pod
+from .pod_state import PodOutcome, observe_pod
+from .trainer_settings import trainer_settings
 
 log = logging.getLogger("finetune_operator")
 
@@ -146,9 +148,9 @@ class Reconciler:
                 trimmed = {k: v for k, v in changes.items() if k not in _REPORTED}
                 if trimmed:
                     self.kube.patch_job_status(meta["namespace"], meta["name"], trimmed)
-        for kind, reason, message in p.events:
+        for event_type, reason, message in p.events:
             try:
-                self.kube.job_event(p.job, kind, reason, message, p.stamp)
+                self.kube.job_event(p.job, event_type, reason, message, p.stamp)
             except Exception as exc:  # an Event is worth a log line, not a failed reconcile
                 log.warning(
                     "could not post the %s event for %s/%s: %s", reason, meta["namespace"], meta["name"], exc
@@ -170,7 +172,7 @@ class Reconciler:
 
     def _decide(self, p: _Pass) -> float | None:
         status, policy = p.status, p.policy
-        if status.get("phase") in ("Succeeded", "Failed"):
+        if status.get("phase") in FINISHED:
             return self._finished(p)
 
         pods = self._owned_pods(p)
@@ -184,12 +186,12 @@ class Reconciler:
         try:
             trainer_settings(p.job)
         except SettingsError as exc:
-            self._fail(p, pods.get(attempts), "InvalidSpec", str(exc))
+            self._fail(p, pods.get(attempts), Reason.INVALID_SPEC, str(exc))
             return self._finished(p)
 
         current = pods.get(attempts)
         if current and _terminating(current):
-            if policy.get("suspend") or status.get("phase") == "Suspended":
+            if policy.get("suspend") or status.get("phase") == Phase.SUSPENDED:
                 current = None  # our own deletion on suspend: the pod is as good as gone
             else:
                 return WAIT_FOR_TERMINATION  # someone deletes it: judge it once it has terminated
@@ -201,17 +203,17 @@ class Reconciler:
 
         if policy.get("suspend"):
             message = "the job is suspended (spec.runPolicy.suspend): no pod runs until it is resumed"
-            if status.get("phase") == "Suspended":
+            if status.get("phase") == Phase.SUSPENDED:
                 message = status.get("message") or message  # keep the suspension's own message
             if current and outcome and outcome.phase in ("Pending", "Running"):
                 name = current["metadata"]["name"]
                 self.kube.delete_pod(p.meta["namespace"], name, current["metadata"]["uid"])
                 message = f"the job is suspended (spec.runPolicy.suspend): deleted pod {name}"
             p.update.fields["nextAttemptTime"] = None
-            p.transition("Suspended", "Suspended", message)
+            p.transition(Phase.SUSPENDED, Reason.SUSPENDED, message)
             return None
 
-        if status.get("phase") == "Suspended":
+        if status.get("phase") == Phase.SUSPENDED:
             # Resumed: a new attempt, with a fresh deadline (as batch/v1 Job does).
             return self._start_attempt(p, attempts + 1, resumed=True)
 
@@ -223,7 +225,10 @@ class Reconciler:
                 )
             deadline = policy["activeDeadlineSeconds"]
             self._fail(
-                p, None, "DeadlineExceeded", f"the job ran longer than activeDeadlineSeconds ({deadline}s)"
+                p,
+                None,
+                Reason.DEADLINE_EXCEEDED,
+                f"the job ran longer than activeDeadlineSeconds ({deadline}s)",
             )
             return self._finished(p)
 
@@ -233,9 +238,9 @@ class Reconciler:
             next_at = parse_time(p.get("nextAttemptTime"))
             if next_at and p.now < next_at:
                 return _soonest((next_at - p.now).total_seconds(), remaining)
-            if not next_at and p.status.get("reason") != "PodForbidden":
+            if not next_at and p.status.get("reason") != Reason.POD_FORBIDDEN:
                 p.events.append(
-                    ("Warning", "PodMissing", f"pod {pod_name(p.meta['name'], attempts)} disappeared")
+                    ("Warning", Reason.POD_MISSING, f"pod {pod_name(p.meta['name'], attempts)} disappeared")
                 )
             return self._start_attempt(p, attempts + 1)
         if outcome.phase == "Failed":
@@ -245,7 +250,7 @@ class Reconciler:
             return self._pending(p, current, outcome, remaining)
         # Running
         pod = current["metadata"]["name"]
-        p.transition("Running", "Running", f"attempt {attempts}: pod {pod} is running")
+        p.transition(Phase.RUNNING, Reason.RUNNING, f"attempt {attempts}: pod {pod} is running")
         self._poll_progress(p, pod)
         return _soonest(self.config.progress_poll_seconds, remaining)
 
@@ -265,7 +270,9 @@ class Reconciler:
             self.kube.create_pod(pod)
         except Exception as exc:
             if is_status(exc, 422):  # the pod as rendered can never be created
-                self._fail(p, None, "PodInvalid", f"the API server refused pod {name}: {api_message(exc)}")
+                self._fail(
+                    p, None, Reason.POD_INVALID, f"the API server refused pod {name}: {api_message(exc)}"
+                )
                 return self._finished(p)
             if is_status(exc, 403):  # a quota or an admission policy: may pass later
                 return self._forbidden(p, name, api_message(exc))
@@ -281,9 +288,9 @@ class Reconciler:
                 self.metrics.pod_creation.observe(max(0.0, (p.now - created).total_seconds()))
         self.metrics.attempts.inc()
         what = "resumed" if resumed else ("started" if attempt == 1 else "retried")
-        p.transition("Pending", "PodCreated", f"attempt {attempt} {what}: created pod {name}")
-        if (p.status.get("phase"), p.status.get("reason")) == ("Pending", "PodCreated"):
-            p.events.append(("Normal", "PodCreated", f"attempt {attempt} {what}: created pod {name}"))
+        p.transition(Phase.PENDING, Reason.POD_CREATED, f"attempt {attempt} {what}: created pod {name}")
+        if (p.status.get("phase"), p.status.get("reason")) == (Phase.PENDING, Reason.POD_CREATED):
+            p.events.append(("Normal", Reason.POD_CREATED, f"attempt {attempt} {what}: created pod {name}"))
         return _soonest(self._pending_timeout(p), self._deadline_remaining(p))
 
     def _forbidden(self, p: _Pass, name: str, message: str) -> float | None:
@@ -291,14 +298,14 @@ class Reconciler:
         Pending with the API server's words, retried, Failed after the pending timeout."""
         timeout = self._pending_timeout(p)
         waiting_since = p.now
-        if p.status.get("reason") == "PodForbidden":
+        if p.status.get("reason") == Reason.POD_FORBIDDEN:
             waiting_since = parse_time(p.status.get("lastTransitionTime")) or p.now
         waited = (p.now - waiting_since).total_seconds()
         text = f"the API server refused pod {name}: {message}"
         if waited >= timeout:
-            self._fail(p, None, "PodForbidden", f"{text} (for more than {timeout:g}s)")
+            self._fail(p, None, Reason.POD_FORBIDDEN, f"{text} (for more than {timeout:g}s)")
             return self._finished(p)
-        p.transition("Pending", "PodForbidden", text, "Warning")
+        p.transition(Phase.PENDING, Reason.POD_FORBIDDEN, text, "Warning")
         return _soonest(min(self.config.backoff_max_seconds, timeout - waited), self._deadline_remaining(p))
 
     def _pending_timeout(self, p: _Pass) -> float:
@@ -314,15 +321,18 @@ class Reconciler:
             self.kube.delete_pod(p.meta["namespace"], pod["metadata"]["name"], pod["metadata"]["uid"])
             reason = (
                 outcome.reason
-                if outcome.reason not in ("PodPending", "ContainerCreating")
-                else "PendingTimeout"
+                if outcome.reason not in (Reason.POD_PENDING, "ContainerCreating")
+                else Reason.PENDING_TIMEOUT
             )
             detail = f": {outcome.message}" if outcome.message else ""
             self._fail(p, None, reason, f"the pod was pending for more than {timeout:g}s{detail}")
             return self._finished(p)
         message = outcome.message or f"pod {pod['metadata']['name']} is waiting to start"
         p.transition(
-            "Pending", outcome.reason, message, "Warning" if outcome.reason == "Unschedulable" else "Normal"
+            Phase.PENDING,
+            outcome.reason,
+            message,
+            "Warning" if outcome.reason == Reason.UNSCHEDULABLE else "Normal",
         )
         return _soonest(timeout - waited, remaining)
 
@@ -342,8 +352,8 @@ class Reconciler:
             p.update.fields["nextAttemptTime"] = now_iso(next_at)
             self.metrics.retries.labels(reason=outcome.reason).inc()
             p.transition(
-                "Pending",
-                "Retrying",
+                Phase.PENDING,
+                Reason.RETRYING,
                 f"attempt {attempts} failed ({outcome.reason}: {outcome.message}); "
                 f"attempt {attempts + 1} starts after {delay:g}s",
                 "Warning",
@@ -353,42 +363,27 @@ class Reconciler:
         return self._start_attempt(p, attempts + 1)
 
     def _succeed(self, p: _Pass, outcome: PodOutcome) -> None:
-        result = outcome.result or {}
-        metrics = metrics_from_result(result)
+        result = outcome.result or TrainerResult()
         fields = p.update.fields
-        fields["metrics"] = metrics
+        fields["metrics"] = metrics_from_result(result)
         finetune = finetune_from_result(result)
         if finetune:
             fields["finetune"] = finetune
-        epochs = (p.spec.get("training") or {}).get("epochs")
-        run = metrics.get("epochsRun", epochs)
-        if run is not None:
-            progress = dict(p.status.get("progress") or {})
-            progress.update(epoch=run, display=f"{run}/{epochs}" if epochs else str(run), updateTime=p.stamp)
-            if epochs:
-                progress["epochs"] = epochs
-            for key in ("top1", "top5"):
-                if key in metrics:
-                    progress[key] = metrics[key]
+        progress = progress_at_success(result, p.status.get("progress"), p.stamp)
+        if progress is not None:
             fields["progress"] = progress
         fields["completionTime"] = p.stamp
         fields["nextAttemptTime"] = None
-        if "top1" in metrics:
-            message = f"top-1 {metrics['top1']:.4f}"
-            if "bestEpoch" in metrics:
-                message += f" (best epoch {metrics['bestEpoch']})"
-        else:
-            message = outcome.message or "the trainer finished but reported no result"
-        p.transition("Succeeded", "Completed", message)
-        self._count_outcome(p, "Succeeded", "Completed")
+        p.transition(Phase.SUCCEEDED, Reason.COMPLETED, success_message(result, outcome.message))
+        self._count_outcome(p, Phase.SUCCEEDED, Reason.COMPLETED)
 
     def _fail(self, p: _Pass, pod: dict[str, Any] | None, reason: str, message: str) -> None:
         if pod is not None and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
             self.kube.delete_pod(p.meta["namespace"], pod["metadata"]["name"], pod["metadata"]["uid"])
         p.update.fields["completionTime"] = p.stamp
         p.update.fields["nextAttemptTime"] = None
-        p.transition("Failed", reason, message, "Warning")
-        self._count_outcome(p, "Failed", reason)
+        p.transition(Phase.FAILED, reason, message, "Warning")
+        self._count_outcome(p, Phase.FAILED, reason)
 
     def _count_outcome(self, p: _Pass, phase: str, reason: str) -> None:
         if p.status.get("phase") == phase:

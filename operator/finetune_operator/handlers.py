@@ -24,10 +24,10 @@ from typing import Any
 
 import kopf
 
+from .api import GROUP, KIND, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
 from .config import OperatorConfig
 from .controller import Reconciler
 from .metrics import Metrics
-from .pod import GROUP, KIND, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
 from .workqueue import WorkQueue
 
 log = logging.getLogger("finetune_operator")
@@ -35,8 +35,9 @@ log = logging.getLogger("finetune_operator")
 ERROR_RETRY_SECONDS = 5.0  # a reconcile that raised is tried again this much later
 
 
-class Operator:
-    """The queue, its workers and the reconciler, tied to kopf's lifecycle."""
+class ReconcileQueue:
+    """The work queue of jobs to reconcile and the workers that drain it (with the reconciler
+    they call), started and stopped with kopf's lifecycle."""
 
     def __init__(self, config: OperatorConfig, metrics: Metrics, reconciler_factory: Any) -> None:
         self.config = config
@@ -96,7 +97,7 @@ class Operator:
                 self.queue.add(key, again)
 
 
-def build_registry(operator: Operator) -> kopf.OperatorRegistry:
+def build_registry(queue: ReconcileQueue) -> kopf.OperatorRegistry:
     """The kopf handlers, registered on a registry of their own (no module-level globals)."""
     registry = kopf.OperatorRegistry()
     # A registry of our own gets none of kopf's default login handlers: use the kubernetes
@@ -118,25 +119,25 @@ def build_registry(operator: Operator) -> kopf.OperatorRegistry:
         settings.watching.client_timeout = 330
         # kopf posts Events only for its own warnings; the job's story comes from the reconciler.
         settings.posting.level = logging.WARNING
-        await operator.start()
+        await queue.start()
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
-        await operator.stop()
+        await queue.stop()
 
     # Coroutines, so kopf calls them on the event loop: it runs sync handlers in a thread pool,
     # and the work queue (a dict and an asyncio.Event) is not thread-safe.
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def job_event(event: dict[str, Any], namespace: str, name: str, **_: Any) -> None:
         if event.get("type") == "DELETED":
-            operator.deleted(namespace, name)
+            queue.deleted(namespace, name)
         else:
-            operator.enqueue(namespace, name)
+            queue.enqueue(namespace, name)
 
     @kopf.on.event("v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY}, registry=registry)
     async def pod_event(body: dict[str, Any], namespace: str, **_: Any) -> None:
         for owner in body.get("metadata", {}).get("ownerReferences") or []:
             if owner.get("kind") == KIND and owner.get("apiVersion", "").startswith(GROUP + "/"):
-                operator.enqueue(namespace, owner["name"])
+                queue.enqueue(namespace, owner["name"])
 
     return registry

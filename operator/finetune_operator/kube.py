@@ -15,9 +15,8 @@ from urllib.parse import quote
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from .pod import GROUP, KIND, PLURAL, VERSION
+from .api import API_VERSION, FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION
 
-FIELD_MANAGER = "paddle-finetune-operator"
 _JOBS = f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{PLURAL}"
 
 
@@ -126,8 +125,8 @@ class Kube:
         )
 
     # Events ---------------------------------------------------------------------------------
-    def job_event(self, job: dict[str, Any], kind: str, reason: str, message: str, now: str) -> None:
-        """A core/v1 Event on the job: `kubectl describe ftj` shows these."""
+    def job_event(self, job: dict[str, Any], event_type: str, reason: str, message: str, now: str) -> None:
+        """A core/v1 Event (``Normal`` or ``Warning``) on the job: `kubectl describe ftj` shows these."""
         meta = job["metadata"]
         event = {
             "apiVersion": "v1",
@@ -135,14 +134,14 @@ class Kube:
             # As client-go's recorder names them: <object>.<unix nanoseconds in hex>, which sorts.
             "metadata": {"name": f"{meta['name']}.{time.time_ns():x}", "namespace": meta["namespace"]},
             "involvedObject": {
-                "apiVersion": f"{GROUP}/{VERSION}",
+                "apiVersion": API_VERSION,
                 "kind": KIND,
                 "name": meta["name"],
                 "namespace": meta["namespace"],
                 "uid": meta["uid"],
                 "resourceVersion": meta.get("resourceVersion", ""),
             },
-            "type": kind,
+            "type": event_type,
             "reason": reason,
             "message": message[:1024],
             "source": {"component": FIELD_MANAGER},

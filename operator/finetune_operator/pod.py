@@ -9,23 +9,12 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 from typing import Any
 
+from .api import API_VERSION, CONTAINER, KIND, LABEL_ATTEMPT, LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY
 from .config import OperatorConfig
-from .settings import CACHE_MOUNT, DATA_MOUNT, OUTPUT_MOUNT, RESULT_PATH, output_dir, trainer_settings
+from .trainer_settings import CACHE_MOUNT, DATA_MOUNT, OUTPUT_MOUNT, RESULT_PATH, output_dir, trainer_settings
 
-GROUP = "finetune.paddle.dev"
-VERSION = "v1alpha1"
-KIND = "FineTuneJob"
-PLURAL = "finetunejobs"
-API_VERSION = f"{GROUP}/{VERSION}"
-
-LABEL_JOB = f"{GROUP}/job-name"
-LABEL_ATTEMPT = f"{GROUP}/attempt"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGED_BY = "paddle-finetune-operator"
-CONTAINER = "trainer"
 MAX_NAME = 63  # a DNS label: pod names become hostnames, and label values have the same limit
 
 # What the template may pass through to the pod spec, unchanged.
@@ -206,9 +195,3 @@ def render_pod(job: dict[str, Any], attempt: int, config: OperatorConfig) -> dic
         },
         "spec": pod_spec,
     }
-
-
-def settings_from_pod(pod: dict[str, Any]) -> dict[str, Any]:
-    """The trainer settings a rendered pod carries (for tests and debugging)."""
-    command = pod["spec"]["containers"][0]["command"]
-    return json.loads(command[command.index("--settings-json") + 1])

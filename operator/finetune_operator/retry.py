@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .status import PodOutcome
+from .api import Reason
+from .pod_state import PodOutcome
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ def decide(outcome: PodOutcome, failures: int, backoff_limit: int) -> RetryDecis
         return RetryDecision(True, outcome.reason, outcome.message)
     return RetryDecision(
         False,
-        "BackoffLimitExceeded",
+        Reason.BACKOFF_LIMIT_EXCEEDED,
         f"{failures} attempts failed (backoffLimit {backoff_limit}); "
         f"the last: {outcome.reason}: {outcome.message}",
     )

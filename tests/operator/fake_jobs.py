@@ -1,7 +1,8 @@
 """A small FineTuneJob taken through its life on a kwok fake GPU node.
 
 The trainer never runs: the test plays the pod's part with `cluster.drive_pod`, finishing it with
-the result JSON a trainer would write to its termination-message file. What is real: the API
+the result a trainer would write to its termination-message file (tests/contract/sample.py).
+What is real: the API
 server, the scheduler placing the GPU pod, the operator reacting to it and writing status.
 """
 
@@ -14,15 +15,7 @@ from typing import Any
 
 from finetune_contract import encode_result
 
-# What the trainer would report; the tests compare status and metrics against these numbers.
-RESULT = {
-    "top1": 0.8125,
-    "top5": 0.96875,
-    "bestEpoch": 2,
-    "epochsRun": 2,
-    "durationSeconds": 42.0,
-    "message": "finished 2 epochs",
-}
+from tests.contract.sample import SAMPLE_RESULT
 
 
 def job_manifest(name: str, *, gpus: int = 1) -> dict[str, Any]:
@@ -89,7 +82,7 @@ def run_to_success(
     )
     node = (get_json(cluster, namespace, "pod", pod) or {}).get("spec", {}).get("nodeName", "")
     assert node in cluster.gpu_nodes, f"pod {pod} ran on {node!r}, not a fake GPU node"
-    cluster.drive_pod(namespace, pod, "Succeeded", message=encode_result(RESULT))
+    cluster.drive_pod(namespace, pod, "Succeeded", message=encode_result(SAMPLE_RESULT))
     return wait_for(
         f"FineTuneJob {namespace}/{name} Succeeded",
         lambda: (s := job_status(cluster, namespace, name)).get("phase") == "Succeeded" and s,

@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.contract.sample import SAMPLE_RESULT
 from tests.operator import crd
-from tests.operator.fake_jobs import RESULT, create_job, get_json, job_status, run_to_success, wait_for
+from tests.operator.fake_jobs import create_job, get_json, job_status, run_to_success, wait_for
 from tests.operator.helm import (
     CHART,
     by_kind,
@@ -460,8 +461,8 @@ def test_operator_with_the_charts_service_account_runs_a_job(
         t0 = time.monotonic()
         status = run_to_success(cluster, jobs_ns, "ftj-rbac", lambda: _read(log_path))
         elapsed = time.monotonic() - t0
-        assert status["metrics"]["top1"] == pytest.approx(RESULT["top1"])
-        assert status["metrics"]["bestEpoch"] == RESULT["bestEpoch"]
+        assert status["metrics"]["top1"] == pytest.approx(SAMPLE_RESULT.top1)
+        assert status["metrics"]["bestEpoch"] == SAMPLE_RESULT.bestEpoch
         conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
         assert conditions.get("Succeeded") == "True", status
         events = json.loads(cluster.kubectl("get", "events", "-o", "json", namespace=jobs_ns).stdout)["items"]

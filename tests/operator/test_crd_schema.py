@@ -1,14 +1,13 @@
 """The FineTuneJob CRD as a file: fixed names, a structural schema that documents every field,
-defaults and enums that agree with the trainer contract, printer columns. No cluster needed; the
-API server's own verdict is in test_crd_validation.py."""
+defaults, printer columns. No cluster needed; the API server's own verdict is in
+test_crd_validation.py, the CRD's agreement with the trainer contract in tests/contract/."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
 
-import finetune_contract as contract
-import pytest
+from finetune_operator import api
 
 from tests.operator import crd
 
@@ -25,6 +24,13 @@ def _walk(node: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]
 
 
 def test_fixed_names() -> None:
+    # The names users rely on (api-sketch), as the operator spells them and as the CRD declares them.
+    assert (api.GROUP, api.VERSION, api.KIND, api.PLURAL) == (
+        "finetune.paddle.dev",
+        "v1alpha1",
+        "FineTuneJob",
+        "finetunejobs",
+    )
     doc = crd.load_crd()
     assert doc["apiVersion"] == "apiextensions.k8s.io/v1"
     assert doc["kind"] == "CustomResourceDefinition"
@@ -33,8 +39,8 @@ def test_fixed_names() -> None:
     assert spec["group"] == crd.GROUP
     assert spec["scope"] == "Namespaced"
     names = spec["names"]
-    assert (names["kind"], names["plural"], names["singular"]) == (crd.KIND, crd.PLURAL, "finetunejob")
-    assert names["shortNames"] == ["ftj"]
+    assert (names["kind"], names["plural"], names["singular"]) == (api.KIND, api.PLURAL, api.SINGULAR)
+    assert names["shortNames"] == list(api.SHORT_NAMES) == ["ftj"]
     (version,) = spec["versions"]
     assert version["name"] == crd.VERSION and version["served"] and version["storage"]
     assert version["subresources"] == {"status": {}}
@@ -83,36 +89,6 @@ def test_cel_strings_and_lists_are_bounded() -> None:
             assert "maxItems" in n, f"{path}: a spec list needs maxItems"
 
 
-def test_enums_agree_with_the_trainer_contract() -> None:
-    assert tuple(crd.node("spec.model.architecture")["enum"]) == contract.ARCHITECTURES
-    assert tuple(crd.node("spec.finetune.freeze")["enum"]) == contract.FREEZE_STRATEGIES
-    assert tuple(crd.node("spec.dataset.format")["enum"]) == contract.DATASET_FORMATS
-    assert tuple(crd.node("spec.dataset.corruptImages")["enum"]) == contract.CORRUPT_IMAGE_POLICIES
-    assert tuple(crd.node("spec.training.amp")["enum"]) == contract.AMP_MODES
-    # Every official pretrained name belongs to one of the architectures.
-    for name in crd.node("spec.model.pretrained.name")["enum"]:
-        assert any(name == a or name.startswith(a + "_") for a in contract.ARCHITECTURES), name
-
-
-@pytest.mark.parametrize(
-    ("section", "settings"),
-    [
-        ("dataset", contract.DatasetSettings()),
-        ("finetune", contract.FinetuneSettings()),
-        ("training", contract.TrainingSettings()),
-        ("model", contract.ModelSettings()),
-    ],
-    ids=["dataset", "finetune", "training", "model"],
-)
-def test_defaults_agree_with_the_trainer_contract(section: str, settings: Any) -> None:
-    """A job that leaves a field out trains exactly as the trainer's own default would."""
-    props = crd.node(f"spec.{section}")["properties"]
-    defaulted = {name: p["default"] for name, p in props.items() if "default" in p}
-    assert defaulted, f"spec.{section}: no defaults"
-    for name, value in defaulted.items():
-        assert getattr(settings, name) == value, f"spec.{section}.{name}: CRD default {value!r}"
-
-
 def test_sections_with_defaults_default_to_an_empty_object() -> None:
     """Without `default: {}` on the parent, nested defaults would not apply to a job omitting it."""
     for section in ("model", "finetune", "training", "resources", "runPolicy"):
@@ -121,7 +97,9 @@ def test_sections_with_defaults_default_to_an_empty_object() -> None:
 
 
 def test_status_fixed_fields() -> None:
-    assert crd.node("status.phase")["enum"] == ["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+    assert crd.node("status.phase")["enum"] == list(api.PHASES)
+    assert api.PHASES == ("Pending", "Running", "Succeeded", "Failed", "Suspended")
+    assert set(api.CONDITION_TYPES) == {"Running", "Succeeded", "Failed", "Suspended"}
     for name in ("top1", "top5"):
         metric = crd.node(f"status.metrics.{name}")
         assert (metric["type"], metric["minimum"], metric["maximum"]) == ("number", 0, 1)
@@ -179,7 +157,7 @@ def test_examples_are_fine_tune_jobs_or_claims() -> None:
             assert doc["apiVersion"] == f"{crd.GROUP}/{crd.VERSION}", path
 
 
-def test_flowers102_examples_follow_the_seed_recipe() -> None:
+def test_flowers102_examples_follow_the_guides_recipe() -> None:
     jobs = {p.name: d for p, d in crd.example_docs() if d["kind"] == "FineTuneJob"}
     claims = {d["metadata"]["name"] for _, d in crd.example_docs() if d["kind"] == "PersistentVolumeClaim"}
     pretrained = {}

@@ -620,35 +620,14 @@ def test_status_the_operator_writes_is_stored_unpruned(objects: Any, namespace: 
     """What the operator derives from a trainer's result and progress fits the status schema: the
     API server accepts it and keeps every field (unknown fields would be pruned silently)."""
     from finetune_contract import decode_result, encode_result, format_progress, parse_last_progress
-    from finetune_operator import status as job_status
+    from finetune_operator import job_status
+
+    from tests.contract.sample import SAMPLE_RESULT
 
     now = "2026-01-01T00:00:00Z"
-    result = decode_result(
-        encode_result(
-            {
-                "exitCode": 0,
-                "reason": "Completed",
-                "top1": 0.9402,
-                "top5": 0.9912,
-                "bestEpoch": 18,
-                "epochsRun": 20,
-                "durationSeconds": 183.5,
-                "imagesPerSecond": 310.2,
-                "strippedParameters": ["fc.weight", "fc.bias"],
-                "missingParameters": [],
-                "unexpectedParameters": [],
-                "freeze": {
-                    "strategy": "fc-only",
-                    "decidedBy": "auto",
-                    "rule": 1,
-                    "trainableParameters": 208998,
-                    "evidence": {"size": "small", "similarity": 0.71, "thresholds": {"similarity": 0.5}},
-                },
-            }
-        )
-    )
+    result = decode_result(encode_result(SAMPLE_RESULT))
     progress = parse_last_progress(
-        format_progress(20, 20, top1=0.9402, top5=0.9912, loss=0.41, imagesPerSecond=310.2)
+        format_progress(3, 4, top1=0.8, top5=0.95, loss=0.41, imagesPerSecond=310.2)
     )
     update = job_status.StatusUpdate().transition({}, "Succeeded", "Completed", "finished 20 epochs", now, 1)
     update.fields.update(
@@ -656,7 +635,7 @@ def test_status_the_operator_writes_is_stored_unpruned(objects: Any, namespace: 
         podName="stored-attempt-1",
         startTime=now,
         completionTime=now,
-        progress=job_status.progress_from_record(progress, now),
+        progress=job_status.progress_at_success(result, job_status.progress_from_record(progress, now), now),
         metrics=job_status.metrics_from_result(result),
         finetune=job_status.finetune_from_result(result),
     )
@@ -667,4 +646,4 @@ def test_status_the_operator_writes_is_stored_unpruned(objects: Any, namespace: 
     ]
     assert stored == update.fields
     assert stored["finetune"]["freeze"]["rule"] == 1
-    assert stored["progress"]["display"] == "20/20"
+    assert stored["progress"]["display"] == "4/4"

@@ -9,12 +9,12 @@ from __future__ import annotations
 import inspect
 
 from finetune_operator.config import OperatorConfig
-from finetune_operator.handlers import Operator, build_registry
+from finetune_operator.handlers import ReconcileQueue, build_registry
 from finetune_operator.metrics import Metrics
 
 
 def test_every_event_handler_is_a_coroutine_so_kopf_runs_it_on_the_loop() -> None:
-    registry = build_registry(Operator(OperatorConfig(), Metrics(), lambda: None))
+    registry = build_registry(ReconcileQueue(OperatorConfig(), Metrics(), lambda: None))
     handlers = list(registry._watching.get_all_handlers())
     assert handlers, "no event handlers registered"
     sync = [h.id for h in handlers if not inspect.iscoroutinefunction(h.fn)]

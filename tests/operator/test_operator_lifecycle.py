@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import re
 
-from finetune_contract import encode_result
+from finetune_contract import TrainerResult, encode_result
 
+from tests.contract.sample import SAMPLE_RESULT
 from tests.operator.running_operator import (
     apply,
     condition,
@@ -23,27 +24,6 @@ from tests.operator.running_operator import (
     pod_names,
     wait_job,
 )
-
-RESULT = {
-    "exitCode": 0,
-    "reason": "Completed",
-    "top1": 0.8125,
-    "top5": 0.96875,
-    "bestEpoch": 3,
-    "epochsRun": 4,
-    "durationSeconds": 12.5,
-    "imagesPerSecond": 321.0,
-    "strippedParameters": ["fc.weight", "fc.bias"],
-    "missingParameters": [],
-    "unexpectedParameters": [],
-    "freeze": {
-        "strategy": "fc-only",
-        "decidedBy": "auto",
-        "rule": 1,
-        "trainableParameters": 5130,
-    },
-}
-
 
 # Fake pods never open their volumes: an inline CSI volume (allowed by Pod Security
 # "restricted", and with no claim to bind first) stands for the data and output volumes.
@@ -80,7 +60,7 @@ def test_success_reports_metrics_conditions_events_and_prometheus(cluster, names
     owner = manifest["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["name"], owner["controller"]) == ("FineTuneJob", "ok", True)
 
-    cluster.drive_pod(namespace, pod, "Succeeded", message=encode_result(RESULT))
+    cluster.drive_pod(namespace, pod, "Succeeded", message=encode_result(SAMPLE_RESULT))
     status = wait_job(cluster, operator, namespace, "ok", phase_is("Succeeded", "Failed"), "finished")
     assert status["phase"] == "Succeeded"
     assert status["reason"] == "Completed"
@@ -132,7 +112,7 @@ def test_success_reports_metrics_conditions_events_and_prometheus(cluster, names
 def test_permanent_failure_fails_at_once(cluster, namespace, operator):
     pod = start(cluster, operator, namespace, "bad-data")
     message = encode_result(
-        {"exitCode": 3, "reason": "DataError", "message": "val_list.txt line 2: missing image"}
+        TrainerResult(exitCode=3, reason="DataError", message="val_list.txt line 2: missing image")
     )
     cluster.drive_pod(namespace, pod, "Failed", exit_code=3, message=message)
     status = wait_job(cluster, operator, namespace, "bad-data", phase_is("Failed", "Succeeded"), "finished")
@@ -157,7 +137,7 @@ def test_transient_failure_then_success_on_retry(cluster, namespace, operator):
     status = wait_job(cluster, operator, namespace, "flaky", lambda s: s.get("attempts") == 2, "on attempt 2")
     assert status["podName"] == "flaky-attempt-2"
     wait_job(cluster, operator, namespace, "flaky", phase_is("Running"), "Running again")
-    cluster.drive_pod(namespace, "flaky-attempt-2", "Succeeded", message=encode_result(RESULT))
+    cluster.drive_pod(namespace, "flaky-attempt-2", "Succeeded", message=encode_result(SAMPLE_RESULT))
     status = wait_job(cluster, operator, namespace, "flaky", phase_is("Succeeded", "Failed"), "finished")
     assert (status["phase"], status["attempts"]) == ("Succeeded", 2)
     assert pod_names(cluster, namespace, "flaky") == ["flaky-attempt-1", "flaky-attempt-2"]
@@ -211,7 +191,7 @@ def test_suspend_deletes_the_pod_and_resume_starts_a_new_attempt(cluster, namesp
     assert condition(status, "Suspended")["status"] == "False"
     assert pod_names(cluster, namespace, "queued") == ["queued-attempt-2"]
     # A suspension is not a failure: the resumed attempt still has its full backoffLimit.
-    cluster.drive_pod(namespace, "queued-attempt-2", "Succeeded", message=encode_result(RESULT))
+    cluster.drive_pod(namespace, "queued-attempt-2", "Succeeded", message=encode_result(SAMPLE_RESULT))
     assert (
         wait_job(cluster, operator, namespace, "queued", phase_is("Succeeded"), "Succeeded")["attempts"] == 2
     )
@@ -279,7 +259,7 @@ def test_refused_pod_creation_waits_then_fails_with_the_api_servers_words(cluste
 
 def test_ttl_deletes_the_finished_job(cluster, namespace, operator):
     pod = start(cluster, operator, namespace, "short-lived", runPolicy={"ttlSecondsAfterFinished": 2})
-    cluster.drive_pod(namespace, pod, "Succeeded", message=encode_result(RESULT))
+    cluster.drive_pod(namespace, pod, "Succeeded", message=encode_result(SAMPLE_RESULT))
     wait_job(cluster, operator, namespace, "short-lived", phase_is("Succeeded"), "Succeeded")
     cluster.wait_for("the job to be deleted", lambda: get_job(cluster, namespace, "short-lived") is None, 20)
 
@@ -313,7 +293,7 @@ def test_operator_restart_keeps_one_pod_per_attempt_and_the_status(cluster, name
     )
     operator.kill()
     operator.start()
-    cluster.drive_pod(namespace, "durable-attempt-2", "Succeeded", message=encode_result(RESULT))
+    cluster.drive_pod(namespace, "durable-attempt-2", "Succeeded", message=encode_result(SAMPLE_RESULT))
     status = wait_job(cluster, operator, namespace, "durable", phase_is("Succeeded"), "Succeeded")
     assert status["attempts"] == 2
     assert pod_names(cluster, namespace, "durable") == ["durable-attempt-1", "durable-attempt-2"]
@@ -324,7 +304,7 @@ def test_deleting_a_job_removes_its_pods_and_its_top1_series(cluster, namespace,
     # Last in the module: by now the garbage collector has picked up the FineTuneJob kind (it
     # rediscovers resources every 30 s, so a CRD installed a moment ago may not be watched yet).
     pod = start(cluster, operator, namespace, "doomed")
-    cluster.drive_pod(namespace, pod, "Succeeded", message=encode_result(RESULT))
+    cluster.drive_pod(namespace, pod, "Succeeded", message=encode_result(SAMPLE_RESULT))
     wait_job(cluster, operator, namespace, "doomed", phase_is("Succeeded"), "Succeeded")
     assert metric_value(operator.metrics(), "finetune_job_top1", namespace=namespace, name="doomed") == 0.8125
     cluster.kubectl("delete", "ftj", "doomed", "--wait=true", "--timeout=30s", namespace=namespace)

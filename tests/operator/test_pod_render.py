@@ -4,11 +4,17 @@ import json
 
 import pytest
 from finetune_operator.config import OperatorConfig
-from finetune_operator.pod import job_label_value, pod_name, pod_selector, render_pod, settings_from_pod
+from finetune_operator.pod import job_label_value, pod_name, pod_selector, render_pod
 
 from tests.operator.jobs import job
 
 CONFIG = OperatorConfig(trainer_image="registry.local/trainer:7")
+
+
+def settings_from_pod(pod):
+    """The trainer settings a rendered pod carries, found by their flag wherever it sits."""
+    command = container(pod)["command"]
+    return json.loads(command[command.index("--settings-json") + 1])
 
 
 def container(pod):

@@ -22,7 +22,8 @@ import pytest
 import yaml
 
 from tests.cluster.harness import free_port
-from tests.operator.fake_jobs import RESULT, run_to_success, wait_for
+from tests.contract.sample import SAMPLE_RESULT
+from tests.operator.fake_jobs import run_to_success, wait_for
 from tests.operator.helm import CHART
 from tests.operator.running_operator import OperatorProcess
 
@@ -164,7 +165,7 @@ def test_prometheus_scrapes_the_jobs_outcome(
     seen_after = time.monotonic() - t0
     assert _value(outcome) == 1
     top1 = prometheus.query(f'finetune_job_top1{{{selector},namespace="{namespace}",name="ftj-prom"}}')
-    assert _value(top1) == pytest.approx(RESULT["top1"])
+    assert _value(top1) == pytest.approx(SAMPLE_RESULT.top1)
     assert _value(prometheus.query(f'finetune_jobs{{{selector},phase="Succeeded"}}')) >= 1
     assert _value(prometheus.query(f'finetune_jobs{{{selector},phase="Running"}}')) == 0
     assert _value(prometheus.query(f"sum(finetune_attempts_total{{{selector}}})")) >= 1

@@ -1,8 +1,8 @@
 """Retry decisions and exponential back-off."""
 
 import pytest
+from finetune_operator.pod_state import PodOutcome
 from finetune_operator.retry import backoff_seconds, decide
-from finetune_operator.status import PodOutcome
 
 TRANSIENT = PodOutcome("Failed", "Interrupted", "SIGTERM", 143, transient=True)
 PERMANENT = PodOutcome("Failed", "DataError", "bad list file", 3, transient=False)

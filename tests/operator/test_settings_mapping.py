@@ -1,8 +1,8 @@
-"""FineTuneJob spec -> TrainerSettings."""
+"""FineTuneJob spec -> TrainerSettings (trainer_settings.py)."""
 
 import pytest
 from finetune_contract import SettingsError, TrainerSettings
-from finetune_operator.settings import trainer_settings
+from finetune_operator.trainer_settings import trainer_settings
 
 from tests.operator.jobs import job
 
@@ -83,8 +83,3 @@ def test_no_pretrained_section_gives_no_source():
 def test_contract_rejects_what_the_crd_let_through_naming_the_field():
     with pytest.raises(SettingsError, match=r"^finetune.freezeStages"):
         trainer_settings(job(finetune={"freeze": "stages"}))
-
-
-def test_settings_round_trip_through_json():
-    settings = trainer_settings(job())
-    assert TrainerSettings.from_json(settings.to_json()) == settings

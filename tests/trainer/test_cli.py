@@ -22,6 +22,7 @@ from tests.trainer.tiny_data import write_list_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 ENTRY = Path(sys.executable).with_name("finetune-train")
+SOURCES = os.pathsep.join(str(REPO / folder) for folder in ("trainer", "contract"))
 
 
 def test_settings_are_layered_file_then_json_then_set(tmp_path):
@@ -69,8 +70,8 @@ def test_main_rejects_bad_settings_with_the_exit_code_and_a_result(tmp_path, cap
     assert code == EXIT_BAD_SETTINGS
     assert "finetune.freeze: 'sometimes' is not one of" in capsys.readouterr().err
     result = decode_result(result_path.read_text())
-    assert result["exitCode"] == EXIT_BAD_SETTINGS and result["reason"] == "InvalidSettings"
-    assert "finetune.freeze" in result["message"]
+    assert result.exitCode == EXIT_BAD_SETTINGS and result.reason == "InvalidSettings"
+    assert "finetune.freeze" in result.message
 
 
 def test_print_settings(capsys):
@@ -79,7 +80,7 @@ def test_print_settings(capsys):
 
 
 def _run_cli(args, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "trainer")}
+    env = {**os.environ, "PYTHONPATH": SOURCES}
     return subprocess.run(
         [str(ENTRY), *args], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path, check=False
     )
@@ -115,8 +116,8 @@ def test_cli_run_end_to_end_on_tiny_data(tmp_path):
     assert [p["epoch"] for p in progress] == [0, 1]
     assert "epoch 1/1" in proc.stderr  # the progress bar
     result = decode_result((tmp_path / "tl").read_text())
-    assert result["exitCode"] == 0 and result["epochsRun"] == 1 and 0 <= result["top1"] <= 1
-    assert json.loads((out / "result.json").read_text())["top1"] == result["top1"]
+    assert result.exitCode == 0 and result.epochsRun == 1 and 0 <= result.top1 <= 1
+    assert json.loads((out / "result.json").read_text())["top1"] == result.top1
     latest = json.loads((out / "checkpoints" / "latest.json").read_text())["dir"]
     assert {p.name for p in (out / "checkpoints" / latest).iterdir()} == {
         "model.pdparams",
@@ -148,8 +149,8 @@ def test_cli_data_error_exit_code_and_result(tmp_path):
     )
     assert proc.returncode == EXIT_DATA_ERROR, proc.stderr[-2000:]
     result = decode_result((tmp_path / "tl").read_text())
-    assert result["reason"] == "DataError"
-    assert "train_list.txt:2: label 7 out of range" in result["message"]
+    assert result.reason == "DataError"
+    assert "train_list.txt:2: label 7 out of range" in result.message
     assert "train_list.txt:2: label 7 out of range" in proc.stderr
 
 
@@ -177,7 +178,7 @@ def test_two_processes_under_paddle_distributed_launch(tmp_path):
     command += ["--log_dir", str(tmp_path / "logs"), entry.__file__]
     for arg in args:
         command += ["--set", arg]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "trainer")}
+    env = {**os.environ, "PYTHONPATH": SOURCES}
     proc = subprocess.run(
         command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path, check=False
     )
@@ -191,7 +192,7 @@ def test_two_processes_under_paddle_distributed_launch(tmp_path):
     assert progress[0]["stepsPerEpoch"] == 3  # 12 images / (2 per process x 2 processes)
     assert PROGRESS_PREFIX not in rank1 and "[finetune]" not in rank1
     result = decode_result((tmp_path / "tl").read_text())
-    assert result["exitCode"] == 0 and result["epochsRun"] == 1
+    assert result.exitCode == 0 and result.epochsRun == 1
     state = json.loads((out / "checkpoints" / "epoch-0001" / "state.json").read_text())
     assert state["history"][0]["valImages"] == 6  # each rank evaluated its half; counts summed
     assert (out / "inference" / "inference.pdiparams").is_file()
@@ -214,7 +215,7 @@ def test_sigterm_to_the_cli_checkpoints_exits_143_and_the_rerun_resumes(tmp_path
             }
         ),
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "trainer")}
+    env = {**os.environ, "PYTHONPATH": SOURCES}
     proc = subprocess.Popen(
         [str(ENTRY), *args],
         stdout=subprocess.PIPE,
@@ -234,10 +235,10 @@ def test_sigterm_to_the_cli_checkpoints_exits_143_and_the_rerun_resumes(tmp_path
         if proc.poll() is None:
             proc.kill()
     stopped = decode_result((tmp_path / "tl").read_text())
-    assert stopped["reason"] == "Interrupted" and 1 <= stopped["epochsRun"] < 8
+    assert stopped.reason == "Interrupted" and 1 <= stopped.epochsRun < 8
     assert (out / "checkpoints" / "latest.json").is_file()
 
     rerun = _run_cli(args, tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     done = decode_result((tmp_path / "tl").read_text())
-    assert done["resumedFromEpoch"] >= stopped["epochsRun"] and done["epochsRun"] == 8
+    assert done.resumedFromEpoch >= stopped.epochsRun and done.epochsRun == 8

@@ -225,9 +225,10 @@ def test_strip_fc_resnet18(r18_1000_file):
     assert len(report.loaded) == len(file_state) - 2
     _assert_loaded_equal(model, file_state, report.loaded)
     np.testing.assert_array_equal(model.state_dict()["fc.weight"].numpy(), fc_before)  # untouched
-    result = report.to_result()
-    assert result["strippedParameters"] == ["fc.weight", "fc.bias"]
-    assert result["loadedParameters"] == 115
+    summary = report.load_summary()
+    assert summary.strippedParameters == ["fc.weight", "fc.bias"]
+    assert summary.missingParameters == summary.unexpectedParameters == []
+    assert len(report.loaded) == 115
 
 
 def test_strip_fc_resnet50(tmp_path):

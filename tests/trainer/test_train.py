@@ -20,7 +20,7 @@ from finetune_contract import (
     RESULT_MAX_BYTES,
     decode_result,
 )
-from finetune_trainer import checkpoint, train
+from finetune_trainer import checkpoint, loop, setup, train
 from finetune_trainer.model import build_model
 from finetune_trainer.schedule import (
     WarmupCosine,
@@ -29,6 +29,7 @@ from finetune_trainer.schedule import (
     lr_at,
     warmup_steps_for,
 )
+from finetune_trainer.state import jsonable
 
 from tests.trainer.tiny_data import tiny_settings, write_list_dataset
 
@@ -97,19 +98,19 @@ def _progress_lines(text):
 def test_run_trains_evaluates_checkpoints_and_reports(dataset, tmp_path, capsys):
     settings = tiny_settings(dataset, tmp_path / "out")
     result = train.run(settings)
-    assert result["exitCode"] == 0, result
-    assert result["reason"] == "Completed"
-    assert result["epochsRun"] == result["epochs"] == 2
-    assert 0 <= result["top1"] <= result["top5"] <= 1
-    assert result["bestEpoch"] in (1, 2)
-    assert result["freeze"]["strategy"] == "none" and result["freeze"]["decidedBy"] == "user"
+    assert result.exitCode == 0, result
+    assert result.reason == "Completed"
+    assert result.epochsRun == result.epochs == 2
+    assert 0 <= result.top1 <= result.top5 <= 1
+    assert result.bestEpoch in (1, 2)
+    assert result.freeze.strategy == "none" and result.freeze.decidedBy == "user"
     model = build_model("ResNet18_vd", 3)
-    assert result["freeze"]["trainableParameters"] == sum(
+    assert result.freeze.trainableParameters == sum(
         int(np.prod(p.shape)) for n, p in model.named_parameters() if not n.endswith(("_mean", "_variance"))
     )
-    assert result["resumedFromEpoch"] is None
-    assert result["imagesPerSecond"] > 0 and result["durationSeconds"] > 0
-    assert result["learningRate"] == pytest.approx(0.0125 * 4 / 32)
+    assert result.resumedFromEpoch is None
+    assert result.imagesPerSecond > 0 and result.durationSeconds > 0
+    assert result.learningRate == pytest.approx(0.0125 * 4 / 32)
 
     # Progress: one line at the start (epoch 0), then one per epoch with the metrics.
     lines = _progress_lines(capsys.readouterr().out)
@@ -117,11 +118,11 @@ def test_run_trains_evaluates_checkpoints_and_reports(dataset, tmp_path, capsys)
     assert all(p["epochs"] == 2 for p in lines)
     for p in lines[1:]:
         assert {"top1", "top5", "loss", "imagesPerSecond"} <= set(p)
-    assert max(p["top1"] for p in lines[1:]) == result["top1"]
+    assert max(p["top1"] for p in lines[1:]) == result.top1
 
     # Result: compact copy at resultPath, full copy in the output directory.
     short = decode_result((tmp_path / "termination-log").read_text())
-    assert short["top1"] == result["top1"] and short["exitCode"] == 0
+    assert short.top1 == result.top1 and short.exitCode == 0
     assert json.loads((tmp_path / "out" / "result.json").read_text())["epochsRun"] == 2
 
     # Checkpoint of the last epoch, best model, exported inference model and labels.
@@ -142,30 +143,30 @@ def test_run_trains_evaluates_checkpoints_and_reports(dataset, tmp_path, capsys)
 def test_non_finite_loss_stops_the_run(dataset, tmp_path):
     settings = tiny_settings(dataset, tmp_path / "out", training__learningRate=1e30, training__warmupEpochs=0)
     result = train.run(settings)
-    assert result["exitCode"] == EXIT_NON_FINITE_LOSS
-    assert result["reason"] == "NonFiniteLoss"
-    assert "at epoch 1, step" in result["message"] and "lower training.learningRate" in result["message"]
+    assert result.exitCode == EXIT_NON_FINITE_LOSS
+    assert result.reason == "NonFiniteLoss"
+    assert "at epoch 1, step" in result.message and "lower training.learningRate" in result.message
     saved = decode_result((tmp_path / "termination-log").read_text())
-    assert saved["exitCode"] == EXIT_NON_FINITE_LOSS and saved["message"] == result["message"]
+    assert saved.exitCode == EXIT_NON_FINITE_LOSS and saved.message == result.message
 
 
 def test_data_errors_exit_with_the_data_error_code(dataset, tmp_path):
     (dataset / "val_list.txt").write_text("images/val_c0_0.png 0\nimages/nope.png 1\n")
     result = train.run(tiny_settings(dataset, tmp_path / "out"))
-    assert result["exitCode"] == EXIT_DATA_ERROR and result["reason"] == "DataError"
-    assert "val_list.txt:2: image 'images/nope.png' not found" in result["message"]
-    assert decode_result((tmp_path / "termination-log").read_text())["message"] == result["message"]
+    assert result.exitCode == EXIT_DATA_ERROR and result.reason == "DataError"
+    assert "val_list.txt:2: image 'images/nope.png' not found" in result.message
+    assert decode_result((tmp_path / "termination-log").read_text()).message == result.message
 
 
 def test_corrupt_image_policy_in_a_run(dataset, tmp_path):
     (dataset / "images" / "train_c1_0.png").write_bytes(b"garbage")
     failed = train.run(tiny_settings(dataset, tmp_path / "a"))
-    assert failed["exitCode"] == EXIT_DATA_ERROR
-    assert "train_c1_0.png: image cannot be decoded" in failed["message"]
+    assert failed.exitCode == EXIT_DATA_ERROR
+    assert "train_c1_0.png: image cannot be decoded" in failed.message
     skipped = train.run(
         tiny_settings(dataset, tmp_path / "b", dataset__corruptImages="skip", training__epochs=1)
     )
-    assert skipped["exitCode"] == 0 and skipped["corruptImagesSkipped"] == 1
+    assert skipped.exitCode == 0 and skipped.corruptImagesSkipped == 1
 
 
 def test_result_stays_under_4096_bytes_with_long_parameter_lists(dataset, tmp_path):
@@ -178,34 +179,34 @@ def test_result_stays_under_4096_bytes_with_long_parameter_lists(dataset, tmp_pa
     settings = tiny_settings(dataset, tmp_path / "out", training__epochs=1)
     settings.model.pretrained.path = str(weights)
     result = train.run(settings)
-    assert result["exitCode"] == 0, result.get("message")
-    assert result["strippedParameters"] == ["fc.weight", "fc.bias"]
-    assert len(result["unexpectedParameters"]) == 400
+    assert result.exitCode == 0, result.message
+    assert result.load.strippedParameters == ["fc.weight", "fc.bias"]
+    assert len(result.load.unexpectedParameters) == 400
     text = (tmp_path / "termination-log").read_text()
     assert len(text.encode()) <= RESULT_MAX_BYTES
     short = decode_result(text)
-    assert short["unexpectedParametersCount"] == 400 and short["unexpectedParametersTruncated"]
-    assert short["strippedParameters"] == ["fc.weight", "fc.bias"]
-    assert short["top1"] == result["top1"]
+    assert short.load.truncated == {"unexpectedParameters": 400}
+    assert short.load.strippedParameters == ["fc.weight", "fc.bias"]
+    assert short.top1 == result.top1
     full = json.loads((tmp_path / "out" / "result.json").read_text())
     assert len(full["unexpectedParameters"]) == 400
 
 
 def test_checkpoint_of_another_model_in_the_output_dir_is_refused(dataset, tmp_path):
-    assert train.run(tiny_settings(dataset, tmp_path / "out", training__epochs=1))["exitCode"] == 0
+    assert train.run(tiny_settings(dataset, tmp_path / "out", training__epochs=1)).exitCode == 0
     other = tiny_settings(dataset, tmp_path / "out", model__architecture="ResNet34_vd")
     result = train.run(other)
-    assert result["exitCode"] == EXIT_BAD_SETTINGS
-    assert "holds a checkpoint of ResNet18_vd" in result["message"]
+    assert result.exitCode == EXIT_BAD_SETTINGS
+    assert "holds a checkpoint of ResNet18_vd" in result.message
 
 
 def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(dataset, tmp_path, monkeypatch):
     """3 epochs of 3 steps: SIGTERM during epoch 3 (after step 1), restart, finish; compare with a
     run that never stopped: epoch numbering, LR position, history and final weights."""
     reference = train.run(tiny_settings(dataset, tmp_path / "ref", training__epochs=3))
-    assert reference["exitCode"] == 0
+    assert reference.exitCode == 0
 
-    real_step = train.train_step
+    real_step = loop.train_step
     calls = {"n": 0}
 
     def step_then_sigterm(*args, **kwargs):
@@ -215,22 +216,22 @@ def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(dataset, tmp
             os.kill(os.getpid(), signal.SIGTERM)
         return loss
 
-    monkeypatch.setattr(train, "train_step", step_then_sigterm)
+    monkeypatch.setattr(loop, "train_step", step_then_sigterm)
     out = tmp_path / "resumed"
     first = train.run(tiny_settings(dataset, out, training__epochs=3))
-    assert first["exitCode"] == EXIT_INTERRUPTED and first["reason"] == "Interrupted"
-    assert first["epochsRun"] == 2
+    assert first.exitCode == EXIT_INTERRUPTED and first.reason == "Interrupted"
+    assert first.epochsRun == 2
     latest = checkpoint.find_latest(out)
     assert latest.name == "epoch-0002-step00001"
     _, _, state = checkpoint.load_checkpoint(latest)
     assert (state["epoch"], state["stepInEpoch"], state["globalStep"]) == (2, 1, 7)
     assert state["scheduler"]["last_epoch"] == 7
 
-    monkeypatch.setattr(train, "train_step", real_step)
+    monkeypatch.setattr(loop, "train_step", real_step)
     second = train.run(tiny_settings(dataset, out, training__epochs=3))
-    assert second["exitCode"] == 0, second.get("message")
-    assert second["resumedFromEpoch"] == 2
-    assert second["epochsRun"] == 3
+    assert second.exitCode == 0, second.message
+    assert second.resumedFromEpoch == 2
+    assert second.epochsRun == 3
 
     _, _, ref_state = checkpoint.load_checkpoint(checkpoint.find_latest(tmp_path / "ref"))
     _, _, res_state = checkpoint.load_checkpoint(checkpoint.find_latest(out))
@@ -248,19 +249,19 @@ def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(dataset, tmp
 
 def test_resume_loads_weights_from_the_checkpoint(dataset, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    assert train.run(tiny_settings(dataset, out, training__epochs=1))["exitCode"] == 0
+    assert train.run(tiny_settings(dataset, out, training__epochs=1)).exitCode == 0
     saved, _, _ = checkpoint.load_checkpoint(checkpoint.find_latest(out))
     seen = {}
-    real = train.train_step
+    real = loop.train_step
 
     def capture(model, *args, **kwargs):
         if not seen:
             seen.update({k: v.numpy().copy() for k, v in model.state_dict().items()})
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(train, "train_step", capture)
+    monkeypatch.setattr(loop, "train_step", capture)
     result = train.run(tiny_settings(dataset, out, training__epochs=2))
-    assert result["resumedFromEpoch"] == 1 and result["epochsRun"] == 2
+    assert result.resumedFromEpoch == 1 and result.epochsRun == 2
     for key, value in saved.items():
         np.testing.assert_array_equal(seen[key], value.numpy(), err_msg=key)
 
@@ -268,54 +269,54 @@ def test_resume_loads_weights_from_the_checkpoint(dataset, tmp_path, monkeypatch
 def test_only_rank_zero_writes(dataset, tmp_path, monkeypatch, capsys):
     """The world-size-1 path with the writer role switched off, as on ranks 1..N-1."""
 
-    class NotMain(train.Distributed):
+    class NotMain(setup.Distributed):
         @property
         def is_main(self):
             return False
 
-    monkeypatch.setattr(train, "setup_distributed", lambda: NotMain())
+    monkeypatch.setattr(setup, "setup_distributed", lambda: NotMain())
     out = tmp_path / "out"
     result = train.run(tiny_settings(dataset, out, training__epochs=1))
-    assert result["exitCode"] == 0
+    assert result.exitCode == 0
     assert not (tmp_path / "termination-log").exists()
     assert not out.exists() or not any(out.iterdir())
     assert PROGRESS_PREFIX not in capsys.readouterr().out
 
 
 def test_amp_only_on_a_gpu():
-    assert train.amp_dtype_for("auto", on_gpu=True) == "float16"
-    assert train.amp_dtype_for("bfloat16", on_gpu=True) == "bfloat16"
-    assert train.amp_dtype_for("off", on_gpu=True) is None
+    assert setup.amp_dtype_for("auto", on_gpu=True) == "float16"
+    assert setup.amp_dtype_for("bfloat16", on_gpu=True) == "bfloat16"
+    assert setup.amp_dtype_for("off", on_gpu=True) is None
     for mode in ("auto", "float16", "bfloat16", "off"):
-        assert train.amp_dtype_for(mode, on_gpu=False) is None
+        assert setup.amp_dtype_for(mode, on_gpu=False) is None
 
 
 def test_out_of_memory_is_a_transient_failure(dataset, tmp_path, monkeypatch):
     def no_memory(*args, **kwargs):
         raise MemoryError("cannot allocate 4 GiB")
 
-    monkeypatch.setattr(train, "train_step", no_memory)
+    monkeypatch.setattr(loop, "train_step", no_memory)
     result = train.run(tiny_settings(dataset, tmp_path / "out", training__epochs=1))
-    assert result["exitCode"] == EXIT_TRANSIENT and result["reason"] == "TransientError"
-    assert "out of memory" in result["message"] and "batchSize" in result["message"]
+    assert result.exitCode == EXIT_TRANSIENT and result.reason == "TransientError"
+    assert "out of memory" in result.message and "batchSize" in result.message
 
 
 def test_sigterm_during_evaluation_keeps_the_epoch(dataset, tmp_path, monkeypatch):
-    real = train.evaluate
+    real = loop.evaluate
 
     def evaluate_then_sigterm(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train, "evaluate", evaluate_then_sigterm)
+    monkeypatch.setattr(loop, "evaluate", evaluate_then_sigterm)
     out = tmp_path / "out"
     result = train.run(tiny_settings(dataset, out))
-    assert result["exitCode"] == EXIT_INTERRUPTED
-    assert "stopped after epoch 1 (checkpoint saved)" in result["message"]
+    assert result.exitCode == EXIT_INTERRUPTED
+    assert "stopped after epoch 1 (checkpoint saved)" in result.message
     assert checkpoint.find_latest(out).name == "epoch-0001"
-    monkeypatch.setattr(train, "evaluate", real)
+    monkeypatch.setattr(loop, "evaluate", real)
     resumed = train.run(tiny_settings(dataset, out))
-    assert resumed["exitCode"] == 0 and resumed["resumedFromEpoch"] == 1 and resumed["epochsRun"] == 2
+    assert resumed.exitCode == 0 and resumed.resumedFromEpoch == 1 and resumed.epochsRun == 2
 
 
 def test_auto_freeze_decision_is_reported_and_kept_on_resume(dataset, tmp_path):
@@ -325,38 +326,38 @@ def test_auto_freeze_decision_is_reported_and_kept_on_resume(dataset, tmp_path):
     settings = tiny_settings(dataset, out, training__epochs=1, finetune__freeze="auto")
     settings.model.pretrained.path = str(weights)
     first = train.run(settings)
-    assert first["exitCode"] == 0, first.get("message")
-    freeze = first["freeze"]
-    assert freeze["decidedBy"] == "auto" and freeze["rule"] in (1, 2, 3, 4)
-    assert freeze["strategy"] in ("fc-only", "none", "stages", "from-scratch")
-    assert freeze["evidence"]["totalImages"] == 12 and freeze["evidence"]["size"] == "small"
-    if freeze["strategy"] == "fc-only":
-        assert freeze["trainableParameters"] == 512 * 3 + 3
+    assert first.exitCode == 0, first.message
+    freeze = first.freeze
+    assert freeze.decidedBy == "auto" and freeze.rule in (1, 2, 3, 4)
+    assert freeze.strategy in ("fc-only", "none", "stages", "from-scratch")
+    assert freeze.evidence["totalImages"] == 12 and freeze.evidence["size"] == "small"
+    if freeze.strategy == "fc-only":
+        assert freeze.trainableParameters == 512 * 3 + 3
     # The next attempt continues with the same decision, from the checkpoint, without re-deciding.
     settings.training.epochs = 2
     second = train.run(settings)
-    assert second["resumedFromEpoch"] == 1
-    assert second["freeze"] == freeze
-    assert second["strippedParameters"] == ["fc.weight", "fc.bias"]
+    assert second.resumedFromEpoch == 1
+    assert second.freeze == freeze
+    assert second.load.strippedParameters == ["fc.weight", "fc.bias"]
 
 
 def test_auto_without_pretrained_weights_trains_from_scratch(dataset, tmp_path):
     result = train.run(tiny_settings(dataset, tmp_path / "out", training__epochs=1, finetune__freeze="auto"))
-    assert result["exitCode"] == 0
-    assert result["freeze"]["strategy"] == "from-scratch" and result["freeze"]["decidedBy"] == "auto"
-    assert result["learningRate"] == pytest.approx(0.125 * 4 / 32)  # the from-scratch default
+    assert result.exitCode == 0
+    assert result.freeze.strategy == "from-scratch" and result.freeze.decidedBy == "auto"
+    assert result.learningRate == pytest.approx(0.125 * 4 / 32)  # the from-scratch default
 
 
 def test_an_unforeseen_crash_still_leaves_a_result(dataset, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("something nobody planned for")
 
-    monkeypatch.setattr(train, "train_step", broken)
+    monkeypatch.setattr(loop, "train_step", broken)
     with pytest.raises(RuntimeError, match="nobody planned"):
         train.run(tiny_settings(dataset, tmp_path / "out", training__epochs=1))
     result = decode_result((tmp_path / "termination-log").read_text())
-    assert result["exitCode"] == 1 and result["reason"] == "TrainerError"
-    assert result["message"] == "RuntimeError: something nobody planned for"
+    assert result.exitCode == 1 and result.reason == "TrainerError"
+    assert result.message == "RuntimeError: something nobody planned for"
 
 
 def test_amp_scaler_state_survives_the_json_checkpoint():
@@ -366,6 +367,6 @@ def test_amp_scaler_state_survives_the_json_checkpoint():
         "incr_count": np.int64(3),
         "incr_ratio": 2.0,
     }
-    restored = json.loads(json.dumps(scaler_state, default=train._jsonable))
+    restored = json.loads(json.dumps(scaler_state, default=jsonable))
     assert restored == {"scale": [32768.0], "incr_count": 3, "incr_ratio": 2.0}
     assert restored["scale"][0] == 32768.0  # what GradScaler.load_state_dict reads

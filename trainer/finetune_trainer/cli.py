@@ -12,7 +12,6 @@ is otherwise the result's (see ``finetune_contract``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import re
 import sys
@@ -20,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from finetune_contract import EXIT_BAD_SETTINGS, SettingsError, TrainerSettings, encode_result, exit_reason
+from finetune_contract import EXIT_BAD_SETTINGS, SettingsError, TrainerResult, TrainerSettings, exit_reason
+
+from .report import write_result
 
 
 class _Loader(yaml.SafeLoader):
@@ -138,13 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"finetune-train: {message}", file=sys.stderr)
         path = _result_path_hint(argv)
         if path:
-            result = {
-                "exitCode": EXIT_BAD_SETTINGS,
-                "reason": exit_reason(EXIT_BAD_SETTINGS),
-                "message": message,
-            }
-            with contextlib.suppress(OSError):  # e.g. /dev/termination-log outside a pod
-                Path(path).write_text(encode_result(result))
+            failed = TrainerResult(
+                exitCode=EXIT_BAD_SETTINGS, reason=exit_reason(EXIT_BAD_SETTINGS), message=message
+            )
+            write_result(failed, None, path)  # no output.dir to trust: the termination message only
         return EXIT_BAD_SETTINGS
     if args.print_settings:
         print(json.dumps(settings.to_dict(), indent=2, sort_keys=True))
@@ -153,10 +151,15 @@ def main(argv: list[str] | None = None) -> int:
 
     result = run(settings)
     summary = {
-        k: result.get(k) for k in ("reason", "top1", "top5", "bestEpoch", "epochsRun", "durationSeconds")
+        "reason": result.reason,
+        "top1": result.top1,
+        "top5": result.top5,
+        "bestEpoch": result.bestEpoch,
+        "epochsRun": result.epochsRun,
+        "durationSeconds": result.durationSeconds,
     }
     print(f"finetune-train: {json.dumps(summary)}", file=sys.stderr)
-    return int(result["exitCode"])
+    return result.exitCode if result.exitCode is not None else 1
 
 
 if __name__ == "__main__":

@@ -125,7 +125,7 @@ def make_pretrained_weights(
         data_root, work_dir / "pretrain-output", info["numClasses"], image_size, **budget
     )
     settings.finetune.freeze = "from-scratch"
-    result = run(settings)
+    result = run(settings).to_dict()  # the result JSON, as the callers read it
     if result.get("exitCode") != 0:
         raise RuntimeError(f"pretraining on digits failed: {result.get('message')}")
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -1,72 +1,27 @@
-"""Choosing what to train: freeze strategies and the ``auto`` rule (the seed's step 3).
+"""Choosing what to train: the freeze strategies and ``auto``, which applies the four rules of the
+PaddleClas finetune guide (its step 3).
 
-Strategies
-----------
-``none``          train every layer (PaddleClas's default).
-``fc-only``       train only the fc head; the backbone is a fixed feature extractor.
-``stages`` N      freeze the stem and the first N residual stages (1..4), train the rest.
-``from-scratch``  re-initialise every weight (pretrained weights are discarded), train everything.
-
-Frozen parameters get ``stop_gradient = True`` so the optimiser skips them. BatchNorm running
-statistics are not parameters the optimiser touches: they move in every forward pass in train
-mode. ``freeze_batchnorm_stats`` puts the BatchNorm layers whose affine parameters are frozen in
-eval mode, so their statistics stay those of the pretrained model; call it after every
-``model.train()``.
-
-The ``auto`` rule
------------------
-The seed's four rules need two judgements about the new data:
-
-*Size* (``size_class``): the data is **large** when it has at least ``LARGE_MIN_PER_CLASS`` (100)
-images per class **and** ``LARGE_MIN_TOTAL`` (10,000) images in all, otherwise **small**.
-Why these numbers: rules 1 and 3 exist because training deep layers on few examples overfits,
-and the examples that matter are those per class; flowers102 (10 per class), CUB (about 30) and
-the like are the "small" case the recipe targets. Rule 4 trains from scratch, which needs data
-on the order of ten thousand images: He, Girshick and Dollar ("Rethinking ImageNet
-Pre-training", 2019) report that training from scratch catches up with ImageNet pretraining with
-about 10k COCO training images but falls far behind with 1k. Both conditions must hold.
-
-*Similarity* (``similarity_score``): the pretrained model's pooled features (the fc layer's
-input) are computed for a class-balanced sample of the training set, L2-normalised, and each
-sample is classified by the nearest class mean (cosine) computed without that sample
-(leave-one-out). The accuracy is rescaled so that chance (1/C) is 0 and perfect is 1::
-
-    similarity = (accuracy - 1/C) / (1 - 1/C)
-
-This asks directly what rules 1 and 2 assume: do the pretrained features already separate the
-new classes? A nearest-class-mean classifier has no trainable parameters, so the score cannot
-overfit the sample, and the rescaling makes it comparable across class counts. The data counts
-as **similar** when the score is at least ``SIMILARITY_THRESHOLD`` (0.5): the frozen features
-alone get at least halfway from chance to perfect, so a trained fc head (rule 1), which can only
-do better than a class mean, starts from features that already carry most of the class
-structure. Features that do not describe the data's domain score near 0 (random labels score
-0 +- 0.2 in the tests); nearest-class-mean on ImageNet features is a strong few-shot baseline on
-natural-image sets such as flowers or pets, where it is expected to score well above 0.5.
-Note what the score measures: whether the features separate these classes, not where they came
-from. On easy data even untrained features can score high (measured: a randomly initialised
-ResNet18_vd scores 0.83 on 16x16 digits 6-9, one pretrained on digits 0-5 only 0.52, its few
-classes having narrowed its features); either way the fixed features already work for it.
-
-Decision: small+similar -> ``fc-only`` (rule 1); large+similar -> ``none`` (rule 2);
-small+dissimilar -> ``stages`` with ``AUTO_FROZEN_STAGES`` (2: the stem and stages 1-2, whose
-edge- and texture-like features transfer across domains, stay frozen) (rule 3);
-large+dissimilar -> ``from-scratch`` (rule 4). When the sample cannot be scored (fewer than two
-images in every class), the data is taken as similar, the PaddleClas default of trusting the
-pretrained weights.
+``none`` trains every layer, ``fc-only`` only the fc head, ``stages`` N freezes the stem and the
+first N residual stages, ``from-scratch`` re-initialises every weight. Frozen parameters get
+``stop_gradient = True``; ``freeze_batchnorm_stats`` keeps the running statistics of frozen
+BatchNorm layers (call it after every ``model.train()``). Why ``auto`` measures size and
+similarity as it does, and the reasoning behind its thresholds: the trainer README, "What to
+train: the freeze strategies and the auto rule".
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import paddle
+from finetune_contract import APPLIED_STRATEGIES, FreezeDecision
 
 from finetune_trainer.model import HEAD_STAGE, NUM_STAGES, build_model, running_stat_names
 
-STRATEGIES = ("none", "fc-only", "stages", "from-scratch")
+STRATEGIES = APPLIED_STRATEGIES  # none, fc-only, stages, from-scratch
 
 LARGE_MIN_PER_CLASS = 100
 LARGE_MIN_TOTAL = 10_000
@@ -77,6 +32,8 @@ FEATURE_BATCH = 32
 
 @dataclass
 class FreezeReport:
+    """What ``apply_freeze`` did to the model."""
+
     strategy: str
     stages: int  # strategy "stages": residual stages frozen together with the stem; else 0
     frozen_stages: list[int] = field(default_factory=list)  # 0 = stem, 1..4 = residual stages
@@ -84,31 +41,28 @@ class FreezeReport:
     frozen_parameters: int = 0
     reinitialized: bool = False
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "strategy": self.strategy,
-            "stages": self.stages,
-            "frozenStages": list(self.frozen_stages),
-            "trainableParameters": self.trainable_parameters,
-            "frozenParameters": self.frozen_parameters,
-            "reinitialized": self.reinitialized,
-        }
+    def applied(self, decision: FreezeDecision) -> FreezeDecision:
+        """The decision as applied to the model: with its count of trainable parameters."""
+        return replace(decision, trainableParameters=int(self.trainable_parameters))
 
 
-@dataclass
-class AutoDecision:
-    strategy: str
-    stages: int
-    rule: int  # the seed's rule, 1..4
-    evidence: dict[str, Any]
+def user_decision(strategy: str, stages: int) -> FreezeDecision:
+    """``finetune.freeze`` set to a strategy by the user."""
+    return FreezeDecision(
+        strategy=strategy,
+        stages=stages if strategy == "stages" else 0,
+        decidedBy="user",
+        evidence={"setting": f"finetune.freeze={strategy}"},
+    )
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "strategy": self.strategy,
-            "stages": self.stages,
-            "rule": self.rule,
-            "evidence": self.evidence,
-        }
+
+def without_weights_decision() -> FreezeDecision:
+    """``auto`` with no pretrained weights to judge: there is nothing to keep, train everything."""
+    return FreezeDecision(
+        strategy="from-scratch",
+        decidedBy="auto",
+        evidence={"note": "no pretrained weights given (model.pretrained is empty): train from scratch"},
+    )
 
 
 def _unwrap(model: paddle.nn.Layer) -> paddle.nn.Layer:
@@ -265,8 +219,8 @@ def similarity_score(features: np.ndarray, labels: Sequence[int]) -> dict[str, A
 
 def decide_auto(
     model: paddle.nn.Layer, images: Any, labels: Sequence[int], num_classes: int, num_train_images: int
-) -> AutoDecision:
-    """Apply the seed's four rules; ``images`` is a preprocessed sample (eval transforms) of the
+) -> FreezeDecision:
+    """Apply the guide's four rules; ``images`` is a preprocessed sample (eval transforms) of the
     training set ([N, 3, H, W], see ``sample_indices``) and ``labels`` its labels."""
     size, per_class = size_class(num_classes, num_train_images)
     score = similarity_score(extract_features(model, images), labels)
@@ -296,4 +250,4 @@ def decide_auto(
     }
     if score["similarity"] is None:
         evidence["note"] = "too few images per class in the sample to score similarity; assumed similar"
-    return AutoDecision(strategy=strategy, stages=stages, rule=rule, evidence=evidence)
+    return FreezeDecision(strategy=strategy, stages=stages, decidedBy="auto", rule=rule, evidence=evidence)

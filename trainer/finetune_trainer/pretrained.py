@@ -44,7 +44,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import paddle
 import requests
-from finetune_contract import PretrainedSource
+from finetune_contract import LoadSummary, PretrainedSource
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
@@ -315,14 +315,9 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)  # file keys absent from the model
     shapes: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)  # stripped: file, model
 
-    def to_result(self) -> dict[str, Any]:
-        """The result JSON's fields (the contract truncates long lists)."""
-        return {
-            "loadedParameters": len(self.loaded),
-            "strippedParameters": list(self.stripped),
-            "missingParameters": list(self.missing),
-            "unexpectedParameters": list(self.unexpected),
-        }
+    def load_summary(self) -> LoadSummary:
+        """The result's part (the contract's encoding truncates long lists)."""
+        return LoadSummary(list(self.stripped), list(self.missing), list(self.unexpected))
 
     def summary(self) -> str:
         stripped = ", ".join(f"{k} {self.shapes[k][0]}->{self.shapes[k][1]}" for k in self.stripped)

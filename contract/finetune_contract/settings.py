@@ -1,13 +1,7 @@
-"""The contract between the operator and the trainer.
+"""``TrainerSettings``: what the operator hands the trainer (as ``--settings-json``).
 
-Both programs (and the tests) import this module; it imports neither kopf nor Paddle, so the
-operator image never needs Paddle. It holds:
-
-* ``TrainerSettings``: what the operator hands the trainer (as ``--settings-json``), in the same
-  camelCase vocabulary as the FineTuneJob spec;
-* the progress line the trainer prints once per epoch, and its parser;
-* the result JSON written to the termination-message file (never more than 4096 bytes);
-* the exit codes, split into permanent and transient failures.
+The same camelCase vocabulary as the FineTuneJob spec; ``from_dict`` rejects unknown keys and
+wrong types, and ``validate`` names the first wrong field (``SettingsError``).
 """
 
 from __future__ import annotations
@@ -17,53 +11,6 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-# --------------------------------------------------------------------------------------------
-# Exit codes. Permanent: retrying cannot help (the user must change the spec or the data).
-# Transient: a new attempt, resumed from the last checkpoint, may succeed.
-# --------------------------------------------------------------------------------------------
-EXIT_OK = 0
-EXIT_BAD_SETTINGS = 2  # permanent: settings failed validation
-EXIT_DATA_ERROR = 3  # permanent: missing/malformed list file, missing or corrupt image, bad label
-EXIT_PRETRAINED_ERROR = 4  # permanent: checksum mismatch, file that does not fit the architecture
-EXIT_NON_FINITE_LOSS = 5  # permanent: the loss became NaN/inf (lower the learning rate)
-EXIT_DOWNLOAD_ERROR = 69  # transient: the pretrained weights could not be fetched (EX_UNAVAILABLE)
-EXIT_TRANSIENT = 75  # transient: anything else worth retrying, e.g. out of memory (EX_TEMPFAIL)
-EXIT_INTERRUPTED = 143  # transient: SIGTERM (eviction, preemption, node drain)
-EXIT_KILLED = 137  # transient: SIGKILL, usually the OOM killer
-
-PERMANENT_EXIT_CODES = {
-    EXIT_BAD_SETTINGS: "InvalidSettings",
-    EXIT_DATA_ERROR: "DataError",
-    EXIT_PRETRAINED_ERROR: "PretrainedWeightsError",
-    EXIT_NON_FINITE_LOSS: "NonFiniteLoss",
-}
-TRANSIENT_EXIT_CODES = {
-    EXIT_DOWNLOAD_ERROR: "DownloadFailed",
-    EXIT_TRANSIENT: "TransientError",
-    EXIT_INTERRUPTED: "Interrupted",
-    EXIT_KILLED: "Killed",
-}
-
-
-def exit_reason(code: int) -> str:
-    """A CamelCase reason for a trainer exit code (``TrainerError`` for unknown codes)."""
-    if code == EXIT_OK:
-        return "Completed"
-    return PERMANENT_EXIT_CODES.get(code) or TRANSIENT_EXIT_CODES.get(code) or "TrainerError"
-
-
-def is_transient_exit(code: int) -> bool:
-    """Whether a failed attempt with this exit code is worth retrying.
-
-    Unknown non-zero codes (a Python traceback exits 1) count as permanent: a crash that is
-    not one of the documented transient kinds would most likely crash again.
-    """
-    return code in TRANSIENT_EXIT_CODES
-
-
-# --------------------------------------------------------------------------------------------
-# Settings
-# --------------------------------------------------------------------------------------------
 ARCHITECTURES = ("ResNet18_vd", "ResNet34_vd", "ResNet50_vd", "ResNet101_vd", "ResNet152_vd")
 FREEZE_STRATEGIES = ("none", "fc-only", "stages", "from-scratch", "auto")
 DATASET_FORMATS = ("list", "folder")
@@ -231,7 +178,7 @@ def _at_least(name: str, value: Any, low: int) -> None:
 def _build(cls: type, data: Any, prefix: str) -> Any:
     """Build a settings dataclass from a dict, rejecting unknown keys and wrong types."""
     if not isinstance(data, dict):
-        raise SettingsError(f"{prefix or 'settings'}: must be an object")
+        raise SettingsError(f"{prefix.rstrip('.') or 'settings'}: must be an object")
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
@@ -266,82 +213,3 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         else:  # pragma: no cover - every field type is handled above
             kwargs[name] = value
     return cls(**kwargs)
-
-
-# --------------------------------------------------------------------------------------------
-# Progress: one line per epoch (and at start), printed to stdout. The operator reads the tail of
-# the pod's log through the API server, so it needs no network path to the pod.
-# --------------------------------------------------------------------------------------------
-PROGRESS_PREFIX = "FINETUNE_PROGRESS "
-
-
-def format_progress(epoch: int, epochs: int, **extra: Any) -> str:
-    """One machine-readable progress line, e.g. ``FINETUNE_PROGRESS {"epoch":3,"epochs":20,...}``."""
-    payload = {"epoch": epoch, "epochs": epochs, **{k: v for k, v in extra.items() if v is not None}}
-    return PROGRESS_PREFIX + json.dumps(payload, separators=(",", ":"), sort_keys=True)
-
-
-def parse_last_progress(log_text: str) -> dict[str, Any] | None:
-    """The last well-formed progress record in a log excerpt, or None."""
-    for line in reversed(log_text.splitlines()):
-        idx = line.find(PROGRESS_PREFIX)
-        if idx < 0:
-            continue
-        try:
-            record = json.loads(line[idx + len(PROGRESS_PREFIX) :])
-        except json.JSONDecodeError:
-            continue  # a line cut by the tail window
-        if isinstance(record, dict) and isinstance(record.get("epoch"), int):
-            return record
-    return None
-
-
-# --------------------------------------------------------------------------------------------
-# Result: written to the termination-message file, which Kubernetes caps at 4096 bytes.
-# --------------------------------------------------------------------------------------------
-RESULT_MAX_BYTES = 4096
-RESULT_LIST_KEYS = ("strippedParameters", "missingParameters", "unexpectedParameters")
-
-
-def encode_result(result: dict[str, Any], limit: int = RESULT_MAX_BYTES) -> str:
-    """Serialise a result to JSON of at most ``limit`` bytes.
-
-    Long parameter lists are truncated (their full length is kept in ``<key>Count``); if that is
-    not enough, the error message is shortened, then the freeze evidence dropped.
-    """
-    data = json.loads(json.dumps(result))  # a deep copy that is JSON-clean
-    for key in RESULT_LIST_KEYS:
-        if isinstance(data.get(key), list):
-            data[key + "Count"] = len(data[key])
-
-    def size(d: dict[str, Any]) -> int:
-        return len(json.dumps(d, separators=(",", ":")).encode())
-
-    keep = max((len(data.get(k) or []) for k in RESULT_LIST_KEYS), default=0)
-    while size(data) > limit and keep > 0:
-        keep //= 2
-        for key in RESULT_LIST_KEYS:
-            if isinstance(data.get(key), list) and len(data[key]) > keep:
-                data[key] = data[key][:keep]
-                data[key + "Truncated"] = True
-    if size(data) > limit and isinstance(data.get("message"), str):
-        data["message"] = data["message"][: max(0, len(data["message"]) - (size(data) - limit) - 3)] + "..."
-    if size(data) > limit and isinstance(data.get("freeze"), dict):
-        data["freeze"].pop("evidence", None)
-    text = json.dumps(data, separators=(",", ":"))
-    if len(text.encode()) > limit:
-        # Last resort: keep only scalars, which always fit.
-        text = json.dumps({k: v for k, v in data.items() if not isinstance(v, (list, dict))})[:limit]
-    return text
-
-
-def decode_result(text: str) -> dict[str, Any] | None:
-    """Parse a termination message; None if it is not a result JSON (e.g. a log fallback)."""
-    text = (text or "").strip()
-    if not text.startswith("{"):
-        return None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    return data if isinstance(data, dict) else None

@@ -1,4 +1,4 @@
-"""FineTuneJob spec -> the trainer's settings (finetune_contract.TrainerSettings).
+"""A FineTuneJob's spec -> the trainer's settings (finetune_contract.TrainerSettings).
 
 The spec and the contract share the camelCase vocabulary, so this is mostly a copy of the fields
 the user set; what the pod decides (mount points, where the result goes) is filled in here.

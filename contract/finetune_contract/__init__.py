@@ -1,0 +1,96 @@
+"""The contract between the operator and the trainer.
+
+Both programs (and the tests) import this package; it imports neither kopf nor Paddle, so the
+operator image never needs Paddle. It holds:
+
+* ``TrainerSettings`` (settings.py): what the operator hands the trainer (as ``--settings-json``),
+  in the same camelCase vocabulary as the FineTuneJob spec;
+* the progress line the trainer prints once per epoch, and its parser (progress.py);
+* ``TrainerResult`` (result.py): what an attempt did, written to the termination-message file
+  (never more than 4096 bytes) and read back by the operator;
+* the exit codes, split into permanent and transient failures (exit_codes.py).
+"""
+
+from .exit_codes import (
+    EXIT_BAD_SETTINGS,
+    EXIT_DATA_ERROR,
+    EXIT_DOWNLOAD_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_KILLED,
+    EXIT_NON_FINITE_LOSS,
+    EXIT_OK,
+    EXIT_PRETRAINED_ERROR,
+    EXIT_TRANSIENT,
+    PERMANENT_EXIT_CODES,
+    TRANSIENT_EXIT_CODES,
+    exit_reason,
+    is_transient_exit,
+)
+from .progress import PROGRESS_PREFIX, format_progress, parse_last_progress
+from .result import (
+    APPLIED_STRATEGIES,
+    FIELD_CHECKS,
+    LOAD_LISTS,
+    RESULT_MAX_BYTES,
+    FreezeDecision,
+    LoadSummary,
+    TrainerResult,
+    decode_result,
+    encode_result,
+)
+from .settings import (
+    AMP_MODES,
+    ARCHITECTURES,
+    CORRUPT_IMAGE_POLICIES,
+    DATASET_FORMATS,
+    FREEZE_STRATEGIES,
+    DatasetSettings,
+    FinetuneSettings,
+    ModelSettings,
+    OutputSettings,
+    PretrainedSource,
+    SettingsError,
+    TrainerSettings,
+    TrainingSettings,
+)
+
+__all__ = [
+    "AMP_MODES",
+    "APPLIED_STRATEGIES",
+    "ARCHITECTURES",
+    "CORRUPT_IMAGE_POLICIES",
+    "DATASET_FORMATS",
+    "EXIT_BAD_SETTINGS",
+    "EXIT_DATA_ERROR",
+    "EXIT_DOWNLOAD_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_KILLED",
+    "EXIT_NON_FINITE_LOSS",
+    "EXIT_OK",
+    "EXIT_PRETRAINED_ERROR",
+    "EXIT_TRANSIENT",
+    "FIELD_CHECKS",
+    "FREEZE_STRATEGIES",
+    "LOAD_LISTS",
+    "PERMANENT_EXIT_CODES",
+    "PROGRESS_PREFIX",
+    "RESULT_MAX_BYTES",
+    "TRANSIENT_EXIT_CODES",
+    "DatasetSettings",
+    "FinetuneSettings",
+    "FreezeDecision",
+    "LoadSummary",
+    "ModelSettings",
+    "OutputSettings",
+    "PretrainedSource",
+    "SettingsError",
+    "TrainerResult",
+    "TrainerSettings",
+    "TrainingSettings",
+    "decode_result",
+    "encode_result",
+    "exit_reason",
+    "format_progress",
+    "is_transient_exit",
+    "parse_last_progress",
+]

@@ -1,0 +1,74 @@
+"""The names the operator shares with its users and the cluster, in one place.
+
+The FineTuneJob's API identity (the CRD in crds/ declares the same), the labels on the pods it
+creates, the trainer container's name, the job's phases and condition types, and the reasons its
+status and Events carry. Users script against these (``kubectl wait --for=condition=Succeeded``,
+label selectors, alerts on a reason), so changing one is an API change. The trainer's own failure
+reasons (DataError, NonFiniteLoss, ...) come from its exit code: ``finetune_contract.exit_reason``.
+"""
+
+from __future__ import annotations
+
+# The API ---------------------------------------------------------------------------------------
+GROUP = "finetune.paddle.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "FineTuneJob"
+PLURAL = "finetunejobs"
+SINGULAR = "finetunejob"
+SHORT_NAMES = ("ftj",)
+
+# Who writes: the field manager of every object and patch, and the source of every Event.
+FIELD_MANAGER = "paddle-finetune-operator"
+
+# The pods ------------------------------------------------------------------------------------
+LABEL_JOB = f"{GROUP}/job-name"
+LABEL_ATTEMPT = f"{GROUP}/attempt"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "paddle-finetune-operator"
+CONTAINER = "trainer"
+
+
+# The job's status ----------------------------------------------------------------------------
+class Phase:
+    """status.phase."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+PHASES = (Phase.PENDING, Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED, Phase.SUSPENDED)
+FINISHED = (Phase.SUCCEEDED, Phase.FAILED)
+# Standard conditions, one True at a time: `kubectl wait --for=condition=Succeeded` works.
+CONDITION_TYPES = (Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED, Phase.SUSPENDED)
+
+
+class Reason:
+    """status.reason, the conditions' reasons and the Events' reasons the operator decides."""
+
+    # The lifecycle
+    POD_CREATED = "PodCreated"
+    POD_PENDING = "PodPending"  # created, waiting to start, for no reason Kubernetes names
+    RUNNING = "Running"
+    RETRYING = "Retrying"  # a transient failure: the next attempt starts after a back-off
+    SUSPENDED = "Suspended"
+    COMPLETED = "Completed"
+    POD_MISSING = "PodMissing"  # an Event: the attempt's pod disappeared, a new attempt starts
+    # Failures of the job, and of an attempt's pod
+    INVALID_SPEC = "InvalidSpec"
+    POD_INVALID = "PodInvalid"  # the API server refused the pod (422)
+    POD_FORBIDDEN = "PodForbidden"  # refused by a quota or an admission policy (403): retried
+    UNSCHEDULABLE = "Unschedulable"
+    PENDING_TIMEOUT = "PendingTimeout"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    POD_FAILED = "PodFailed"  # failed with no exit code and no reason of its own
+    OOM_KILLED = "OOMKilled"
+    EVICTED = "Evicted"
+    PREEMPTED = "Preempted"
+    NODE_LOST = "NodeLost"
+    NODE_SHUTDOWN = "NodeShutdown"
+    UNEXPECTED_ADMISSION_ERROR = "UnexpectedAdmissionError"

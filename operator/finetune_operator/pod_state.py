@@ -1,0 +1,129 @@
+"""What a pod's state means for its attempt (a pure function of the pod as the API server
+returns it): still pending and why, running, succeeded with the trainer's result, or failed with
+a reason, a message and whether a new attempt may help.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from finetune_contract import TrainerResult, decode_result, exit_reason, is_transient_exit
+
+from .api import CONTAINER, Reason
+from .job_status import shorten
+
+# Pod-level reasons (status.reason, or a DisruptionTarget condition) that mean the pod was
+# taken away from a healthy trainer: a new attempt may well succeed.
+TRANSIENT_POD_REASONS = {
+    "Evicted": Reason.EVICTED,
+    "Preempting": Reason.PREEMPTED,
+    "Preempted": Reason.PREEMPTED,
+    "PreemptionByScheduler": Reason.PREEMPTED,
+    "PreemptionByKubeScheduler": Reason.PREEMPTED,
+    "EvictionByEvictionAPI": Reason.EVICTED,
+    "DeletionByTaintManager": Reason.EVICTED,
+    "DeletionByPodGC": Reason.NODE_LOST,
+    "TerminationByKubelet": Reason.EVICTED,
+    "NodeLost": Reason.NODE_LOST,
+    "NodeShutdown": Reason.NODE_SHUTDOWN,
+    "Shutdown": Reason.NODE_SHUTDOWN,
+    "Terminated": Reason.NODE_SHUTDOWN,
+    "UnexpectedAdmissionError": Reason.UNEXPECTED_ADMISSION_ERROR,
+}
+
+
+@dataclass(frozen=True)
+class PodOutcome:
+    """What one attempt's pod shows."""
+
+    phase: str  # the pod's phase: Pending | Running | Succeeded | Failed
+    reason: str = ""
+    message: str = ""
+    exit_code: int | None = None
+    transient: bool = False  # Failed only: a new attempt may succeed
+    result: TrainerResult | None = None  # the trainer's result, when it wrote one
+    since: str = ""  # Pending: when the pod started waiting (its creation time)
+
+
+def _trainer_status(pod: dict[str, Any]) -> dict[str, Any]:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    for cs in statuses:
+        if cs.get("name") == CONTAINER:
+            return cs
+    return statuses[0] if statuses else {}
+
+
+def _condition(pod: dict[str, Any], kind: str) -> dict[str, Any]:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind:
+            return cond
+    return {}
+
+
+def observe_pod(pod: dict[str, Any]) -> PodOutcome:
+    """Classify a pod (as the API server returns it, camelCase dict)."""
+    status = pod.get("status") or {}
+    phase = status.get("phase") or "Pending"
+    container = _trainer_status(pod)
+    terminated = (container.get("state") or {}).get("terminated") or {}
+    if phase == "Succeeded":
+        result = decode_result(terminated.get("message", ""))
+        message = (result.message if result else None) or ""
+        return PodOutcome("Succeeded", Reason.COMPLETED, shorten(message), 0, result=result)
+    if phase == "Failed":
+        return _failed(pod, status, terminated)
+    if phase == "Running" or (container.get("state") or {}).get("running"):
+        return PodOutcome("Running", Reason.RUNNING, "")
+    # Pending: say why, in the words of the scheduler or the kubelet.
+    since = (pod.get("metadata") or {}).get("creationTimestamp", "")
+    scheduled = _condition(pod, "PodScheduled")
+    if scheduled.get("status") == "False":
+        return PodOutcome(
+            "Pending",
+            scheduled.get("reason") or Reason.UNSCHEDULABLE,
+            shorten(scheduled.get("message", "")),
+            since=since,
+        )
+    waiting = (container.get("state") or {}).get("waiting") or {}
+    if waiting.get("reason"):
+        return PodOutcome("Pending", waiting["reason"], shorten(waiting.get("message", "")), since=since)
+    return PodOutcome("Pending", Reason.POD_PENDING, "waiting for the pod to start", since=since)
+
+
+def _failed(pod: dict[str, Any], status: dict[str, Any], terminated: dict[str, Any]) -> PodOutcome:
+    code = terminated.get("exitCode")
+    text = terminated.get("message", "")
+    result = decode_result(text)
+    # The trainer's own message (from its result JSON) beats the log tail of FallbackToLogsOnError.
+    message = (result.message if result else None) or text or status.get("message") or ""
+    disruption = _condition(pod, "DisruptionTarget")
+    pod_reason = status.get("reason") or ""
+    if pod_reason in TRANSIENT_POD_REASONS or (
+        disruption.get("status") == "True" and disruption.get("reason") in TRANSIENT_POD_REASONS
+    ):
+        reason = TRANSIENT_POD_REASONS.get(pod_reason) or TRANSIENT_POD_REASONS[disruption["reason"]]
+        message = status.get("message") or disruption.get("message") or message
+        return PodOutcome("Failed", reason, shorten(message), code, transient=True, result=result)
+    if pod_reason == "DeadlineExceeded":
+        return PodOutcome("Failed", Reason.DEADLINE_EXCEEDED, shorten(status.get("message", "")), code)
+    if terminated.get("reason") == "OOMKilled":
+        return PodOutcome(
+            "Failed",
+            Reason.OOM_KILLED,
+            shorten(message or "the trainer ran out of memory"),
+            code,
+            True,
+            result,
+        )
+    if result is not None and result.exitCode:
+        # The trainer's own exit code: with several GPUs the container's code is
+        # paddle.distributed.launch's, which does not keep the trainer's meaning.
+        code = result.exitCode
+    if code is None:
+        return PodOutcome(
+            "Failed", pod_reason or Reason.POD_FAILED, shorten(message or "the pod failed"), None
+        )
+    if not message:
+        message = f"the trainer exited with code {code}"
+    return PodOutcome("Failed", exit_reason(code), shorten(message), code, is_transient_exit(code), result)

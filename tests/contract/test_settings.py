@@ -1,0 +1,93 @@
+"""TrainerSettings: built from JSON with unknown keys and wrong types refused, validated with an
+error naming the field, and the same settings after a round trip through JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from finetune_contract import SettingsError, TrainerSettings
+
+
+def test_defaults_are_valid_and_round_trip_through_json():
+    settings = TrainerSettings()
+    settings.validate()
+    assert TrainerSettings.from_json(settings.to_json()) == settings
+
+
+def test_a_full_settings_object_round_trips_through_json():
+    settings = TrainerSettings.from_dict(
+        {
+            "model": {
+                "architecture": "ResNet18_vd",
+                "pretrained": {"path": "/data/r18.pdparams", "sha256": "a" * 64},
+            },
+            "dataset": {
+                "root": "/data",
+                "numClasses": 4,
+                "imageSize": 32,
+                "resizeShort": 37,
+                "horizontalFlip": False,
+            },
+            "finetune": {"freeze": "stages", "freezeStages": 2, "lrMultList": [0.1, 0.1, 0.2, 0.2, 1]},
+            "training": {"epochs": 3, "batchSize": 8, "learningRate": 0.002, "seed": 7},
+            "output": {"dir": "/output/ns-job"},
+        }
+    )
+    assert TrainerSettings.from_json(settings.to_json()) == settings
+    assert settings.finetune.lrMultList == [0.1, 0.1, 0.2, 0.2, 1.0]  # numbers become floats
+    assert json.loads(settings.to_json())["dataset"]["horizontalFlip"] is False
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        ({"training": {"epochz": 3}}, "training.epochz: unknown field"),
+        ({"training": {"epochs": "3"}}, "training.epochs: must be an integer"),
+        ({"training": {"epochs": True}}, "training.epochs: must be an integer"),
+        ({"training": {"learningRate": float("nan")}}, "training.learningRate: must be a finite number"),
+        ({"dataset": {"horizontalFlip": "yes"}}, "dataset.horizontalFlip: must be true or false"),
+        ({"dataset": {"root": 5}}, "dataset.root: must be a string"),
+        ({"finetune": {"lrMultList": [1, "x"]}}, "finetune.lrMultList: must be a list of numbers"),
+        ({"model": "ResNet50_vd"}, "model: must be an object"),
+        ({"model": {"architecture": "ResNet50"}}, "model.architecture: 'ResNet50' is not one of"),
+        (
+            {"model": {"pretrained": {"name": "ResNet50_vd", "path": "/x"}}},
+            "model.pretrained: give exactly one of name, url, path",
+        ),
+        ({"model": {"pretrained": {"url": "ftp://x"}}}, "model.pretrained.url: must be an http(s) URL"),
+        ({"model": {"pretrained": {"sha256": "xyz"}}}, "model.pretrained.sha256: must be 64 hexadecimal"),
+        ({"dataset": {"format": "tfrecord"}}, "dataset.format: 'tfrecord' is not one of"),
+        ({"dataset": {"corruptImages": "ignore"}}, "dataset.corruptImages: 'ignore' is not one of"),
+        ({"dataset": {"numClasses": -1}}, "dataset.numClasses: must be an integer >= 0"),
+        ({"dataset": {"imageSize": 4}}, "dataset.imageSize: must be an integer >= 8"),
+        (
+            {"dataset": {"imageSize": 224, "resizeShort": 200}},
+            "dataset.resizeShort: must be an integer >= 224",
+        ),
+        ({"dataset": {"cropScaleMin": 0.0}}, "dataset.cropScaleMin: must be in (0, 1]"),
+        ({"finetune": {"freeze": "sometimes"}}, "finetune.freeze: 'sometimes' is not one of"),
+        ({"finetune": {"freeze": "stages"}}, "finetune.freezeStages: must be 1..4"),
+        ({"finetune": {"lrMultList": [1, 1, 1, 1]}}, "finetune.lrMultList: must be 5 non-negative numbers"),
+        (
+            {"finetune": {"freeze": "from-scratch"}, "model": {"pretrained": {"name": "ResNet50_vd"}}},
+            "finetune.freeze: 'from-scratch' uses no pretrained weights",
+        ),
+        ({"training": {"epochs": 0}}, "training.epochs: must be an integer >= 1"),
+        ({"training": {"batchSize": 0}}, "training.batchSize: must be an integer >= 1"),
+        ({"training": {"warmupEpochs": -1}}, "training.warmupEpochs: must be an integer >= 0"),
+        ({"training": {"seed": -1}}, "training.seed: must be an integer >= 0"),
+        ({"training": {"momentum": -0.1}}, "training.momentum: must be a finite number >= 0"),
+        ({"training": {"labelSmoothing": 1.0}}, "training.labelSmoothing: must be < 1"),
+        ({"training": {"amp": "fp8"}}, "training.amp: 'fp8' is not one of"),
+    ],
+)
+def test_wrong_settings_name_the_field(data, words):
+    with pytest.raises(SettingsError) as err:
+        TrainerSettings.from_dict(data)
+    assert words in str(err.value)
+
+
+def test_settings_json_must_be_json():
+    with pytest.raises(SettingsError, match="settings: not valid JSON"):
+        TrainerSettings.from_json("{")

@@ -1,0 +1,322 @@
+"""The training loop: one train step, one epoch, evaluation, and the epochs of a run.
+
+Every epoch: train on the shard, evaluate top-1/top-5 on the validation set, keep the best
+epoch's weights, checkpoint, and print a progress line; at the end, export the best model. A
+SIGTERM (eviction, preemption) only sets a flag while the loop runs: the loop checkpoints its
+position at the next step and stops with ``Interrupted``, so the next attempt loses nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+from finetune_contract import EXIT_NON_FINITE_LOSS
+from tqdm import tqdm
+
+from . import checkpoint as ckpt
+from .data import CORRUPT_LABEL, CorruptImageCounter, ImageDataset, make_loader
+from .export import LABELS_FILE, export_inference, write_labels
+from .freeze import freeze_batchnorm_stats
+from .report import print_progress
+from .setup import Distributed, Session
+from .state import Interrupted, TrainerFailure
+
+
+class SigtermGuard:
+    """While the loop runs, SIGTERM only sets a flag, so the loop can checkpoint and stop cleanly
+    at the next step; outside the loop it interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.in_loop = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        if not self.in_loop:
+            raise Interrupted()
+
+    def __enter__(self) -> SigtermGuard:
+        with contextlib.suppress(ValueError):  # not the main thread: no handler
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+# --------------------------------------------------------------------------------------------
+# One step, one evaluation
+# --------------------------------------------------------------------------------------------
+def train_step(
+    model: paddle.nn.Layer,
+    optimizer: paddle.optimizer.Optimizer,
+    scaler: paddle.amp.GradScaler | None,
+    images: paddle.Tensor,
+    labels: paddle.Tensor,
+    amp_dtype: str | None,
+    label_smoothing: float,
+) -> paddle.Tensor:
+    """One forward/backward/update; returns the (unscaled) loss tensor."""
+    with paddle.amp.auto_cast(enable=amp_dtype is not None, level="O1", dtype=amp_dtype or "float16"):
+        logits = model(images)
+    loss = F.cross_entropy(logits.astype("float32"), labels, label_smoothing=label_smoothing)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    optimizer.clear_grad()
+    return loss
+
+
+def split_corrupt(
+    images: paddle.Tensor,
+    labels: paddle.Tensor,
+    indices: paddle.Tensor,
+    dataset: ImageDataset,
+    counter: CorruptImageCounter,
+) -> tuple[paddle.Tensor, paddle.Tensor] | None:
+    """Apply the corrupt-image policy to a batch; None if nothing usable is left."""
+    label_values = labels.numpy()
+    bad = label_values == CORRUPT_LABEL
+    if not bad.any():
+        return images, labels
+    counter.record([dataset.samples[int(i)] for i in indices.numpy()[bad]])
+    keep = paddle.to_tensor(np.flatnonzero(~bad))
+    if keep.shape[0] == 0:
+        return None
+    return paddle.gather(images, keep), paddle.gather(labels, keep)
+
+
+def evaluate(
+    model: paddle.nn.Layer,
+    loader: paddle.io.DataLoader,
+    dataset: ImageDataset,
+    num_classes: int,
+    amp_dtype: str | None,
+    counter: CorruptImageCounter,
+    dist: Distributed,
+) -> dict[str, float]:
+    """Top-1, top-min(5, classes), mean loss and image count over the validation set (all ranks)."""
+    model.eval()
+    k = min(5, num_classes)
+    totals = paddle.zeros([4], dtype="float64")  # correct@1, correct@k, loss sum, count
+    with paddle.no_grad():
+        for images, labels, indices in loader:
+            batch = split_corrupt(images, labels, indices, dataset, counter)
+            if batch is None:
+                continue
+            images, labels = batch
+            with paddle.amp.auto_cast(enable=amp_dtype is not None, level="O1", dtype=amp_dtype or "float16"):
+                logits = model(images)
+            logits = logits.astype("float32")
+            top = paddle.topk(logits, k=k, axis=1)[1]
+            hits = (top == labels.unsqueeze(1).astype(top.dtype)).astype("float64")
+            loss = F.cross_entropy(logits, labels, reduction="sum").astype("float64")
+            totals += paddle.stack(
+                [
+                    hits[:, 0].sum(),
+                    hits.sum(),
+                    loss.reshape([]),
+                    paddle.to_tensor(float(labels.shape[0]), "float64"),
+                ]
+            )
+    if dist.world_size > 1:
+        paddle.distributed.all_reduce(totals)
+    c1, ck, loss_sum, count = (float(v) for v in totals.numpy())
+    seen = max(count, 1.0)
+    return {"top1": c1 / seen, "top5": ck / seen, "loss": loss_sum / seen, "count": int(count)}
+
+
+# --------------------------------------------------------------------------------------------
+# The run: epochs until done
+# --------------------------------------------------------------------------------------------
+def train(s: Session, guard: SigtermGuard) -> None:
+    """Train the remaining epochs, then export the best model (rank 0)."""
+    epochs = s.settings.training.epochs
+    print_progress(s.dist.is_main, s.state.epoch, epochs, phase="Training", stepsPerEpoch=s.steps_per_epoch)
+    guard.in_loop = True  # from here on SIGTERM is handled at the next step or epoch boundary
+    while s.state.epoch < epochs:
+        trained = train_epoch(s, guard)
+        metrics = evaluate(
+            s.net, s.val_loader, s.val_set, s.index.num_classes, s.amp_dtype, s.counter, s.dist
+        )
+        end_epoch(s, trained, metrics)
+        if guard.requested:  # arrived during evaluation or saving: this epoch's checkpoint is complete
+            raise Interrupted(f"received SIGTERM; stopped after epoch {s.state.epoch} (checkpoint saved)")
+    guard.in_loop = False
+    if s.dist.is_main:
+        export_best(s)
+
+
+@dataclass
+class EpochTraining:
+    """What one epoch of training saw (this rank)."""
+
+    images: int = 0
+    loss_sum: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(self.images, 1)
+
+
+def train_epoch(s: Session, guard: SigtermGuard) -> EpochTraining:
+    """Train one epoch, from the step the state says (mid-epoch after a SIGTERM checkpoint)."""
+    state, t = s.state, s.settings.training
+    s.train_set.set_epoch(state.epoch)
+    s.sampler.set_epoch(state.epoch, start_step=state.stepInEpoch)
+    loader = make_loader(s.train_set, s.sampler, t.numWorkers)
+    s.net.train()
+    freeze_batchnorm_stats(s.model)
+    seen = EpochTraining()
+    tick = time.perf_counter()
+    bar = _progress_bar(s)
+    try:
+        for images, labels, indices in loader:
+            if guard.requested:
+                raise Interrupted()
+            batch = split_corrupt(images, labels, indices, s.train_set, s.counter)
+            if batch is not None:
+                loss = train_step(
+                    s.net, s.optimizer, s.scaler, batch[0], batch[1], s.amp_dtype, t.labelSmoothing
+                )
+                loss_value = _finite_loss(s, float(loss))
+                count = int(batch[1].shape[0])
+                seen.images += count
+                seen.loss_sum += loss_value * count
+            s.scheduler.step()
+            state.stepInEpoch += 1
+            state.globalStep += 1
+            bar.update(1)
+            if state.stepInEpoch % t.logEverySteps == 0 and seen.images:
+                rate = seen.images * s.dist.world_size / max(time.perf_counter() - tick, 1e-9)
+                bar.set_postfix(loss=f"{seen.mean_loss:.4f}", img_s=f"{rate:.1f}", refresh=False)
+        if guard.requested:
+            raise Interrupted()
+    except Interrupted:
+        save_interrupted(s)
+        raise
+    finally:
+        bar.close()
+    seen.seconds = time.perf_counter() - tick
+    state.trainImages += seen.images * s.dist.world_size
+    state.trainSeconds += seen.seconds
+    return seen
+
+
+def _progress_bar(s: Session) -> tqdm:
+    return tqdm(
+        total=s.steps_per_epoch,
+        initial=s.state.stepInEpoch,
+        desc=f"epoch {s.state.epoch + 1}/{s.settings.training.epochs}",
+        unit="step",
+        file=sys.stderr,
+        disable=not s.dist.is_main,
+        dynamic_ncols=True,
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,
+    )
+
+
+def _finite_loss(s: Session, value: float) -> float:
+    if not math.isfinite(value):
+        raise TrainerFailure(
+            EXIT_NON_FINITE_LOSS,
+            f"the loss became {value} at epoch {s.state.epoch + 1}, step {s.state.stepInEpoch + 1} "
+            f"(learning rate {s.scheduler.get_lr():.4g}): lower training.learningRate "
+            f"(now {s.base_lr:g}) or check the data",
+        )
+    return value
+
+
+def end_epoch(s: Session, trained: EpochTraining, metrics: dict[str, float]) -> None:
+    """Book the finished epoch: history, best model, checkpoint, log and progress lines."""
+    state, world = s.state, s.dist.world_size
+    state.epoch += 1
+    state.stepInEpoch = 0
+    record = {
+        "epoch": state.epoch,
+        "top1": round(metrics["top1"], 6),
+        "top5": round(metrics["top5"], 6),
+        "valLoss": round(metrics["loss"], 6),
+        "valImages": metrics["count"],  # evaluated, over all ranks (corrupt ones skipped)
+        "trainLoss": round(trained.mean_loss, 6),
+        "imagesPerSecond": round(trained.images * world / max(trained.seconds, 1e-9), 2),
+        "learningRate": s.scheduler.get_lr(),
+    }
+    state.history.append(record)
+    improved = not state.best or metrics["top1"] > state.best["top1"]
+    if improved:
+        state.best = {k: record[k] for k in ("epoch", "top1", "top5", "valLoss")}
+    if s.dist.is_main:
+        if improved:
+            ckpt.save_best(s.output, s.model, state.best)
+            write_labels(s.output / "best_model" / LABELS_FILE, s.index.label_names)
+        save_checkpoint(s)
+    s.log(
+        f"epoch {state.epoch}/{s.settings.training.epochs}: top1 {metrics['top1']:.4f} "
+        f"top5 {metrics['top5']:.4f} val loss {metrics['loss']:.4f} train loss {record['trainLoss']:.4f} "
+        f"{record['imagesPerSecond']:.1f} img/s "
+        f"(best top1 {state.best['top1']:.4f} at epoch {state.best['epoch']})"
+    )
+    print_progress(
+        s.dist.is_main,
+        state.epoch,
+        s.settings.training.epochs,
+        phase="Training",
+        top1=record["top1"],
+        top5=record["top5"],
+        loss=record["trainLoss"],
+        valLoss=record["valLoss"],
+        imagesPerSecond=record["imagesPerSecond"],
+        bestTop1=state.best["top1"],
+        bestEpoch=state.best["epoch"],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Saving
+# --------------------------------------------------------------------------------------------
+def save_checkpoint(s: Session) -> None:
+    state = s.state
+    state.scheduler = s.scheduler.state_dict()
+    state.scaler = s.scaler.state_dict() if s.scaler is not None else {}
+    state.corruptImages = dict(s.counter.seen)
+    ckpt.save_checkpoint(s.output, s.model, s.optimizer, state.to_checkpoint())
+
+
+def save_interrupted(s: Session) -> None:
+    """On SIGTERM: checkpoint the position inside the epoch, so the next attempt loses nothing."""
+    if not s.dist.is_main or s.state.stepInEpoch == 0:
+        return  # the end-of-epoch checkpoint already holds this position
+    try:
+        save_checkpoint(s)
+        s.log(
+            f"interrupted: saved epoch {s.state.epoch + 1} step {s.state.stepInEpoch} "
+            f"to {s.output / 'checkpoints'}"
+        )
+    except Exception as exc:  # noqa: BLE001 - the grace period may end first; the epoch checkpoint remains
+        s.log(f"interrupted: could not save a checkpoint ({exc}); the last epoch checkpoint remains")
+
+
+def export_best(s: Session) -> None:
+    """The best epoch's weights, exported for inference with the label names."""
+    best = s.output / "best_model" / "model.pdparams"
+    if best.is_file():
+        s.model.set_state_dict(paddle.load(str(best)))
+    prefix = export_inference(s.model, s.output, s.settings.dataset.imageSize, s.index.label_names)
+    s.log(f"exported the best model for inference to {prefix} (+ {LABELS_FILE})")

@@ -1,0 +1,300 @@
+"""Setting up one attempt: device and process group, data, model and its starting point (the
+output directory's latest checkpoint, else the pretrained weights with mismatched tensors
+stripped and a freeze decision), then the optimiser, schedule and loaders the loop runs on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paddle
+from finetune_contract import EXIT_BAD_SETTINGS, FreezeDecision, LoadSummary, TrainerSettings
+
+from . import checkpoint as ckpt
+from .data import (
+    CORRUPT_LABEL,
+    CorruptImageCounter,
+    DataError,
+    DatasetIndex,
+    EpochBatchSampler,
+    ImageDataset,
+    index_dataset,
+    make_loader,
+)
+from .freeze import apply_freeze, decide_auto, sample_indices, user_decision, without_weights_decision
+from .model import build_model
+from .pretrained import fetch_pretrained, load_pretrained
+from .report import Log
+from .schedule import WarmupCosine, build_optimizer, default_learning_rate, warmup_steps_for
+from .state import Attempt, RunState, TrainerFailure
+
+
+# --------------------------------------------------------------------------------------------
+# Device and process group
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> Distributed:
+    """Join the process group when started by ``paddle.distributed.launch`` with several ranks."""
+    world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1") or 1)
+    if world <= 1:
+        return Distributed()
+    paddle.distributed.init_parallel_env()
+    return Distributed(paddle.distributed.get_rank(), paddle.distributed.get_world_size())
+
+
+def pick_device() -> bool:
+    """Use the GPU when Paddle has one (the launcher restricts each rank to its own); True on GPU."""
+    if paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
+        paddle.set_device("gpu")
+        return True
+    paddle.set_device("cpu")
+    return False
+
+
+def amp_dtype_for(mode: str, on_gpu: bool) -> str | None:
+    """The autocast dtype, or None for full float32 (always on CPU)."""
+    if not on_gpu or mode == "off":
+        return None
+    return "float16" if mode == "auto" else mode
+
+
+# --------------------------------------------------------------------------------------------
+# What the loop works on
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Session:
+    """Everything one attempt's loop needs, set up by ``prepare``."""
+
+    settings: TrainerSettings
+    dist: Distributed
+    log: Log
+    output: Path
+    amp_dtype: str | None
+    index: DatasetIndex
+    model: paddle.nn.Layer
+    net: paddle.nn.Layer  # the model, or its DataParallel wrapper with several ranks
+    state: RunState
+    optimizer: paddle.optimizer.Optimizer
+    scheduler: WarmupCosine
+    scaler: paddle.amp.GradScaler | None
+    base_lr: float
+    counter: CorruptImageCounter
+    train_set: ImageDataset
+    val_set: ImageDataset
+    sampler: EpochBatchSampler
+    val_loader: paddle.io.DataLoader
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.sampler.steps_per_epoch()
+
+
+def prepare(settings: TrainerSettings, dist: Distributed, attempt: Attempt) -> Session:
+    """Set up the attempt, recording in ``attempt`` what is established on the way."""
+    d, t = settings.dataset, settings.training
+    log = Log(dist.is_main)
+    on_gpu = pick_device()
+    amp_dtype = amp_dtype_for(t.amp, on_gpu)
+    if t.amp not in ("auto", "off") and not on_gpu:
+        log(f"training.amp={t.amp} ignored: no GPU, training in float32")
+    paddle.seed(t.seed)
+    np.random.seed(t.seed & 0xFFFFFFFF)
+    output = Path(settings.output.dir)
+    if dist.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+
+    index = attempt.index = index_data(settings)
+    log(
+        f"data: {len(index.train)} training / {len(index.val)} validation images, {index.num_classes} classes"
+    )
+    model = build_model(settings.model.architecture, index.num_classes, settings.finetune.lrMultList)
+    state, optimizer_state, attempt.resumed_from_epoch = starting_point(settings, model, index, output, log)
+    attempt.state = state
+
+    train_set = ImageDataset(
+        index.train, d.imageSize, d.resizeShort, True, t.seed, d.cropScaleMin, d.horizontalFlip
+    )
+    val_set = ImageDataset(index.val, d.imageSize, d.resizeShort, train=False)
+    sampler = EpochBatchSampler(train_set, t.batchSize, dist.rank, dist.world_size, shuffle=True, seed=t.seed)
+    # Each rank evaluates its own slice (no padding, so every image counts once when summed).
+    val_shard = paddle.io.Subset(val_set, list(range(dist.rank, len(val_set), dist.world_size)))
+    val_sampler = paddle.io.BatchSampler(val_shard, batch_size=t.batchSize)
+    optimizer, scheduler, scaler, base_lr = optimisation(
+        settings, model, state, optimizer_state, sampler.steps_per_epoch(), dist, amp_dtype, log
+    )
+    counter = attempt.corrupt = CorruptImageCounter(d.corruptImages, d.maxCorruptImages)
+    counter.seen.update(state.corruptImages)
+    return Session(
+        settings=settings,
+        dist=dist,
+        log=log,
+        output=output,
+        amp_dtype=amp_dtype,
+        index=index,
+        model=model,
+        net=paddle.DataParallel(model) if dist.world_size > 1 else model,
+        state=state,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        base_lr=base_lr,
+        counter=counter,
+        train_set=train_set,
+        val_set=val_set,
+        sampler=sampler,
+        val_loader=make_loader(val_shard, val_sampler, t.numWorkers),
+    )
+
+
+def index_data(settings: TrainerSettings) -> DatasetIndex:
+    d = settings.dataset
+    return index_dataset(
+        d.root,
+        d.format,
+        d.numClasses,
+        trainList=d.trainList,
+        valList=d.valList,
+        labelList=d.labelList,
+        trainDir=d.trainDir,
+        valDir=d.valDir,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Where training starts: a checkpoint, or the pretrained weights and a freeze decision
+# --------------------------------------------------------------------------------------------
+def starting_point(
+    settings: TrainerSettings, model: paddle.nn.Layer, index: DatasetIndex, output: Path, log: Log
+) -> tuple[RunState, dict[str, Any] | None, int | None]:
+    """(run state, optimiser state to restore or None, the epoch resumed from or None). Resumes
+    from the output directory's latest checkpoint, keeping its freeze decision; else loads the
+    pretrained weights and decides what to train."""
+    latest = ckpt.find_latest(output)
+    if latest is None:
+        state = RunState(
+            seed=settings.training.seed,
+            architecture=settings.model.architecture,
+            numClasses=index.num_classes,
+        )
+        state.load, decision = initialise(settings, model, index, log)
+        report = apply_freeze(model, decision.strategy, decision.stages)
+        optimizer_state, resumed = None, None
+    else:
+        weights, optimizer_state, saved = ckpt.load_checkpoint(latest)
+        state = RunState.from_checkpoint(saved)
+        if (state.architecture, state.numClasses) != (settings.model.architecture, index.num_classes):
+            raise TrainerFailure(
+                EXIT_BAD_SETTINGS,
+                f"output.dir {output} holds a checkpoint of {state.architecture} with {state.numClasses} "
+                f"classes, but this run is {settings.model.architecture} with {index.num_classes}: "
+                "use a new output.dir",
+            )
+        if state.freeze is None:
+            raise ValueError(f"{latest}/state.json holds no freeze decision")
+        decision = state.freeze
+        # Freeze first: "from-scratch" re-initialises the weights, which the checkpoint then replaces.
+        report = apply_freeze(model, decision.strategy, decision.stages)
+        model.set_state_dict(weights)
+        resumed = state.epoch
+        log(f"resuming from {latest} (epoch {state.epoch}, step {state.stepInEpoch} of the next)")
+    state.freeze = f = report.applied(decision)
+    log(
+        f"freeze: {f.strategy} (decided by {f.decidedBy}{f', rule {f.rule}' if f.rule else ''}; "
+        f"evidence {json.dumps(f.evidence)}); {f.trainableParameters:,} trainable parameters"
+    )
+    return state, optimizer_state, resumed
+
+
+def initialise(
+    settings: TrainerSettings, model: paddle.nn.Layer, index: DatasetIndex, log: Log
+) -> tuple[LoadSummary, FreezeDecision]:
+    """A fresh run: load the pretrained weights (stripping mismatches), then decide what to train."""
+    f = settings.finetune
+    source = settings.model.pretrained
+    load, pretrained = LoadSummary(), False
+    if f.freeze != "from-scratch" and (source.name or source.url or source.path):
+        path = fetch_pretrained(source, settings.cacheDir)
+        if path is not None:
+            report = load_pretrained(model, path, strip_mismatched=f.stripMismatched)
+            load, pretrained = report.load_summary(), True
+            log(
+                f"pretrained {path}: {len(report.loaded)} loaded, {len(report.stripped)} stripped "
+                f"({', '.join(report.stripped[:4])}), {len(report.missing)} missing, "
+                f"{len(report.unexpected)} unexpected"
+            )
+    if f.freeze != "auto":
+        if f.freeze != "from-scratch" and not pretrained:
+            log(f"warning: finetune.freeze={f.freeze} without pretrained weights trains from random weights")
+        return load, user_decision(f.freeze, f.freezeStages)
+    if not pretrained:
+        return load, without_weights_decision()
+    images, labels = auto_sample(index, settings)
+    return load, decide_auto(model, images, labels, index.num_classes, len(index.train))
+
+
+def auto_sample(index: DatasetIndex, settings: TrainerSettings) -> tuple[paddle.Tensor, list[int]]:
+    """A class-balanced sample of training images (eval transform) for ``freeze.decide_auto``."""
+    d = settings.dataset
+    dataset = ImageDataset(index.train, d.imageSize, d.resizeShort, train=False)
+    images, labels = [], []
+    for i in sample_indices([s.label for s in index.train], seed=settings.training.seed):
+        image, label, _ = dataset[i]
+        if label != CORRUPT_LABEL:
+            images.append(image)
+            labels.append(int(label))
+    if not images:
+        raise DataError(f"{d.root}: none of the sampled training images could be decoded")
+    return paddle.to_tensor(np.stack(images)), labels
+
+
+# --------------------------------------------------------------------------------------------
+# Optimiser, schedule, AMP scaler
+# --------------------------------------------------------------------------------------------
+def optimisation(
+    settings: TrainerSettings,
+    model: paddle.nn.Layer,
+    state: RunState,
+    optimizer_state: dict[str, Any] | None,
+    steps_per_epoch: int,
+    dist: Distributed,
+    amp_dtype: str | None,
+    log: Log,
+) -> tuple[paddle.optimizer.Optimizer, WarmupCosine, paddle.amp.GradScaler | None, float]:
+    """The recipe's momentum SGD with warm-up and cosine, restored to the checkpoint's position
+    when resuming; returns (optimiser, scheduler, scaler or None, peak learning rate)."""
+    t = settings.training
+    total_steps = steps_per_epoch * t.epochs
+    from_scratch = state.freeze is not None and state.freeze.strategy == "from-scratch"
+    base_lr = t.learningRate or default_learning_rate(t.batchSize * dist.world_size, from_scratch)
+    warmup = warmup_steps_for(t.warmupEpochs, t.epochs, steps_per_epoch)
+    if warmup < t.warmupEpochs * steps_per_epoch:
+        log(f"warm-up shortened to {warmup} steps (at most half of the {total_steps}-step run)")
+    scheduler = WarmupCosine(base_lr, warmup, total_steps)
+    trainable = [p for p in model.parameters() if not p.stop_gradient]
+    optimizer = build_optimizer(trainable, scheduler, t.momentum, t.weightDecay)
+    scaler = paddle.amp.GradScaler(init_loss_scaling=2.0**15) if amp_dtype == "float16" else None
+    if optimizer_state is not None:
+        optimizer.set_state_dict(ckpt.restore_optimizer_state(optimizer_state, model))
+        scheduler.set_state_dict(state.scheduler)
+        if scaler is not None and state.scaler:
+            scaler.load_state_dict(state.scaler)
+    state.learningRate = base_lr
+    log(
+        f"{settings.model.architecture}: lr {base_lr:g} (warm-up {warmup} steps, cosine to step "
+        f"{total_steps}), batch {t.batchSize} x {dist.world_size} process(es), amp {amp_dtype or 'off'}"
+    )
+    return optimizer, scheduler, scaler, base_lr
