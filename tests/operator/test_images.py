@@ -1,7 +1,9 @@
 """The images' promises that can be checked without a Docker engine.
 
 * The operator extra installs and imports in a fresh virtual environment with no Paddle in it,
-  so the operator image (which installs only `.[operator]`) never carries Paddle.
+  from exactly the files the operator Dockerfile copies, so the operator image (which installs
+  only `.[operator]`) builds and never carries Paddle.
+* Each image copies the contract and its own program, not the other program.
 * Both Dockerfiles pin their base image tags, run as a numeric non-root user, and the trainer
   image installs `.[trainer]` (the extra without Paddle) so the base image's Paddle stays.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import venv
@@ -34,8 +37,31 @@ def _run(cmd: list[str], timeout: int) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
 
+def _copied(dockerfile: Path) -> list[str]:
+    """The repository paths a Dockerfile's COPY lines take from the build context."""
+    paths = []
+    for line in re.findall(r"^COPY\s+(?!--from)(.+)$", dockerfile.read_text(), flags=re.MULTILINE):
+        *sources, _ = line.split()
+        paths.extend(s for s in sources if not s.startswith("--"))
+    return paths
+
+
+def test_each_image_copies_the_contract_and_only_its_own_program() -> None:
+    assert _copied(DOCKERFILES["operator"]) == ["pyproject.toml", "README.md", "contract", "operator"]
+    assert _copied(DOCKERFILES["trainer"]) == ["pyproject.toml", "README.md", "contract", "trainer"]
+
+
 @pytest.mark.slow
 def test_operator_extra_installs_and_imports_without_paddle(tmp_path: Path) -> None:
+    # The build context as the operator Dockerfile sees it: only what it copies.
+    context = tmp_path / "context"
+    context.mkdir()
+    ignored = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for path in _copied(DOCKERFILES["operator"]):
+        if (ROOT / path).is_dir():
+            shutil.copytree(ROOT / path, context / path, ignore=ignored)
+        else:
+            shutil.copy2(ROOT / path, context / path)
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
     py = str(env_dir / "bin" / "python")
@@ -44,7 +70,16 @@ def test_operator_extra_installs_and_imports_without_paddle(tmp_path: Path) -> N
     offline = (WHEELHOUSE / ".done").exists()
     source = ["--no-index", "--find-links", str(WHEELHOUSE)] if offline else []
     install = _run(
-        [py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *source, f"{ROOT}[operator]"],
+        [
+            py,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            *source,
+            f"{context}[operator]",
+        ],
         timeout=600,
     )
     assert install.returncode == 0, f"pip install '.[operator]' failed:\n{install.stdout}\n{install.stderr}"

@@ -142,7 +142,7 @@ def test_cpu_gemm_conv_equals_conv_kernel(kernel, stride, size):
     x = paddle.randn([3, 8, size, size])
     x.stop_gradient = False
     want = conv(x)
-    got = model_module._conv_as_gemm(x, conv)
+    got = model_module.conv_as_gemm(x, conv)
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
     upstream = paddle.randn(want.shape)
     grads_want = paddle.grad((want * upstream).sum(), [x, conv.weight])
@@ -154,10 +154,10 @@ def test_cpu_gemm_conv_equals_conv_kernel(kernel, stride, size):
 def test_fast_path_only_on_small_maps_and_export_keeps_conv2d(tmp_path):
     model = build_model("ResNet18_vd", 3)
     conv3, conv1 = model.blocks[7].conv1.conv, model.blocks[0].short.conv
-    assert model_module._use_gemm(paddle.zeros([1, 512, 7, 7]), conv3)
-    assert not model_module._use_gemm(paddle.zeros([1, 64, 8, 8]), conv3)
-    assert model_module._use_gemm(paddle.zeros([1, 64, 8, 8]), conv1)
-    assert not model_module._use_gemm(paddle.zeros([1, 64, 9, 9]), conv1)
+    assert model_module.use_gemm(paddle.zeros([1, 512, 7, 7]), conv3)
+    assert not model_module.use_gemm(paddle.zeros([1, 64, 8, 8]), conv3)
+    assert model_module.use_gemm(paddle.zeros([1, 64, 8, 8]), conv1)
+    assert not model_module.use_gemm(paddle.zeros([1, 64, 9, 9]), conv1)
     # An exported inference graph holds plain conv2d ops (which inference fuses with BN).
     model.eval()
     spec = [paddle.static.InputSpec([None, 3, 32, 32], "float32")]

@@ -51,7 +51,7 @@ DEPTHS: dict[str, Depth] = {
     "ResNet152_vd": Depth(bottleneck=True, blocks=(3, 8, 36, 3)),
 }
 
-# CPU fast path (see ``_conv_as_gemm``): feature maps up to this many pixels run their convs as
+# CPU fast path (see ``conv_as_gemm``): feature maps up to this many pixels run their convs as
 # one matrix product. Measured on Paddle 3.3 CPU, fwd+bwd, batch 4-8: 1x1 convs 1.3-5x faster up
 # to 8x8 maps, 3x3 convs 1.3-2.7x faster up to 7x7; on larger maps the conv kernel wins.
 GEMM_MAX_PIXELS = {1: 64, 3: 49}
@@ -106,12 +106,12 @@ class ConvBN(nn.Layer):
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         if self.pool is not None:
             x = self.pool(x)
-        x = _conv_as_gemm(x, self.conv) if _use_gemm(x, self.conv) else self.conv(x)
+        x = conv_as_gemm(x, self.conv) if use_gemm(x, self.conv) else self.conv(x)
         x = self.bn(x)
         return self.relu(x) if self.relu is not None else x
 
 
-def _use_gemm(x: paddle.Tensor, conv: nn.Conv2D) -> bool:
+def use_gemm(x: paddle.Tensor, conv: nn.Conv2D) -> bool:
     """Only eagerly on a CPU: exported (static) graphs keep conv2d, which inference fuses with BN,
     and GPUs have cuDNN."""
     if not CPU_GEMM_CONV or not paddle.in_dynamic_mode() or not x.place.is_cpu_place():
@@ -120,7 +120,7 @@ def _use_gemm(x: paddle.Tensor, conv: nn.Conv2D) -> bool:
     return limit is not None and x.shape[2] * x.shape[3] <= limit
 
 
-def _conv_as_gemm(x: paddle.Tensor, conv: nn.Conv2D) -> paddle.Tensor:
+def conv_as_gemm(x: paddle.Tensor, conv: nn.Conv2D) -> paddle.Tensor:
     """The same convolution as one matrix product over the whole batch.
 
     Paddle's CPU conv kernel multiplies sample by sample, so on small maps with many channels its
