@@ -6,11 +6,12 @@ then follows a half cosine down to 0, stepped once per iteration (PaddleClas's `
 here in closed form so a resumed run lands on exactly the same value).
 
 Default learning rate (``training.learningRate: 0``): the finetune rate is the flowers102
-finetune config's 0.0125 per 32 images. The seed's advice is that finetuning wants a rate about
-10x smaller than training from scratch, so ``freeze: from-scratch`` (whether chosen or decided by
-``auto``) defaults to 10x that, 0.125 per 32 images. Both scale linearly with the global batch
-(batch size per process x number of processes), the linear scaling rule, which relies on the
-warm-up for the larger rates. Set ``training.learningRate`` to override either.
+finetune config's 0.0125 per 32 images. The PaddleClas finetune guide's advice is that
+finetuning wants a rate about 10x smaller than training from scratch, so ``freeze: from-scratch``
+(whether chosen or decided by ``auto``) defaults to 10x that, 0.125 per 32 images. Both scale
+linearly with the global batch (batch size per process x number of processes), the linear
+scaling rule, which relies on the warm-up for the larger rates. Set ``training.learningRate``
+to override either.
 """
 
 from __future__ import annotations
