@@ -94,4 +94,4 @@ bench: venv
 	$(PY) bench/run.py
 
 clean: cluster-down
-	rm -rf $(VENV) .cluster .pytest_cache .ruff_cache
+	rm -rf $(VENV) .cluster .pytest_cache .ruff_cache .hypothesis

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import math
+
 import finetune_trainer.model as model_module
 import numpy as np
 import paddle
 import pytest
-from finetune_trainer.model import DEPTHS, build_model, count_parameters, stage_of
+from finetune_trainer.model import DEPTHS, build_model, stage_of
 
 
 @pytest.fixture(scope="module")
 def r50():
     paddle.seed(0)
     return build_model("ResNet50_vd", 1000)
+
+
+def count_parameters(model) -> int:
+    """Values in the model's parameters, running statistics included."""
+    return sum(math.prod(param.shape) for _, param in model.named_parameters())
 
 
 def test_resnet50_vd_state_dict_matches_paddleclas_facts(r50):

@@ -302,13 +302,3 @@ def build_model(architecture: str, num_classes: int, lr_mult_list: Sequence[floa
 def running_stat_names(model: nn.Layer) -> set[str]:
     """State-dict keys of BatchNorm running statistics (Paddle keeps them as non-trainable parameters)."""
     return {name for name, _ in model.named_parameters() if name.endswith(("._mean", "._variance"))}
-
-
-def count_parameters(model: nn.Layer, trainable_only: bool = False) -> int:
-    """Number of values in the model's parameters (running statistics included unless trainable_only)."""
-    total = 0
-    for _, param in model.named_parameters():
-        if trainable_only and param.stop_gradient:
-            continue
-        total += math.prod(param.shape)
-    return total
