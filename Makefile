@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 binaries:
-	tests/cluster/build-binaries.sh >/dev/null
+	localcluster/build-binaries.sh >/dev/null
 
 # A real Prometheus server and promtool for tests/operator/test_prometheus.py: Debian's package,
 # installed once (a no-op when both are on PATH already).
@@ -80,10 +80,10 @@ test-cluster: venv binaries prometheus
 # A local control plane left running for people and the demo: .cluster/kubeconfig (see
 # tests/cluster/README.md). `make test` does not need it.
 cluster-up: venv binaries
-	$(PY) -m tests.cluster.harness up
+	$(PY) -m localcluster.cluster up
 
 cluster-down:
-	@if [ -x $(PY) ]; then $(PY) -m tests.cluster.harness down; else echo "no $(PY): nothing started"; fi
+	@if [ -x $(PY) ]; then $(PY) -m localcluster.cluster down; else echo "no $(PY): nothing started"; fi
 
 # The demo (demo/README.md): cluster, chart, operator, weights and data, one FineTuneJob to
 # Succeeded. Everything stays running; `make cluster-down` stops it.

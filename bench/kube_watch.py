@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tests.cluster.kube_rest import KubeError, KubeRest
+from localcluster.kube_rest import KubeError, KubeRest
 
 Event = tuple[float, str, dict[str, Any]]  # (arrival, type, object)
 

@@ -51,11 +51,11 @@ from finetune_operator.pod import LABEL_JOB, LABEL_MANAGED_BY, render_pod  # noq
 
 from bench.kube_watch import SECONDS, Watcher, count_delta, parallel, request_counts  # noqa: E402
 from bench.proc_sampler import Sampler, cpu_model  # noqa: E402
-from tests.cluster.harness import GPUS_PER_NODE, Cluster, drive_annotations  # noqa: E402
-from tests.cluster.kube_rest import KubeError, KubeRest  # noqa: E402
+from localcluster.cluster import GPUS_PER_NODE, Cluster, drive_annotations  # noqa: E402
+from localcluster.kube_rest import KubeError, KubeRest  # noqa: E402
+from localcluster.operator_process import OperatorProcess  # noqa: E402
 from tests.operator import crd  # noqa: E402
 from tests.operator.fake_jobs import RESULT, job_manifest  # noqa: E402
-from tests.operator.running_operator import OperatorProcess  # noqa: E402
 
 FTJ = f"/apis/{crd.GROUP}/{crd.VERSION}/namespaces/{{ns}}/{crd.PLURAL}"
 BATCH_JOBS = "/apis/batch/v1/namespaces/{ns}/jobs"

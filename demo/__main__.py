@@ -23,10 +23,10 @@ from typing import Any
 import yaml
 
 from demo import assets
-from tests.cluster.harness import DEFAULT_STATE_DIR, REPO_ROOT, Cluster, _pid_alive
+from localcluster.cluster import DEFAULT_STATE_DIR, REPO_ROOT, Cluster, _pid_alive
+from localcluster.helm import install_for_local_operator
+from localcluster.operator_process import OperatorProcess
 from tests.operator import crd
-from tests.operator.helm import install_for_local_operator
-from tests.operator.running_operator import OperatorProcess
 
 EXAMPLE = REPO_ROOT / "examples" / "demo-digits.yaml"
 NAMESPACE = "default"  # the example names none: `kubectl get ftj` shows it without -n

@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from finetune_trainer.digits import FINETUNE_CLASSES, PRETRAIN_CLASSES
-
-from tests.cluster.harness import REPO_ROOT, Cluster, _pid_alive
+from demo.digits import FINETUNE_CLASSES, PRETRAIN_CLASSES
+from localcluster.cluster import REPO_ROOT, Cluster, _pid_alive
 
 # The stand-in for ImageNet is a model that knows digits 0-5 (a 6-class fc); the demo job's task
 # is digits it never saw, 6-9 (numClasses 4), so the pretrained fc does not fit and is stripped,
@@ -40,7 +39,7 @@ def weights_path() -> Path:
 def make_weights(path: Path) -> dict[str, Any]:
     """Train ResNet18_vd from scratch on digits 0-5 (the trainer itself) and save its best weights
     at `path`; returns the trainer's result."""
-    from finetune_trainer.digits import make_pretrained_weights
+    from demo.digits import make_pretrained_weights
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="pfo-demo-pretrain-") as work:
@@ -72,7 +71,7 @@ def sha256_of(path: Path) -> str:
 def write_finetune_data(folder: Path) -> dict[str, Any]:
     """Digits 6-9 (relabelled 0-3, labels.txt names them) in PaddleClas list format, replacing what
     was there."""
-    from finetune_trainer.digits import write_digits_dataset
+    from demo.digits import write_digits_dataset
 
     for child in folder.iterdir():
         shutil.rmtree(child) if child.is_dir() else child.unlink()
@@ -84,7 +83,7 @@ def https_server(cluster: Cluster, folder: Path) -> tuple[int, Path]:
     companion of the cluster (make cluster-down stops it), or the one a previous run left.
     Returns (port, certificate). The certificate lives in the cluster's state directory, outside
     /root, so the trainer's non-root user can read it."""
-    from tests.https_files import make_self_signed
+    from localcluster.https_files import make_self_signed
 
     tls = cluster.state_dir / "demo"
     cert, key, port_file = tls / "cert.pem", tls / "key.pem", tls / "https.port"
@@ -95,7 +94,7 @@ def https_server(cluster: Cluster, folder: Path) -> tuple[int, Path]:
     port_file.unlink(missing_ok=True)
     if not cert.is_file():
         make_self_signed(cert, key)
-    argv = [sys.executable, "-m", "tests.https_files", "--dir", str(folder), "--cert", str(cert),
+    argv = [sys.executable, "-m", "localcluster.https_files", "--dir", str(folder), "--cert", str(cert),
             "--key", str(key), "--port-file", str(port_file)]  # fmt: skip
     with open(cluster.state_dir / "logs" / f"{HTTPS_NAME}.log", "ab") as log:
         proc = subprocess.Popen(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.harness import DEFAULT_STATE_DIR, Cluster, stop_state_dir
+from localcluster.cluster import DEFAULT_STATE_DIR, Cluster, stop_state_dir
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -54,7 +54,7 @@ def crd_installed(cluster: Any) -> str:
 def operator(cluster: Any, namespace: str, crd_installed: str, tmp_path: Any) -> Any:
     """The real operator as a subprocess watching this test's namespace (Pod Security
     "restricted" enforced there, so every pod it renders is checked by the API server)."""
-    from tests.operator.running_operator import OperatorProcess
+    from localcluster.operator_process import OperatorProcess
 
     cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     proc = OperatorProcess(cluster, [namespace], tmp_path / "operator.log")

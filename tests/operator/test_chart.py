@@ -18,9 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.operator import crd
-from tests.operator.fake_jobs import RESULT, create_job, get_json, job_status, run_to_success, wait_for
-from tests.operator.helm import (
+from localcluster.helm import (
     CHART,
     by_kind,
     documents,
@@ -30,7 +28,9 @@ from tests.operator.helm import (
     render,
     service_account_kubeconfig,
 )
-from tests.operator.running_operator import OperatorProcess
+from localcluster.operator_process import OperatorProcess
+from tests.operator import crd
+from tests.operator.fake_jobs import RESULT, create_job, get_json, job_status, run_to_success, wait_for
 
 DASHBOARD = CHART / "dashboards" / "paddle-finetune-operator.json"
 # The rules the operator needs (operator/finetune_operator/RBAC.md); nothing more may be granted.

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.https_files import make_self_signed, serve
-from tests.operator.running_operator import (
+from localcluster.https_files import make_self_signed, serve
+from localcluster.operator_process import (
     OperatorProcess,
     apply,
     condition,
@@ -49,7 +49,7 @@ def https_dir() -> Iterator[tuple[Path, int]]:
 
 
 def test_finetune_job_runs_the_real_trainer(cluster, namespace, crd_installed, https_dir, tmp_path):
-    from finetune_trainer.digits import make_pretrained_weights, write_digits_dataset
+    from demo.digits import make_pretrained_weights, write_digits_dataset
 
     t0 = time.monotonic()
     https_root, port = https_dir

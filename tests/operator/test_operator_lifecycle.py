@@ -13,7 +13,7 @@ import re
 
 from finetune_contract import encode_result
 
-from tests.operator.running_operator import (
+from localcluster.operator_process import (
     apply,
     condition,
     events,

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.harness import free_port
+from localcluster.cluster import free_port
+from localcluster.helm import CHART
+from localcluster.operator_process import OperatorProcess
 from tests.operator.fake_jobs import RESULT, run_to_success, wait_for
-from tests.operator.helm import CHART
-from tests.operator.running_operator import OperatorProcess
 
 SCRAPE_JOB = "finetune-operator"
 

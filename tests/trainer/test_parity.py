@@ -13,7 +13,7 @@ import paddle
 import pytest
 from finetune_trainer.model import build_model
 
-from tests.trainer.paddleclas_reference import ReferenceUnavailable, load_reference_resnet
+from bench.paddleclas_reference import ReferenceUnavailable, load_reference_resnet
 
 
 @pytest.fixture(scope="module")

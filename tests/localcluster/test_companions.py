@@ -7,7 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.cluster.harness import Cluster, _pid_alive, stop_state_dir
+from localcluster.cluster import Cluster, _pid_alive, stop_state_dir
 
 
 def test_stopping_the_cluster_stops_its_companions(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ each container's command and args as a local process with the pod's environment:
 Environment and volumes come from pod_inputs.py, the log endpoint from kubelet_logs.py, and each
 container is started by podexec.py inside its mount namespace.
 
-Run by the harness; by hand: python -m tests.cluster.runner --kubeconfig K --node N --root DIR ...
+Run by the harness; by hand: python -m localcluster.runner.node --kubeconfig K --node N --root DIR ...
 """
 
 from __future__ import annotations
@@ -44,9 +44,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tests.cluster.kube_rest import KubeError, KubeRest
-from tests.cluster.kubelet_logs import serve_logs
-from tests.cluster.pod_inputs import DEFAULT_PATH, REPO_ROOT, PodContext, SetupError, expand, volume_sources
+from localcluster.kube_rest import KubeError, KubeRest
+from localcluster.runner.kubelet_logs import serve_logs
+from localcluster.runner.pod_inputs import (
+    DEFAULT_PATH,
+    REPO_ROOT,
+    PodContext,
+    SetupError,
+    expand,
+    volume_sources,
+)
 
 RUNNER_LABEL = "pfo.dev/local-runner"
 MESSAGE_LIMIT = 4096  # kubelet's limit for one container's termination message
@@ -312,7 +319,7 @@ class PodWorker(threading.Thread):
                     "--",
                     sys.executable,
                     "-m",
-                    "tests.cluster.podexec",
+                    "localcluster.runner.podexec",
                     str(spec_file),
                 ],
                 stdin=subprocess.DEVNULL,
@@ -671,7 +678,7 @@ class Runner:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m tests.cluster.runner", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m localcluster.runner.node", description=__doc__.split("\n")[0])
     p.add_argument("--kubeconfig", required=True, help="a kubeconfig with the node identity system:node:NODE")
     p.add_argument("--node", required=True)
     p.add_argument("--root", required=True, help="folder for volumes/ and pods/ (logs, termination files)")

@@ -5,7 +5,7 @@ serve the weights they made with this; the trainer trusts the certificate throug
 REQUESTS_CA_BUNDLE (the operator's --trainer-env). In-process (`serve`, a thread) for tests, or as
 its own process for the demo, which leaves it running with the cluster:
 
-    python -m tests.https_files --dir FOLDER --cert CERT --key KEY [--port N] [--port-file F]
+    python -m localcluster.https_files --dir FOLDER --cert CERT --key KEY [--port N] [--port-file F]
 """
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ def serve(folder: Path, cert: Path, key: Path, port: int = 0) -> http.server.Thr
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.https_files", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m localcluster.https_files", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--dir", type=Path, required=True, help="the folder to serve")
     parser.add_argument("--cert", type=Path, required=True)
     parser.add_argument("--key", type=Path, required=True)

@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.cluster.harness import Cluster
+from localcluster.cluster import Cluster
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[1]
 # Short timings so every lifecycle fits in seconds.
 FAST_FLAGS = (
     "--backoff-base", "1",

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "paddle-finetune-operator"
 CHART_NAME = "paddle-finetune-operator"
 
 
 def _pinned_versions() -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in (ROOT / "tests/cluster/versions.env").read_text().splitlines())
+    pairs = (line.split("=", 1) for line in (ROOT / "localcluster/versions.env").read_text().splitlines())
     return {k.strip(): v.strip() for k, v in (p for p in pairs if len(p) == 2 and not p[0].startswith("#"))}
 
 
@@ -45,7 +45,7 @@ def helm_binary(bin_dir: Path | None = None) -> Path:
     found = shutil.which("helm")
     if found:
         return Path(found)
-    pytest.skip("helm is not built yet: run `make binaries` (tests/cluster/build-binaries.sh)")
+    pytest.skip("helm is not built yet: run `make binaries` (localcluster/build-binaries.sh)")
     raise AssertionError("unreachable")
 
 
@@ -137,17 +137,17 @@ def install_for_local_operator(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m tests.operator.helm install-local`: install the chart into the cluster that
+    """`python -m localcluster.helm install-local`: install the chart into the cluster that
     `make cluster-up` runs and print a kubeconfig path for its ServiceAccount, e.g.
 
-        KUBECONFIG=$(python -m tests.operator.helm install-local) finetune-operator
+        KUBECONFIG=$(python -m localcluster.helm install-local) finetune-operator
     """
     import argparse
     import sys
 
-    from tests.cluster.harness import DEFAULT_STATE_DIR, Cluster
+    from localcluster.cluster import DEFAULT_STATE_DIR, Cluster
 
-    parser = argparse.ArgumentParser(prog="python -m tests.operator.helm", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m localcluster.helm", description=main.__doc__)
     parser.add_argument("action", choices=["install-local"])
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     parser.add_argument("--namespace", default="pfo-system")

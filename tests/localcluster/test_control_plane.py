@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.cluster.harness import HERE, Cluster
+from localcluster.cluster import HERE, Cluster
 
 
 def pinned_versions() -> dict[str, str]:

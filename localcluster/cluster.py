@@ -2,12 +2,12 @@
 
 etcd, kube-apiserver (RBAC + Node authorization, ServiceAccount tokens, client-certificate
 identities), kube-controller-manager, kube-scheduler, kwok (fake nodes and scripted pod lifecycles)
-and the local process runner (tests/cluster/runner.py, one node that really runs pods) are started
+and the local process runner (localcluster/runner/node.py, one node that really runs pods) are started
 from the binaries built by build-binaries.sh. Every port is picked free at start, so clusters
 coexist; all state (certificates, etcd data, logs, pids) lives in one directory.
 
-    python -m tests.cluster.harness up   [--state-dir .cluster]   # prints the kubeconfig path
-    python -m tests.cluster.harness down [--state-dir .cluster]
+    python -m localcluster.cluster up   [--state-dir .cluster]   # prints the kubeconfig path
+    python -m localcluster.cluster down [--state-dir .cluster]
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from typing import Any
 
 import yaml
 
-from tests.cluster.pki import PKI
+from localcluster.pki import PKI
 
 HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parent.parent
+REPO_ROOT = HERE.parent
 DEFAULT_STATE_DIR = REPO_ROOT / ".cluster"
 
 RUNNER_NODE = "local-runner"
@@ -77,7 +77,7 @@ def bin_dir() -> Path:
         ["bash", str(HERE / "build-binaries.sh")], stdout=subprocess.PIPE, stderr=None, text=True, check=False
     )
     if proc.returncode != 0:
-        raise ClusterError("tests/cluster/build-binaries.sh failed (see its messages above)")
+        raise ClusterError("localcluster/build-binaries.sh failed (see its messages above)")
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
@@ -564,7 +564,7 @@ class _Starter:
             "--node-lease-duration-seconds", "40", "--cidr", "10.244.0.0/16", "--enable-crds", "Logs",
         ])  # fmt: skip
         self.spawn("runner", [
-            sys.executable, "-m", "tests.cluster.runner",
+            sys.executable, "-m", "localcluster.runner.node",
             "--kubeconfig", str(kubeconfigs["runner.kubeconfig"]), "--node", RUNNER_NODE,
             "--root", self.state["runner_root"], "--port", str(ports["runner"]),
             "--tls-cert", str(runner_tls.cert), "--tls-key", str(runner_tls.key), "--client-ca", str(ca),
@@ -645,7 +645,7 @@ def stop_state_dir(state_dir: Path, *, remove: bool = True, grace: float = 10.0)
                 os.killpg(p["pid"], signal.SIGKILL)
     _reap(procs)
     # Pod processes the runner started run in sessions of their own: stop any it left behind.
-    from tests.cluster.runner import kill_leftover_pods
+    from localcluster.runner.node import kill_leftover_pods
 
     kill_leftover_pods(Path(state.get("runner_root", state_dir / "runner")))
     if remove and state_dir.exists():
@@ -653,9 +653,9 @@ def stop_state_dir(state_dir: Path, *, remove: bool = True, grace: float = 10.0)
 
 
 def _start_watchdog(state_dir: Path, owner_pid: int) -> None:
-    from tests.cluster.runner import _proc_start_time
+    from localcluster.runner.node import _proc_start_time
 
-    argv = [sys.executable, "-m", "tests.cluster.harness", "watch", "--state-dir", str(state_dir),
+    argv = [sys.executable, "-m", "localcluster.cluster", "watch", "--state-dir", str(state_dir),
             "--owner-pid", str(owner_pid), "--owner-start", str(_proc_start_time(owner_pid))]  # fmt: skip
     subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -665,7 +665,7 @@ def _start_watchdog(state_dir: Path, owner_pid: int) -> None:
 
 def _watch(state_dir: Path, owner_pid: int, owner_start: str) -> None:
     """Stop the cluster in `state_dir` once its owner process is gone; end when the state is gone."""
-    from tests.cluster.runner import _proc_start_time
+    from localcluster.runner.node import _proc_start_time
 
     while state_dir.exists():
         if _proc_start_time(owner_pid) != owner_start:
@@ -692,7 +692,7 @@ def _reap(procs: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.cluster.harness", description=__doc__.split("\n")[0]
+        prog="python -m localcluster.cluster", description=__doc__.split("\n")[0]
     )
     parser.add_argument("action", choices=["up", "down", "status", "watch"])
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
