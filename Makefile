@@ -65,7 +65,7 @@ images:
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check operator trainer tests bench demo
+	$(VENV)/bin/ruff format --check operator trainer tests bench demo localcluster
 
 test-unit: venv operator-wheels
 	$(PY) -m pytest -m "not cluster" tests
@@ -78,12 +78,12 @@ test-cluster: venv binaries prometheus
 	$(PY) -m pytest -m cluster tests
 
 # A local control plane left running for people and the demo: .cluster/kubeconfig (see
-# tests/cluster/README.md). `make test` does not need it.
+# localcluster/README.md). `make test` does not need it.
 cluster-up: venv binaries
-	$(PY) -m localcluster.cluster up
+	$(PY) -m localcluster up
 
 cluster-down:
-	@if [ -x $(PY) ]; then $(PY) -m localcluster.cluster down; else echo "no $(PY): nothing started"; fi
+	@if [ -x $(PY) ]; then $(PY) -m localcluster down; else echo "no $(PY): nothing started"; fi
 
 # The demo (demo/README.md): cluster, chart, operator, weights and data, one FineTuneJob to
 # Succeeded. Everything stays running; `make cluster-down` stops it.

@@ -1,52 +1,41 @@
-"""Helpers for the chart's tests: the pinned helm, rendering and parsing the chart, and a kubeconfig
-that authenticates as the chart's ServiceAccount."""
+"""The pinned helm against the local cluster: installing the chart, and a kubeconfig that
+authenticates as the chart's ServiceAccount, so a local operator process gets exactly the RBAC the
+chart grants (kwok's fake nodes cannot run the operator's Deployment)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-CHART = ROOT / "charts" / "paddle-finetune-operator"
+from localcluster.binaries import cached_bin_dir
+from localcluster.errors import ClusterError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CHART = REPO_ROOT / "charts" / "paddle-finetune-operator"
 CHART_NAME = "paddle-finetune-operator"
 
 
-def _pinned_versions() -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in (ROOT / "localcluster/versions.env").read_text().splitlines())
-    return {k.strip(): v.strip() for k, v in (p for p in pairs if len(p) == 2 and not p[0].startswith("#"))}
-
-
-VERSIONS = _pinned_versions()
-# `helm template` without a cluster assumes Kubernetes v1.20, below the chart's kubeVersion.
-KUBE_VERSION = VERSIONS["K8S_VERSION"]
+class HelmNotFound(ClusterError):
+    """No helm binary: build-binaries.sh has not built it yet and none is on PATH."""
 
 
 def helm_binary(bin_dir: Path | None = None) -> Path:
-    """The helm that build-binaries.sh built (the cluster's bin_dir), else skip the test."""
-    candidates = []
-    if bin_dir is not None:
-        candidates.append(Path(bin_dir) / "helm")
-    if os.environ.get("PFO_BIN_DIR"):
-        candidates.append(Path(os.environ["PFO_BIN_DIR"]) / "helm")
-    cache = Path(os.environ.get("PFO_CACHE", Path.home() / ".cache" / "paddle-finetune-operator"))
-    v = VERSIONS
-    key = f"k8s-{v['K8S_VERSION']}-etcd-{v['ETCD_VERSION']}-kwok-{v['KWOK_VERSION']}-helm-{v['HELM_VERSION']}"
-    candidates.append(cache / "bin" / key / "helm")
+    """The helm that build-binaries.sh built (in `bin_dir`, $PFO_BIN_DIR or the cache), else one on
+    PATH. Never builds: raises HelmNotFound instead."""
+    candidates = [Path(d) / "helm" for d in (bin_dir, os.environ.get("PFO_BIN_DIR")) if d]
+    candidates.append(cached_bin_dir() / "helm")
     for path in candidates:
         if path.is_file() and os.access(path, os.X_OK):
             return path
     found = shutil.which("helm")
     if found:
         return Path(found)
-    pytest.skip("helm is not built yet: run `make binaries` (localcluster/build-binaries.sh)")
-    raise AssertionError("unreachable")
+    raise HelmNotFound("helm is not built yet: run `make binaries` (localcluster/build-binaries.sh)")
 
 
 def helm(
@@ -56,7 +45,8 @@ def helm(
     check: bool = True,
     timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
-    """Run helm; raise with its stderr when check and it fails."""
+    """Run helm (without the caller's HELM_* settings); raise ClusterError with its stderr when
+    `check` and it fails."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HELM_")}
     if kubeconfig:
         env["KUBECONFIG"] = kubeconfig
@@ -69,40 +59,18 @@ def helm(
         check=False,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+        raise ClusterError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
 
 
-def render(
-    *set_args: str, namespace: str = "pfo-system", release: str = "pfo", include_crds: bool = False
-) -> str:
-    """`helm template` of the chart with `--set`-style arguments (e.g. "--set", "a=b")."""
-    args = ["template", release, str(CHART), "--namespace", namespace, "--kube-version", KUBE_VERSION]
-    if include_crds:
-        args.append("--include-crds")
-    return helm(*args, *set_args).stdout
-
-
-def documents(manifest: str) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(manifest) if d]
-
-
-def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [d for d in docs if d.get("kind") == kind]
-
-
-def release_name(namespace: str) -> str:
-    """A release name unique to a test namespace (cluster-scoped RBAC objects carry it)."""
-    return "pfo-" + hashlib.sha1(namespace.encode()).hexdigest()[:8]
-
-
 def fullname(release: str) -> str:
+    """The name the chart gives its objects (ServiceAccount, Deployment, ...) in `release`."""
     return release if CHART_NAME in release else f"{release}-{CHART_NAME}"[:63].rstrip("-")
 
 
 def service_account_kubeconfig(cluster: Any, namespace: str, service_account: str, path: Path) -> Path:
-    """A kubeconfig holding a bound token of `service_account` (`kubectl create token`), so a
-    process using it gets exactly the RBAC the chart granted, nothing of the admin's."""
+    """A kubeconfig holding a bound token of `service_account` (`kubectl create token`, one hour),
+    so a process using it gets exactly the RBAC the chart granted, nothing of the admin's."""
     token = cluster.kubectl("create", "token", service_account, "--duration=1h", namespace=namespace).stdout
     user = f"system:serviceaccount:{namespace}:{service_account}"
     config = {
@@ -123,46 +91,12 @@ def service_account_kubeconfig(cluster: Any, namespace: str, service_account: st
     return path
 
 
-def install_for_local_operator(
-    cluster: Any, namespace: str, path: Path, *values: str, release: str = "pfo"
-) -> Path:
-    """`helm install` the chart into `namespace` of the local cluster and return a kubeconfig for
-    its ServiceAccount: what the demo (and anyone trying the chart locally) runs the operator with,
-    as a local process, since kwok's fake nodes cannot run the operator's Deployment."""
+def install_chart(cluster: Any, namespace: str, path: Path, *values: str, release: str = "pfo") -> Path:
+    """`helm upgrade --install` the chart into `namespace` of the local cluster (idempotent) and
+    write to `path` a kubeconfig for its ServiceAccount: what the demo (and anyone trying the chart
+    locally) runs the operator with, as a local process."""
     helm(
         "upgrade", "--install", release, str(CHART), "--namespace", namespace, *values, "--wait=false",
         bin_dir=cluster.bin_dir, kubeconfig=cluster.kubeconfig,
     )  # fmt: skip
     return service_account_kubeconfig(cluster, namespace, fullname(release), path)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m localcluster.helm install-local`: install the chart into the cluster that
-    `make cluster-up` runs and print a kubeconfig path for its ServiceAccount, e.g.
-
-        KUBECONFIG=$(python -m localcluster.helm install-local) finetune-operator
-    """
-    import argparse
-    import sys
-
-    from localcluster.cluster import DEFAULT_STATE_DIR, Cluster
-
-    parser = argparse.ArgumentParser(prog="python -m localcluster.helm", description=main.__doc__)
-    parser.add_argument("action", choices=["install-local"])
-    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
-    parser.add_argument("--namespace", default="pfo-system")
-    parser.add_argument("--release", default="pfo")
-    args = parser.parse_args(argv)
-    cluster = Cluster.attach(args.state_dir.resolve())
-    if cluster is None or not cluster.healthy():
-        print(f"no running cluster in {args.state_dir}: run `make cluster-up` first", file=sys.stderr)
-        return 1
-    if cluster.kubectl("get", "namespace", args.namespace, check=False).returncode != 0:
-        cluster.kubectl("create", "namespace", args.namespace)
-    path = cluster.state_dir / f"{args.release}-operator.kubeconfig"
-    print(install_for_local_operator(cluster, args.namespace, path, release=args.release))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,5 +1,5 @@
 """Processes started beside a cluster (Cluster.add_companion: the demo's operator and HTTPS server)
-are stopped with it. No cluster needed: stop_state_dir works from state.json alone."""
+are stopped with it. No cluster needed: localcluster.stop works from state.json alone."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import json
 import subprocess
 from pathlib import Path
 
-from localcluster.cluster import Cluster, _pid_alive, stop_state_dir
+import localcluster
+from localcluster import Cluster
+from localcluster.processes import pid_alive
 
 
 def test_stopping_the_cluster_stops_its_companions(tmp_path: Path) -> None:
@@ -25,9 +27,9 @@ def test_stopping_the_cluster_stops_its_companions(tmp_path: Path) -> None:
         assert recorded == [{"name": "server", "pid": second.pid, "marker": "sleep 302"}]
         assert cluster.state["companions"] == recorded
 
-        stop_state_dir(tmp_path, grace=5)
-        # stop_state_dir reaps its own children, so ask /proc rather than Popen
-        assert not _pid_alive(second.pid, "sleep 302"), "the recorded companion still runs"
+        localcluster.stop(tmp_path, grace=5)
+        # localcluster.stop reaps its own children, so ask /proc rather than Popen
+        assert not pid_alive(second.pid, "sleep 302"), "the recorded companion still runs"
         assert not tmp_path.exists()
         assert first.poll() is None, "a companion no longer recorded must not be touched"
     finally:

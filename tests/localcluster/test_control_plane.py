@@ -12,12 +12,9 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from localcluster.cluster import HERE, Cluster
-
-
-def pinned_versions() -> dict[str, str]:
-    lines = (HERE / "versions.env").read_text().splitlines()
-    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+import localcluster
+from localcluster import Cluster
+from localcluster.binaries import pinned_versions
 
 
 def pinned_k8s_version() -> str:
@@ -185,7 +182,7 @@ def test_deleting_an_owner_deletes_its_pods(cluster: Cluster, namespace: str) ->
 
 
 def test_a_second_cluster_coexists_and_stops_without_leftovers(cluster: Cluster, tmp_path: Path) -> None:
-    second = Cluster.start(tmp_path / "second")
+    second = localcluster.start(tmp_path / "second")
     try:
         assert second.server != cluster.server
         assert second.kubectl("get", "--raw", "/readyz").stdout == "ok"

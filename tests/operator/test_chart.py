@@ -18,18 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
-from localcluster.helm import (
-    CHART,
-    by_kind,
-    documents,
-    fullname,
-    helm,
-    release_name,
-    render,
-    service_account_kubeconfig,
-)
-from localcluster.operator_process import OperatorProcess
+from localcluster import CHART, OperatorProcess, fullname, service_account_kubeconfig
 from tests.operator import crd
+from tests.operator.chart import by_kind, documents, helm, release_name, render
 from tests.operator.fake_jobs import RESULT, create_job, get_json, job_status, run_to_success, wait_for
 
 DASHBOARD = CHART / "dashboards" / "paddle-finetune-operator.json"

@@ -19,14 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from localcluster.https_files import make_self_signed, serve
-from localcluster.operator_process import (
-    OperatorProcess,
-    apply,
-    condition,
-    job_manifest,
-    wait_job,
-)
+from localcluster import OperatorProcess, make_self_signed, serve_https
+from tests.operator.cluster_jobs import apply, condition, job_manifest, wait_job
 
 PRETRAIN_CLASSES = (0, 1, 2)
 FINETUNE_CLASSES = (5, 6, 7, 8, 9)
@@ -41,7 +35,7 @@ def https_dir() -> Iterator[tuple[Path, int]]:
     served = root / "files"
     served.mkdir(mode=0o755)
     make_self_signed(root / "cert.pem", root / "key.pem")
-    server = serve(served, root / "cert.pem", root / "key.pem")
+    server = serve_https(served, root / "cert.pem", root / "key.pem")
     yield root, server.server_address[1]
     server.shutdown()
     server.server_close()

@@ -13,7 +13,7 @@ import re
 
 from finetune_contract import encode_result
 
-from localcluster.operator_process import (
+from tests.operator.cluster_jobs import (
     apply,
     condition,
     events,

@@ -21,9 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from localcluster.cluster import free_port
-from localcluster.helm import CHART
-from localcluster.operator_process import OperatorProcess
+from localcluster import CHART, OperatorProcess, free_port
 from tests.operator.fake_jobs import RESULT, run_to_success, wait_for
 
 SCRAPE_JOB = "finetune-operator"
