@@ -5,7 +5,7 @@ For each N (--jobs), in the same cluster and run:
 * ours: N FineTuneJobs created at once (16 client threads) in namespace ours-N, watched by the
   real operator (`python -m finetune_operator`, production defaults: --workers 4,
   --progress-poll-interval 30). Per job: creation -> pod created, creation -> pod scheduled;
-  the time until all pods exist. Then every pod is finished at once (the harness's kwok drive
+  the time until all pods exist. Then every pod is finished at once (localcluster's kwok drive
   annotations, with the trainer's result as termination message) and we time until each job
   shows Succeeded with its metrics.
 * native: N batch/v1 Jobs with the same pod template (rendered by the operator's own
