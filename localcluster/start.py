@@ -87,8 +87,10 @@ def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, u
     path.chmod(0o600)
 
 
-# --------------------------------------------------------------------- starting
 class _Starter:
+    """One start: the processes it spawned are recorded in state.json as it goes, so a failure
+    half-way stops exactly those."""
+
     def __init__(
         self, state_dir: Path, bins: Path, runner_gpus: int, gpu_nodes: int = DEFAULT_GPU_NODES
     ) -> None:

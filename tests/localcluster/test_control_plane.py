@@ -92,7 +92,7 @@ def test_service_account_token_is_refused_until_rbac_grants(cluster: Cluster, na
     assert elsewhere.value.status == 403
 
 
-def test_a_crd_can_be_created_and_used(cluster: Cluster, namespace: str) -> None:
+def test_a_crd_can_be_created_and_used(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
     group = f"g{uuid.uuid4().hex[:8]}.harness.pfo.dev"
     crd = {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -125,9 +125,11 @@ def test_a_crd_can_be_created_and_used(cluster: Cluster, namespace: str) -> None
             ],
         },
     }
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(crd))
+    (tmp_path / "widgets.yaml").write_text(json.dumps(crd))
     try:
-        cluster.kubectl("wait", "--for=condition=Established", f"crd/widgets.{group}", "--timeout=30s")
+        # install_crds returns once the resource is served: usable by name at once.
+        assert cluster.install_crds(tmp_path) == [f"widgets.{group}"]
+        assert cluster.kubectl("get", f"widgets.{group}", namespace=namespace).returncode == 0
         api = client.CustomObjectsApi(cluster.api_client())
         body = {
             "apiVersion": f"{group}/v1",
