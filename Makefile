@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 binaries:
-	tests/cluster/build-binaries.sh >/dev/null
+	localcluster/build-binaries.sh >/dev/null
 
 # A real Prometheus server and promtool for tests/operator/test_prometheus.py: Debian's package,
 # installed once (a no-op when both are on PATH already).
@@ -65,7 +65,7 @@ images:
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check contract operator trainer tests bench demo
+	$(VENV)/bin/ruff format --check contract operator trainer tests bench demo localcluster
 
 test-unit: venv operator-wheels
 	$(PY) -m pytest -m "not cluster" tests
@@ -78,12 +78,12 @@ test-cluster: venv binaries prometheus
 	$(PY) -m pytest -m cluster tests
 
 # A local control plane left running for people and the demo: .cluster/kubeconfig (see
-# tests/cluster/README.md). `make test` does not need it.
+# localcluster/README.md). `make test` does not need it.
 cluster-up: venv binaries
-	$(PY) -m tests.cluster.harness up
+	$(PY) -m localcluster up
 
 cluster-down:
-	@if [ -x $(PY) ]; then $(PY) -m tests.cluster.harness down; else echo "no $(PY): nothing started"; fi
+	@if [ -x $(PY) ]; then $(PY) -m localcluster down; else echo "no $(PY): nothing started"; fi
 
 # The demo (demo/README.md): cluster, chart, operator, weights and data, one FineTuneJob to
 # Succeeded. Everything stays running; `make cluster-down` stops it.

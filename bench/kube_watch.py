@@ -1,4 +1,4 @@
-"""What the operator benchmark needs from the API server beyond tests/cluster/kube_rest.py:
+"""What the operator benchmark needs from the API server beyond localcluster/kube_rest.py:
 watch streams that record when each event arrived here, concurrent writes, and the API server's
 own request counters.
 
@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tests.cluster.kube_rest import KubeError, KubeRest
+from localcluster import KubeError, KubeRest
 
 Event = tuple[float, str, dict[str, Any]]  # (arrival, type, object)
 

@@ -5,7 +5,7 @@ For each N (--jobs), in the same cluster and run:
 * ours: N FineTuneJobs created at once (16 client threads) in namespace ours-N, watched by the
   real operator (`python -m finetune_operator`, production defaults: --workers 4,
   --progress-poll-interval 30). Per job: creation -> pod created, creation -> pod scheduled;
-  the time until all pods exist. Then every pod is finished at once (the harness's kwok drive
+  the time until all pods exist. Then every pod is finished at once (localcluster's kwok drive
   annotations, with the trainer's result as termination message) and we time until each job
   shows Succeeded with its metrics.
 * native: N batch/v1 Jobs with the same pod template (rendered by the operator's own
@@ -45,21 +45,17 @@ for extra in (ROOT, ROOT / "contract", ROOT / "operator", ROOT / "trainer"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
-from finetune_contract import encode_result  # noqa: E402
-from finetune_operator.api import LABEL_JOB, LABEL_MANAGED_BY  # noqa: E402
+from finetune_contract import TrainerResult, encode_result  # noqa: E402
+from finetune_operator.api import GROUP, LABEL_JOB, LABEL_MANAGED_BY, PLURAL, VERSION  # noqa: E402
 from finetune_operator.config import OperatorConfig  # noqa: E402
 from finetune_operator.pod import render_pod  # noqa: E402
 
+import localcluster  # noqa: E402
 from bench.kube_watch import SECONDS, Watcher, count_delta, parallel, request_counts  # noqa: E402
 from bench.proc_sampler import Sampler, cpu_model  # noqa: E402
-from tests.cluster.harness import GPUS_PER_NODE, Cluster, drive_annotations  # noqa: E402
-from tests.cluster.kube_rest import KubeError, KubeRest  # noqa: E402
-from tests.contract.sample import SAMPLE_RESULT  # noqa: E402
-from tests.operator import crd  # noqa: E402
-from tests.operator.fake_jobs import job_manifest  # noqa: E402
-from tests.operator.running_operator import OperatorProcess  # noqa: E402
+from localcluster import GPUS_PER_NODE, Cluster, KubeError, KubeRest, OperatorProcess, drive_annotations  # noqa: E402
 
-FTJ = f"/apis/{crd.GROUP}/{crd.VERSION}/namespaces/{{ns}}/{crd.PLURAL}"
+FTJ = f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{PLURAL}"
 BATCH_JOBS = "/apis/batch/v1/namespaces/{ns}/jobs"
 PODS = "/api/v1/namespaces/{ns}/pods"
 NATIVE_JOB_LABEL = "batch.kubernetes.io/job-name"
@@ -67,8 +63,8 @@ NATIVE_JOB_LABEL = "batch.kubernetes.io/job-name"
 # Requests only the operator makes while its phase runs (the benchmark's own are subtracted or
 # of other verbs; the scheduler posts events.k8s.io Events, kwok patches pods/status).
 OURS_REQUESTS = {
-    ("GET", crd.GROUP, crd.PLURAL, ""): "get job",
-    ("PATCH", crd.GROUP, crd.PLURAL, "status"): "patch job status",
+    ("GET", GROUP, PLURAL, ""): "get job",
+    ("PATCH", GROUP, PLURAL, "status"): "patch job status",
     ("POST", "", "pods", ""): "create pod",
     ("LIST", "", "pods", ""): "list pods",
     ("CONNECT", "", "pods", "log"): "read pod log",  # the API server counts log reads as CONNECT
@@ -213,6 +209,40 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float, watchers: l
 
 
 # ------------------------------------------------------------------------------ the manifests
+# What the trainer would report for job_manifest's 2-epoch job; the pods on fake nodes finish
+# with it as termination message. (The tests share tests/contract/sample.py; bench/ never
+# imports tests/, so it keeps this one of its own.)
+RESULT = TrainerResult(
+    exitCode=0,
+    reason="Completed",
+    top1=0.8125,
+    top5=0.96875,
+    bestEpoch=2,
+    epochsRun=2,
+    epochs=2,
+    durationSeconds=42.0,
+)
+
+
+def job_manifest(name: str, *, gpus: int = 1) -> dict[str, Any]:
+    """A small valid FineTuneJob. Its volumes are hostPath folders: nothing reads them (the pod is
+    fake), and unlike claims they need no PersistentVolume binding, which costs up to the binder's
+    15 s resync and would blur the operator's own timings."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"architecture": "ResNet18_vd"},
+            "dataset": {"volume": {"hostPath": {"path": f"/tmp/pfo-fake/{name}/data"}}, "numClasses": 10},
+            "training": {"epochs": 2, "warmupEpochs": 1, "batchSize": 8},
+            "resources": {"gpus": gpus},
+            "output": {"volume": {"hostPath": {"path": f"/tmp/pfo-fake/{name}/output"}}},
+            "runPolicy": {"backoffLimit": 0},
+        },
+    }
+
+
 def native_job(name: str, gpus: int) -> dict[str, Any]:
     """A batch/v1 Job whose pod template is exactly what the operator renders for the same
     FineTuneJob (its own labels aside)."""
@@ -324,7 +354,7 @@ def run_phase(
             return result
 
         # ---- status propagation: every pod finishes at once
-        message = encode_result(SAMPLE_RESULT)
+        message = encode_result(RESULT)
         patch = {"metadata": {"annotations": drive_annotations("Succeeded", 0, message)}}
         pods_path = PODS.format(ns=phase.namespace)
         pods = [p["metadata"]["name"] for p in rest.get(pods_path)["items"]]
@@ -437,14 +467,6 @@ def delete_all(cluster: Cluster, namespace: str, timeout: float = 300) -> float:
         time.sleep(0.5)
     print(f"  !! namespace {namespace} still terminating after {timeout:.0f}s", file=sys.stderr)
     return time.monotonic() - t0
-
-
-def install_crd(cluster: Cluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd.CRD_DIR))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd.CRD_NAME}")
-    cluster.wait_for(
-        "discovery of ftj", lambda: cluster.kubectl("get", "ftj", "-A", check=False).returncode == 0
-    )
 
 
 # ------------------------------------------------------------------------------ report
@@ -618,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
         f"starting a local control plane with {args.nodes} fake GPU nodes in {args.state_dir}",
         file=sys.stderr,
     )
-    cluster = Cluster.start(args.state_dir, gpu_nodes=args.nodes, owner_pid=os.getpid())
+    cluster = localcluster.start(args.state_dir, gpu_nodes=args.nodes, owner_pid=os.getpid())
     report: dict[str, Any] = {
         "benchmark": "operator at scale vs kube-controller-manager's Job controller",
         "command": "bench/operator_scale.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -631,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     operator = None
     try:
-        install_crd(cluster)
+        cluster.install_crds(ROOT / "crds")
         namespaces = [f"ours-{n}" for n in ns_list] + [f"footprint-{n}" for n in footprint_ns]
         for ns in namespaces + [f"native-{n}" for n in ns_list]:
             cluster.kubectl("create", "namespace", ns)

@@ -1,6 +1,6 @@
 """Benchmark: time to accuracy on real data, finetuning against training from scratch.
 
-scikit-learn's handwritten digits (finetune_trainer.digits): ResNet18_vd is first pretrained on
+scikit-learn's handwritten digits (demo.digits): ResNet18_vd is first pretrained on
 digits 0-5 (the stand-in for ImageNet; its cost is reported but not counted), then trained on the
 unseen digits 6-9 twice with the same settings (epochs, batch, data, seed, each mode's recipe
 learning rate unless --learning-rate is given): once from those pretrained weights (its 6-class fc
@@ -30,10 +30,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "trainer"))
+for extra in (ROOT, ROOT / "contract", ROOT / "trainer"):
+    if str(extra) not in sys.path:
+        sys.path.insert(0, str(extra))
 
 from finetune_contract import PROGRESS_PREFIX  # noqa: E402
-from finetune_trainer.digits import (  # noqa: E402
+
+from demo.digits import (  # noqa: E402
     FINETUNE_CLASSES,
     PRETRAIN_CLASSES,
     digits_settings,
@@ -55,7 +58,8 @@ def train(settings_json: str, log_path: Path) -> dict[str, Any]:
     cpu0 = children_cpu()
     t0 = time.perf_counter()
     epochs: list[dict[str, Any]] = []
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT / "trainer")}
+    sources = os.pathsep.join(str(ROOT / folder) for folder in ("trainer", "contract"))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": sources}
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             [*TRAIN, "--settings-json", settings_json],

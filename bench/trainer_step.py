@@ -33,7 +33,7 @@ import paddle  # noqa: E402
 import paddle.nn.functional as F  # noqa: E402
 from finetune_trainer.model import build_model  # noqa: E402
 
-from tests.trainer.paddleclas_reference import load_reference_resnet  # noqa: E402
+from bench.paddleclas_reference import load_reference_resnet  # noqa: E402
 
 
 def make_step(model: paddle.nn.Layer, x: paddle.Tensor, y: paddle.Tensor):

@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,13 +21,13 @@ from typing import Any
 
 import yaml
 
+import localcluster
 from demo import assets
-from tests.cluster.harness import DEFAULT_STATE_DIR, REPO_ROOT, Cluster, _pid_alive
-from tests.operator import crd
-from tests.operator.helm import install_for_local_operator
-from tests.operator.running_operator import OperatorProcess
+from localcluster import DEFAULT_STATE_DIR, Cluster, OperatorProcess, install_chart
 
-EXAMPLE = REPO_ROOT / "examples" / "demo-digits.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+CRD_DIR = ROOT / "crds"
+EXAMPLE = ROOT / "examples" / "demo-digits.yaml"
 NAMESPACE = "default"  # the example names none: `kubectl get ftj` shows it without -n
 OPERATOR_NAMESPACE = "pfo-system"
 OPERATOR_NAME = "demo-operator"
@@ -41,26 +40,14 @@ def say(message: str) -> None:
 
 
 def ensure_cluster(state_dir: Path) -> Cluster:
-    running = Cluster.attach(state_dir)
+    running = localcluster.attach(state_dir)
     if running is not None and running.healthy():
         say(f"reusing the local cluster in {state_dir}")
         return running
     say("starting the local cluster (etcd, kube-apiserver, controllers, scheduler, kwok, process runner) ...")
-    cluster = Cluster.start(state_dir)  # no owner: it stays up for exploration
+    cluster = localcluster.start(state_dir)  # no owner: it stays up for exploration
     say(f"cluster ready in {cluster.state['start_seconds']}s")
     return cluster
-
-
-def install_crd(cluster: Cluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd.CRD_DIR))
-    # Poll: right after the apply the CRD may have no conditions yet (`kubectl wait` errors then),
-    # and once Established, discovery must list it before `kubectl get ftj` resolves.
-    deadline = time.monotonic() + 60
-    while cluster.kubectl("get", "ftj", "-A", check=False).returncode != 0:
-        if time.monotonic() > deadline:
-            status = cluster.kubectl("get", f"crd/{crd.CRD_NAME}", "-o", "jsonpath={.status}", check=False)
-            raise RuntimeError(f"{crd.CRD_NAME} is not served 60s after applying it: {status.stdout}")
-        time.sleep(0.5)
 
 
 def start_operator(cluster: Cluster, ca_bundle: Path) -> OperatorProcess:
@@ -70,16 +57,11 @@ def start_operator(cluster: Cluster, ca_bundle: Path) -> OperatorProcess:
         cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE)
     # Only the demo's namespace: RBAC granted there alone, and tests run with PFO_REUSE_CLUSTER=1
     # in their own namespaces are not picked up by this operator too.
-    kubeconfig = install_for_local_operator(
+    kubeconfig = install_chart(
         cluster, OPERATOR_NAMESPACE, cluster.state_dir / "operator-sa.kubeconfig",
         "--set", f"watchNamespaces={{{NAMESPACE}}}",
     )  # fmt: skip
-    for c in cluster.state.get("companions", []):
-        if c["name"] == OPERATOR_NAME and _pid_alive(c["pid"], c["marker"]):
-            os.killpg(c["pid"], signal.SIGTERM)
-            deadline = time.monotonic() + 15
-            while _pid_alive(c["pid"], c["marker"]) and time.monotonic() < deadline:
-                time.sleep(0.2)
+    cluster.stop_companion(OPERATOR_NAME)  # the one a previous run left
     operator = OperatorProcess(
         cluster,
         [NAMESPACE],
@@ -200,8 +182,8 @@ def run(state_dir: Path, timeout: float) -> int:
         pretraining = assets.start_pretraining(weights, pretrain_log)
     try:
         cluster = ensure_cluster(state_dir)
-        install_crd(cluster)
-        say("CRD finetunejobs.finetune.paddle.dev established")
+        (crd,) = cluster.install_crds(CRD_DIR)
+        say(f"CRD {crd} established")
 
         weights.parent.mkdir(parents=True, exist_ok=True)
         port, cert = assets.https_server(cluster, weights.parent)
@@ -229,7 +211,7 @@ def run(state_dir: Path, timeout: float) -> int:
 
     manifest = job_manifest(url, assets.sha256_of(weights))
     cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest), namespace=NAMESPACE)
-    say(f"applied {os.path.relpath(EXAMPLE, REPO_ROOT)} (url and sha256 of the served weights filled in)")
+    say(f"applied {os.path.relpath(EXAMPLE, ROOT)} (url and sha256 of the served weights filled in)")
 
     status = watch_until_finished(cluster, name, timeout)
     if status.get("phase") != "Succeeded":

@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from finetune_trainer.digits import FINETUNE_CLASSES, PRETRAIN_CLASSES
+from demo.digits import FINETUNE_CLASSES, PRETRAIN_CLASSES
+from localcluster import Cluster, make_self_signed
 
-from tests.cluster.harness import REPO_ROOT, Cluster, _pid_alive
+ROOT = Path(__file__).resolve().parents[1]
 
 # The stand-in for ImageNet is a model that knows digits 0-5 (a 6-class fc); the demo job's task
 # is digits it never saw, 6-9 (numClasses 4), so the pretrained fc does not fit and is stripped,
@@ -40,7 +41,7 @@ def weights_path() -> Path:
 def make_weights(path: Path) -> dict[str, Any]:
     """Train ResNet18_vd from scratch on digits 0-5 (the trainer itself) and save its best weights
     at `path`; returns the trainer's result."""
-    from finetune_trainer.digits import make_pretrained_weights
+    from demo.digits import make_pretrained_weights
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="pfo-demo-pretrain-") as work:
@@ -57,7 +58,7 @@ def start_pretraining(path: Path, log_path: Path) -> subprocess.Popen[bytes]:
     with open(log_path, "wb") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "demo.assets", "pretrain", str(path)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )  # fmt: skip
 
 
@@ -72,7 +73,7 @@ def sha256_of(path: Path) -> str:
 def write_finetune_data(folder: Path) -> dict[str, Any]:
     """Digits 6-9 (relabelled 0-3, labels.txt names them) in PaddleClas list format, replacing what
     was there."""
-    from finetune_trainer.digits import write_digits_dataset
+    from demo.digits import write_digits_dataset
 
     for child in folder.iterdir():
         shutil.rmtree(child) if child.is_dir() else child.unlink()
@@ -84,23 +85,20 @@ def https_server(cluster: Cluster, folder: Path) -> tuple[int, Path]:
     companion of the cluster (make cluster-down stops it), or the one a previous run left.
     Returns (port, certificate). The certificate lives in the cluster's state directory, outside
     /root, so the trainer's non-root user can read it."""
-    from tests.https_files import make_self_signed
-
     tls = cluster.state_dir / "demo"
     cert, key, port_file = tls / "cert.pem", tls / "key.pem", tls / "https.port"
-    for c in cluster.state.get("companions", []):
-        if c["name"] == HTTPS_NAME and _pid_alive(c["pid"], c["marker"]) and port_file.is_file():
-            return int(port_file.read_text()), cert
+    if cluster.companion(HTTPS_NAME) is not None and port_file.is_file():
+        return int(port_file.read_text()), cert
     tls.mkdir(mode=0o755, parents=True, exist_ok=True)
     port_file.unlink(missing_ok=True)
     if not cert.is_file():
         make_self_signed(cert, key)
-    argv = [sys.executable, "-m", "tests.https_files", "--dir", str(folder), "--cert", str(cert),
+    argv = [sys.executable, "-m", "localcluster.https_files", "--dir", str(folder), "--cert", str(cert),
             "--key", str(key), "--port-file", str(port_file)]  # fmt: skip
     with open(cluster.state_dir / "logs" / f"{HTTPS_NAME}.log", "ab") as log:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT, start_new_session=True,
+            cwd=ROOT, start_new_session=True,
         )  # fmt: skip
     cluster.add_companion(HTTPS_NAME, proc.pid, f"{cluster.state_dir}/")  # the cert path is in its argv
     deadline = time.monotonic() + 30

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.harness import DEFAULT_STATE_DIR, Cluster, stop_state_dir
+import localcluster
+from localcluster import DEFAULT_STATE_DIR, Cluster
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -37,7 +38,7 @@ def _interrupt(signum: int, frame: object) -> None:
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     if os.environ.get("PFO_REUSE_CLUSTER") == "1" and os.environ.get("CI") != "true":
-        existing = Cluster.attach(DEFAULT_STATE_DIR)
+        existing = localcluster.attach(DEFAULT_STATE_DIR)
         if existing is None or not existing.healthy():
             pytest.fail(
                 f"PFO_REUSE_CLUSTER=1 but no healthy cluster in {DEFAULT_STATE_DIR}: run `make cluster-up`"
@@ -45,14 +46,14 @@ def cluster() -> Iterator[Cluster]:
         yield existing
         return
     state_dir = Path(tempfile.mkdtemp(prefix="pfo-cluster-"))
-    atexit.register(stop_state_dir, state_dir)  # if the finalizer below never runs
+    atexit.register(localcluster.stop, state_dir)  # if the finalizer below never runs
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # `timeout` and CI cancel with SIGTERM:
         signal.signal(signal.SIGTERM, _interrupt)  # let pytest unwind and run the finalizer
     try:
         # The watchdog covers what no finalizer can: this process being SIGKILLed.
-        yield Cluster.start(state_dir, owner_pid=os.getpid())
+        yield localcluster.start(state_dir, owner_pid=os.getpid())
     finally:
-        stop_state_dir(state_dir)
+        localcluster.stop(state_dir)
 
 
 @pytest.fixture

@@ -11,8 +11,15 @@ from finetune_operator.config import OperatorConfig
 from finetune_operator.pod import render_pod
 
 from bench.kube_watch import count_delta, parse_request_counts
-from bench.operator_scale import Recorder, ftj_done, intervals, native_done, native_job, percentiles
-from tests.operator.fake_jobs import job_manifest
+from bench.operator_scale import (
+    Recorder,
+    ftj_done,
+    intervals,
+    job_manifest,
+    native_done,
+    native_job,
+    percentiles,
+)
 
 
 def test_percentiles_are_nearest_rank() -> None:

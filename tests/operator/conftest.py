@@ -49,12 +49,12 @@ def crd_installed(cluster: Any) -> str:
         time.sleep(0.5)
 
 
-# --- The operator under test (owned by the operator engineer; see running_operator.py) ---------
+# --- The operator under test (localcluster/operator_process.py) ---------
 @pytest.fixture
 def operator(cluster: Any, namespace: str, crd_installed: str, tmp_path: Any) -> Any:
     """The real operator as a subprocess watching this test's namespace (Pod Security
     "restricted" enforced there, so every pod it renders is checked by the API server)."""
-    from tests.operator.running_operator import OperatorProcess
+    from localcluster import OperatorProcess
 
     cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     proc = OperatorProcess(cluster, [namespace], tmp_path / "operator.log")

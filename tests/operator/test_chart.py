@@ -18,20 +18,11 @@ from typing import Any
 import pytest
 import yaml
 
+from localcluster import CHART, OperatorProcess, fullname, service_account_kubeconfig
 from tests.contract.sample import SAMPLE_RESULT
 from tests.operator import crd
+from tests.operator.chart import by_kind, documents, helm, release_name, render
 from tests.operator.fake_jobs import create_job, get_json, job_status, run_to_success, wait_for
-from tests.operator.helm import (
-    CHART,
-    by_kind,
-    documents,
-    fullname,
-    helm,
-    release_name,
-    render,
-    service_account_kubeconfig,
-)
-from tests.operator.running_operator import OperatorProcess
 
 DASHBOARD = CHART / "dashboards" / "paddle-finetune-operator.json"
 # The rules the operator needs (operator/finetune_operator/RBAC.md); nothing more may be granted.

@@ -19,14 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.https_files import make_self_signed, serve
-from tests.operator.running_operator import (
-    OperatorProcess,
-    apply,
-    condition,
-    job_manifest,
-    wait_job,
-)
+from localcluster import OperatorProcess, make_self_signed, serve_https
+from tests.operator.cluster_jobs import apply, condition, job_manifest, wait_job
 
 PRETRAIN_CLASSES = (0, 1, 2)
 FINETUNE_CLASSES = (5, 6, 7, 8, 9)
@@ -41,7 +35,7 @@ def https_dir() -> Iterator[tuple[Path, int]]:
     served = root / "files"
     served.mkdir(mode=0o755)
     make_self_signed(root / "cert.pem", root / "key.pem")
-    server = serve(served, root / "cert.pem", root / "key.pem")
+    server = serve_https(served, root / "cert.pem", root / "key.pem")
     yield root, server.server_address[1]
     server.shutdown()
     server.server_close()
@@ -49,7 +43,7 @@ def https_dir() -> Iterator[tuple[Path, int]]:
 
 
 def test_finetune_job_runs_the_real_trainer(cluster, namespace, crd_installed, https_dir, tmp_path):
-    from finetune_trainer.digits import make_pretrained_weights, write_digits_dataset
+    from demo.digits import make_pretrained_weights, write_digits_dataset
 
     t0 = time.monotonic()
     https_root, port = https_dir

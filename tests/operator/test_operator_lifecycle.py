@@ -14,7 +14,7 @@ import re
 from finetune_contract import TrainerResult, encode_result
 
 from tests.contract.sample import SAMPLE_RESULT
-from tests.operator.running_operator import (
+from tests.operator.cluster_jobs import (
     apply,
     condition,
     events,

@@ -21,11 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.harness import free_port
+from localcluster import CHART, OperatorProcess, free_port
 from tests.contract.sample import SAMPLE_RESULT
 from tests.operator.fake_jobs import run_to_success, wait_for
-from tests.operator.helm import CHART
-from tests.operator.running_operator import OperatorProcess
 
 SCRAPE_JOB = "finetune-operator"
 

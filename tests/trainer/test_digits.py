@@ -14,7 +14,8 @@ import json
 
 import pytest
 from finetune_trainer.cli import main as cli_main
-from finetune_trainer.digits import (
+
+from demo.digits import (
     FINETUNE_CLASSES,
     digits_settings,
     finetune_budget,

@@ -2,7 +2,7 @@
 
 The reference is the unchanged ``ppcls/arch/backbone/legendary_models/resnet.py`` from the
 installed ``paddleclas==2.6.0`` source, loaded with light stand-ins for its heavy package imports
-(``tests/trainer/paddleclas_reference.py``).
+(``bench/paddleclas_reference.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import paddle
 import pytest
 from finetune_trainer.model import build_model
 
-from tests.trainer.paddleclas_reference import ReferenceUnavailable, load_reference_resnet
+from bench.paddleclas_reference import ReferenceUnavailable, load_reference_resnet
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 bind-mounts the pod's volumes and termination-message file at the paths the pod asked for, drops
 to the pod's user if it set one, and execs the container's command with the pod's environment.
 
-    unshare --mount --propagation private -- python -m tests.cluster.podexec SPEC.json
+    unshare --mount --propagation private -- python -m localcluster.runner.podexec SPEC.json
 
 SPEC holds: argv, env, workdir, mounts [{source, target, readOnly}], uid, gid, groups,
 expose (paths a non-root uid must reach: the venv's real Python, the venv, the sources),

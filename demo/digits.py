@@ -115,7 +115,7 @@ def make_pretrained_weights(
 
     Returns the trainer's result for that pretraining run.
     """
-    from .train import run
+    from finetune_trainer.train import run
 
     work_dir = Path(work_dir)
     data_root = work_dir / "pretrain-data"

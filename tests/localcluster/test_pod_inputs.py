@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cluster.pod_inputs import SetupError, expand, field_value
+from localcluster.runner.pod_inputs import SetupError, expand, field_value
 
 POD = {
     "metadata": {"name": "job-attempt-1", "namespace": "team", "uid": "u-1", "labels": {"app": "ft"}},

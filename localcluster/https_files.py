@@ -2,10 +2,10 @@
 
 The CRD accepts only https:// URLs for pretrained weights, so the end-to-end test and `make demo`
 serve the weights they made with this; the trainer trusts the certificate through
-REQUESTS_CA_BUNDLE (the operator's --trainer-env). In-process (`serve`, a thread) for tests, or as
+REQUESTS_CA_BUNDLE (the operator's --trainer-env). In-process (`serve_https`, a thread) for tests, or as
 its own process for the demo, which leaves it running with the cluster:
 
-    python -m tests.https_files --dir FOLDER --cert CERT --key KEY [--port N] [--port-file F]
+    python -m localcluster.https_files --dir FOLDER --cert CERT --key KEY [--port N] [--port-file F]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         print(f"{self.address_string()} {format % args}", flush=True)
 
 
-def serve(folder: Path, cert: Path, key: Path, port: int = 0) -> http.server.ThreadingHTTPServer:
+def serve_https(folder: Path, cert: Path, key: Path, port: int = 0) -> http.server.ThreadingHTTPServer:
     """Serve `folder` on https://127.0.0.1:<port> from a daemon thread; `server.server_address[1]`
     is the port (0 picks a free one). Stop it with `shutdown()` and `server_close()`."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -49,14 +49,16 @@ def serve(folder: Path, cert: Path, key: Path, port: int = 0) -> http.server.Thr
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.https_files", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m localcluster.https_files", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--dir", type=Path, required=True, help="the folder to serve")
     parser.add_argument("--cert", type=Path, required=True)
     parser.add_argument("--key", type=Path, required=True)
     parser.add_argument("--port", type=int, default=0, help="0: a free port")
     parser.add_argument("--port-file", type=Path, help="write the port here once serving")
     args = parser.parse_args(argv)
-    server = serve(args.dir, args.cert, args.key, args.port)
+    server = serve_https(args.dir, args.cert, args.key, args.port)
     port = server.server_address[1]
     print(f"serving {args.dir} on https://127.0.0.1:{port}/", flush=True)
     if args.port_file:

@@ -12,12 +12,9 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.cluster.harness import HERE, Cluster
-
-
-def pinned_versions() -> dict[str, str]:
-    lines = (HERE / "versions.env").read_text().splitlines()
-    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+import localcluster
+from localcluster import Cluster
+from localcluster.binaries import pinned_versions
 
 
 def pinned_k8s_version() -> str:
@@ -95,7 +92,7 @@ def test_service_account_token_is_refused_until_rbac_grants(cluster: Cluster, na
     assert elsewhere.value.status == 403
 
 
-def test_a_crd_can_be_created_and_used(cluster: Cluster, namespace: str) -> None:
+def test_a_crd_can_be_created_and_used(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
     group = f"g{uuid.uuid4().hex[:8]}.harness.pfo.dev"
     crd = {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -128,9 +125,11 @@ def test_a_crd_can_be_created_and_used(cluster: Cluster, namespace: str) -> None
             ],
         },
     }
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(crd))
+    (tmp_path / "widgets.yaml").write_text(json.dumps(crd))
     try:
-        cluster.kubectl("wait", "--for=condition=Established", f"crd/widgets.{group}", "--timeout=30s")
+        # install_crds returns once the resource is served: usable by name at once.
+        assert cluster.install_crds(tmp_path) == [f"widgets.{group}"]
+        assert cluster.kubectl("get", f"widgets.{group}", namespace=namespace).returncode == 0
         api = client.CustomObjectsApi(cluster.api_client())
         body = {
             "apiVersion": f"{group}/v1",
@@ -185,7 +184,7 @@ def test_deleting_an_owner_deletes_its_pods(cluster: Cluster, namespace: str) ->
 
 
 def test_a_second_cluster_coexists_and_stops_without_leftovers(cluster: Cluster, tmp_path: Path) -> None:
-    second = Cluster.start(tmp_path / "second")
+    second = localcluster.start(tmp_path / "second")
     try:
         assert second.server != cluster.server
         assert second.kubectl("get", "--raw", "/readyz").stdout == "ok"

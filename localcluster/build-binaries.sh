@@ -4,8 +4,8 @@
 # repository keyed by version. A warm cache makes this a no-op. There is no Docker engine
 # and no release-download host here, so building from source is the only way.
 #
-#   tests/cluster/build-binaries.sh            # prints the bin directory on the last line
-#   PFO_CACHE=/some/dir tests/cluster/build-binaries.sh
+#   localcluster/build-binaries.sh            # prints the bin directory on the last line
+#   PFO_CACHE=/some/dir localcluster/build-binaries.sh
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env

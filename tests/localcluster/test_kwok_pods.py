@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.harness import GPU_RESOURCE, Cluster, drive_annotations
+from localcluster import GPU_RESOURCE, Cluster, drive_annotations
 
 
 def pod(name: str, gpus: int = 0, **spec: Any) -> dict[str, Any]:

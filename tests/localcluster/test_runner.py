@@ -9,7 +9,7 @@ from typing import Any
 
 from kubernetes import client
 
-from tests.cluster.harness import Cluster
+from localcluster import Cluster
 
 RESTRICTED = {  # what Pod Security "restricted" demands of a container
     "allowPrivilegeEscalation": False,

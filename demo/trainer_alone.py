@@ -1,4 +1,4 @@
-"""``python -m finetune_trainer.demo``: the finetune recipe end to end on real data, in minutes on a CPU.
+"""``python -m demo.trainer_alone``: the finetune recipe end to end on real data, in minutes on a CPU.
 
 1. Pretrain ResNet18_vd from scratch on scikit-learn's handwritten digits 0-5 (our own stand-in
    for an ImageNet checkpoint; the real ones cannot be downloaded here) and save it as .pdparams.
@@ -19,8 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from .cli import main as cli_main
-from .digits import (
+from finetune_trainer.cli import main as cli_main
+
+from demo.digits import (
     FINETUNE_CLASSES,
     PRETRAIN_CLASSES,
     digits_settings,
@@ -76,9 +77,7 @@ def run_demo(work_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m finetune_trainer.demo", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m demo.trainer_alone", description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", help="keep everything here (default: a temporary directory, removed)")
     args = parser.parse_args(argv)
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="finetune-demo-"))

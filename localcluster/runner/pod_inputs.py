@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.cluster.kube_rest import KubeError, KubeRest
+from localcluster.kube_rest import KubeError, KubeRest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -60,7 +60,9 @@ class PodContext:
         self.pod = pod
         self.ns = pod["metadata"]["namespace"]
 
-    def _object(self, kind: str, name: str, optional: bool) -> dict[str, str] | None:
+    def data_of(self, kind: str, name: str, optional: bool) -> dict[str, str] | None:
+        """The decoded data of ConfigMap or Secret `name` (`kind` "configmap" or "secret"); None if
+        it is missing and `optional`."""
         try:
             obj = self.api.get(f"/api/v1/namespaces/{self.ns}/{kind}s/{name}")
         except KubeError as exc:
@@ -74,7 +76,7 @@ class PodContext:
         return data
 
     def key_ref(self, kind: str, ref: dict[str, Any]) -> str | None:
-        data = self._object(kind, ref["name"], ref.get("optional", False))
+        data = self.data_of(kind, ref["name"], ref.get("optional", False))
         if data is None or ref["key"] not in data:
             if ref.get("optional"):
                 return None
@@ -86,7 +88,7 @@ class PodContext:
         for src in container.get("envFrom") or []:
             for kind, key in (("configmap", "configMapRef"), ("secret", "secretRef")):
                 if key in src:
-                    data = self._object(kind, src[key]["name"], src[key].get("optional", False)) or {}
+                    data = self.data_of(kind, src[key]["name"], src[key].get("optional", False)) or {}
                     env.update({src.get("prefix", "") + k: v for k, v in data.items()})
         for var in container.get("env") or []:
             if "valueFrom" not in var:
@@ -164,7 +166,7 @@ def volume_sources(ctx: PodContext, pod_dir: Path, volumes_root: Path) -> dict[s
             kind, key = ("configmap", "configMap") if "configMap" in vol else ("secret", "secret")
             src = vol[key]
             ref_name = src.get("name") or src.get("secretName")
-            data = ctx._object(kind, ref_name, src.get("optional", False)) or {}
+            data = ctx.data_of(kind, ref_name, src.get("optional", False)) or {}
             _write_items(local, data, src.get("items"))
             out[name] = (local, True)
         elif "downwardAPI" in vol:
@@ -184,7 +186,7 @@ def volume_sources(ctx: PodContext, pod_dir: Path, volumes_root: Path) -> dict[s
                 elif "configMap" in source or "secret" in source:
                     kind, key = ("configmap", "configMap") if "configMap" in source else ("secret", "secret")
                     s = source[key]
-                    obj = ctx._object(kind, s["name"], s.get("optional", False)) or {}
+                    obj = ctx.data_of(kind, s["name"], s.get("optional", False)) or {}
                     pairs = [(i["key"], i["path"]) for i in s.get("items") or []] or [(k, k) for k in obj]
                     data.update({rel: obj[k] for k, rel in pairs if k in obj})
                 elif "downwardAPI" in source:
