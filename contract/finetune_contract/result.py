@@ -127,7 +127,8 @@ class TrainerResult:
     freeze: FreezeDecision | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The full result as JSON-ready data (None fields left out)."""
+        """The full result as JSON-ready data. None fields are left out, and so are values
+        outside their type and range (a NaN, say): the JSON stays standard."""
         out: dict[str, Any] = {}
         for name, check in FIELD_CHECKS.items():
             value = getattr(self, name)
