@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_PREFIX = "ghcr.io/paddle-finetune-operator"
 PAUSE_REFERENCE = "localhost/pfo/pause:3.10-local"
 # Bump when the way a layer kind is built changes, so cached layers of the old way are not reused.
-FORMAT = {"base": 2, "deps": 2, "app": 1, "pause": 1}
+FORMAT = {"base": 2, "deps": 3, "app": 2, "pause": 1}
 # The PATH and locale of Debian's and the official Python images; the Dockerfile's ENV follows.
 BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 # Build tools run from their wheels inside the build root; neither ends up in an image.
@@ -122,8 +122,10 @@ def _key(kind: str, **inputs: object) -> str:
 class Builder:
     """Layers and images in one cache folder; one build at a time holds its lock."""
 
-    def __init__(self, cache: Path, project_root: Path = project.ROOT) -> None:
+    def __init__(self, cache: Path, project_root: Path = project.ROOT, refresh: bool = False) -> None:
         self.cache = cache
+        self.refresh = refresh  # resolve the wheels and fetch Debian's packages again
+        self._refreshed: set[str] = set()
         self.project_root = project_root
         self.store = BlobStore(cache / "blobs")
         self.work = cache / "tmp"
@@ -140,8 +142,10 @@ class Builder:
                 return layer
         return None
 
-    def _layer(self, key: str, make: Callable[[], Layer], what: str) -> tuple[Layer, bool]:
-        layer = self._cached(key)
+    def _layer(
+        self, key: str, make: Callable[[], Layer], what: str, refresh: bool = False
+    ) -> tuple[Layer, bool]:
+        layer = None if refresh else self._cached(key)
         if layer is not None:
             return layer, False
         _log(f"building {what} ...")
@@ -153,39 +157,50 @@ class Builder:
         _log(f"built {what} in {time.monotonic() - t0:.1f} s: {layer.size / 1e6:.1f} MB gzipped")
         return layer, True
 
-    def base(self) -> tuple[str, Layer, bool]:
+    def base(self) -> tuple[Layer, bool]:
         key = _key("base", spec=rootfs.BASE.__dict__)
-        layer, built = self._layer(
+        return self._layer(
             key,
             lambda: rootfs.build_base_layer(rootfs.BASE, self.store, self.work, rootfs.BASE.describe()),
             "the base layer (mmdebstrap, about a minute)",
+            refresh=self._refresh_once("base"),
         )
-        return key, layer, built
 
-    def build_root(self, base_key: str, base: Layer) -> Path:
-        roots = self.cache / "rootfs"
+    def build_root(self, base: Layer) -> Path:
+        roots, name = self.cache / "rootfs", base.digest.split(":")[1]
         for other in roots.glob("*") if roots.is_dir() else ():
-            if other.name != base_key:  # the unpacked root of an older base
+            if other.name != name:  # the unpacked root of an older base
                 shutil.rmtree(other, ignore_errors=True)
-        return build_root(self.store.path(base.digest), roots / base_key)
+        return build_root(self.store.path(base.digest), roots / name)
 
     def tools(self) -> Path:
-        return wheels.ensure_wheelhouse(TOOLS, self.cache / "wheels")
+        return self._wheelhouse(TOOLS)
 
-    def deps(self, image: PythonImage, base_key: str, base: Layer) -> tuple[Layer, bool]:
+    def _wheelhouse(self, requirements: list[str]) -> Path:
+        refresh = self._refresh_once(wheels.wheelhouse_key(requirements))
+        return wheels.ensure_wheelhouse(requirements, self.cache / "wheels", refresh=refresh)
+
+    def _refresh_once(self, what: str) -> bool:
+        """True the first time ``what`` is asked for in a refreshing build."""
+        if not self.refresh or what in self._refreshed:
+            return False
+        self._refreshed.add(what)
+        return True
+
+    def deps(self, image: PythonImage, base: Layer) -> tuple[Layer, bool]:
         requirements = project.requirements(image.extra, self.project_root)
-        house = wheels.ensure_wheelhouse(requirements, self.cache / "wheels")
+        house = self._wheelhouse(requirements)
         tools = self.tools()
         key = _key(
             "deps",
-            base=base_key,
+            base=base.digest,
             wheels=wheels.lock(house),
             tools=wheels.lock(tools),
             prune=sorted(image.prune),
         )
 
         def make() -> Layer:
-            root = self.build_root(base_key, base)
+            root = self.build_root(base)
             stage = Path(tempfile.mkdtemp(dir=self.work, prefix="stage-")) / "tree"
             try:
                 pip_install(root, tools, sorted(house.glob("*.whl")), stage)
@@ -198,11 +213,11 @@ class Builder:
 
         return self._layer(key, make, f"the {image.name} dependency layer ({len(wheels.lock(house))} wheels)")
 
-    def app(self, image: PythonImage, base_key: str, base: Layer) -> tuple[Layer, bool]:
+    def app(self, image: PythonImage, base: Layer) -> tuple[Layer, bool]:
         tools = self.tools()
         key = _key(
             "app",
-            base=base_key,
+            base=base.digest,
             source=project.source_hash(self.project_root),
             tools=wheels.lock(tools),
             folders=sorted(image.folders.items()),
@@ -215,7 +230,7 @@ class Builder:
                 for rel in project.source_files(self.project_root):
                     (src / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(self.project_root / rel, src / rel)
-                pip_install(self.build_root(base_key, base), tools, [src], stage)
+                pip_install(self.build_root(base), tools, [src], stage)
                 for folder in image.folders:
                     (stage / folder).mkdir(mode=0o755)
                 return write_layer(
@@ -269,9 +284,9 @@ class Builder:
             reference = PAUSE_REFERENCE
         else:
             image = IMAGES[name]
-            base_key, base, base_built = self.base()
-            deps, deps_built = self.deps(image, base_key, base)
-            app, app_built = self.app(image, base_key, base)
+            base, base_built = self.base()
+            deps, deps_built = self.deps(image, base)
+            app, app_built = self.app(image, base)
             kinds = [("base", base, base_built), ("deps", deps, deps_built), ("app", app, app_built)]
             config = image_config(image.dockerfile)
             reference = f"{prefix}/{name}:{tag}"
@@ -359,11 +374,14 @@ def build(
     tag: str | None = None,
     cache: Path | None = None,
     project_root: Path = project.ROOT,
+    refresh: bool = False,
 ) -> list[Built]:
     """Build (or find cached) each named image; the Python entry point for other tools.
 
     ``names``: any of "operator", "trainer", "pause". ``cache``: the images cache folder
     (default ``$PFO_CACHE/images``). ``project_root``: the checkout whose code goes in.
+    ``refresh``: resolve the wheels and fetch Debian's packages again (security updates, new
+    releases); layers whose content did not change keep their digests.
     """
     unknown = sorted(set(names) - set(NAMES))
     if unknown:
@@ -371,7 +389,7 @@ def build(
     tag = tag or project.pyproject(project_root)["project"]["version"]
     cache = cache or cache_dir()
     with _locked(cache):
-        builder = Builder(cache, project_root)
+        builder = Builder(cache, project_root, refresh)
         results = [builder.build(name, prefix, tag) for name in names]
         builder.collect_garbage(builder.written)
         return results
@@ -387,10 +405,13 @@ def main(argv: list[str] | None = None) -> int:
         "--tag", default=None, help="tag of the operator and trainer images (the project version)"
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    parser.add_argument(
+        "--refresh", action="store_true", help="resolve the wheels and fetch Debian's packages again"
+    )
     args = parser.parse_args(argv)
     names = NAMES if "all" in args.names else list(dict.fromkeys(args.names))
     try:
-        results = build(names, prefix=args.prefix, tag=args.tag)
+        results = build(names, prefix=args.prefix, tag=args.tag, refresh=args.refresh)
     except (RuntimeError, ValueError) as exc:
         print(f"images.build: {exc}", file=sys.stderr)
         return 1

@@ -35,7 +35,8 @@ ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 # containerd's import takes the image's full name from this annotation.
 ANNOTATION_CONTAINERD_NAME = "io.containerd.image.name"
 
-# zlib level 6 (gzip's default) costs about twice level 1's time for 10-15 % smaller layers.
+# zlib level 6 (gzip's default): on the trainer's 880 MB dependency layer 36 CPU s and 240 MB,
+# against level 1's 14 CPU s and 277 MB. The layer is built once; its size is paid at every push.
 GZIP_LEVEL = 6
 _CHUNK = 1 << 20
 

@@ -39,10 +39,11 @@ def lock(wheelhouse: Path) -> list[tuple[str, str]]:
     return json.loads((wheelhouse / "lock.json").read_text())
 
 
-def ensure_wheelhouse(requirements: list[str], cache: Path) -> Path:
-    """The folder of wheels ``requirements`` resolve to, downloaded once."""
+def ensure_wheelhouse(requirements: list[str], cache: Path, refresh: bool = False) -> Path:
+    """The folder of wheels ``requirements`` resolve to, downloaded once (``refresh``: again,
+    picking up new releases)."""
     house = cache / wheelhouse_key(requirements)
-    if (house / "lock.json").is_file():
+    if (house / "lock.json").is_file() and not refresh:
         return house
     cache.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".tmp-"))
@@ -74,11 +75,8 @@ def ensure_wheelhouse(requirements: list[str], cache: Path) -> Path:
             with wheel.open("rb") as f:
                 entries.append((wheel.name, hashlib.file_digest(f, "sha256").hexdigest()))
         (tmp / "lock.json").write_text(json.dumps(entries, indent=1))
-        try:
-            os.rename(tmp, house)
-        except OSError:  # another build finished the same wheelhouse first
-            if not (house / "lock.json").is_file():
-                raise
+        shutil.rmtree(house, ignore_errors=True)  # an older resolution (builds hold a lock)
+        os.rename(tmp, house)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return house
