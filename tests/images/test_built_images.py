@@ -454,3 +454,36 @@ def test_pause_as_pid_1_reaps_orphans_and_exits_on_sigint(bundles, init):
                 os.kill(pid, signal.SIGKILL)
             ns.kill()
         ns.wait(timeout=10)
+
+
+# -- caching -----------------------------------------------------------------------------
+
+
+def test_a_source_change_rebuilds_only_the_top_layer(built, tmp_path):
+    """A copy of the project with one module changed: base and dependency layers come from the
+    cache, the top layer is rebuilt and holds the change."""
+    from images import project
+
+    copy = tmp_path / "project"
+    for rel in project.source_files(ROOT):
+        (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, copy / rel)
+    module = copy / "operator" / "finetune_operator" / "__init__.py"
+    marker = f"# changed by the test {uuid.uuid4().hex}\n"
+    module.write_text(module.read_text() + marker)
+
+    (changed,) = images_build.build(["operator"], project_root=copy)
+    kinds = {kind: (digest, built_now) for kind, digest, built_now in changed.layers}
+    original = {kind: digest for kind, digest, _ in built["operator"].layers}
+    assert kinds["base"] == (original["base"], False)
+    assert kinds["deps"] == (original["deps"], False)
+    assert kinds["app"][1] is True and kinds["app"][0] != original["app"]
+    with tarfile.open(changed.archive) as archive:
+        member = archive.extractfile("blobs/" + kinds["app"][0].replace(":", "/"))
+        with tarfile.open(fileobj=member, mode="r|gz") as layer:
+            for entry in layer:
+                if entry.name == f"{images_build.SITE_PACKAGES}/finetune_operator/__init__.py":
+                    assert layer.extractfile(entry).read().decode().endswith(marker)
+                    break
+            else:
+                pytest.fail("finetune_operator/__init__.py is not in the top layer")

@@ -8,6 +8,7 @@ import json
 import os
 import random
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -206,3 +207,22 @@ def test_archive_round_trip_and_reproducibility(tmp_path):
         assert all(m.mtime == EPOCH and m.uid == 0 for m in tar.getmembers())
         blobs = sorted(n for n in names if n.startswith("blobs/sha256/"))
         assert len(blobs) == 4  # config, manifest, two layers
+
+
+def test_garbage_collection_keeps_what_layers_and_this_run_use(tmp_path):
+    from images.build import KEEP_LAYER_DAYS, Builder
+
+    builder = Builder(tmp_path / "cache")
+    layers = builder.cache / "layers"
+    layers.mkdir(parents=True)
+    blobs = {}
+    for name in ("recent", "old", "config", "orphan"):
+        blobs[name], _ = builder.store.put_bytes(name.encode())
+    (layers / "deps-recent.json").write_text(json.dumps({"digest": blobs["recent"]}))
+    (layers / "deps-old.json").write_text(json.dumps({"digest": blobs["old"]}))
+    long_ago = time.time() - (KEEP_LAYER_DAYS + 1) * 86400
+    os.utime(layers / "deps-old.json", (long_ago, long_ago))
+
+    builder.collect_garbage(keep={blobs["config"]})
+    assert sorted(p.name for p in layers.iterdir()) == ["deps-recent.json"]
+    assert {name for name, digest in blobs.items() if builder.store.has(digest)} == {"recent", "config"}
