@@ -37,7 +37,7 @@ from tests.images.test_dockerfile import CONTRACT
 pytestmark = [pytest.mark.images, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-TOOLS = ("skopeo", "umoci", "runc", "unshare", "nsenter")
+TOOLS = ("skopeo", "umoci", "runc")
 
 
 def _need_tools() -> None:
@@ -174,19 +174,20 @@ def test_console_script_runs_from_path_as_the_image_user_on_a_read_only_root(
     proc = _runc(bundles[name], tmp_path, extra_args=["--help"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"usage: {program}" in proc.stdout
-    whoami = _runc(
-        bundles[name],
-        tmp_path,
-        args=[
-            "python3",
-            "-c",
-            "import os, shutil; print(os.getuid(), os.getgid(), os.getcwd(), shutil.which('"
-            + program
-            + "'))",
-        ],
+    probe = (
+        "import os, shutil; print(os.getuid(), os.getgid(), os.getcwd(),"
+        f" shutil.which({program!r}), shutil.which('python'))"
     )
+    whoami = _runc(bundles[name], tmp_path, args=["python3", "-c", probe])
     assert whoami.returncode == 0, whoami.stderr
-    assert whoami.stdout.split() == ["1000", "1000", CONTRACT[name]["workdir"], f"/usr/local/bin/{program}"]
+    # `python` too: the multi-GPU pod command is `python -m paddle.distributed.launch`.
+    assert whoami.stdout.split() == [
+        "1000",
+        "1000",
+        CONTRACT[name]["workdir"],
+        f"/usr/local/bin/{program}",
+        "/usr/bin/python",
+    ]
 
 
 def test_operator_image_has_no_paddle_and_imports_its_program(bundles, built, tmp_path):
@@ -387,7 +388,8 @@ def test_pause_runs_as_its_image_says_and_stops_on_sigterm(bundles, tmp_path):
         else:
             pytest.fail("the pause container never ran")
         pid = json.loads(status.stdout)["pid"]
-        assert Path(f"/proc/{pid}/status").read_text().count("\t65535") >= 2  # Uid: and Gid: lines
+        ids = {k: v.split() for k, v in _status(pid).items() if k in ("Uid", "Gid")}
+        assert ids == {"Uid": ["65535"] * 4, "Gid": ["65535"] * 4}
         t0 = time.monotonic()
         assert _run(["runc", "--root", str(state), "kill", name, "TERM"]).returncode == 0
         assert proc.wait(timeout=10) == 0
@@ -399,13 +401,6 @@ def test_pause_runs_as_its_image_says_and_stops_on_sigterm(bundles, tmp_path):
         _run(["runc", "--root", str(state), "delete", "--force", name])
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        out += [int(c) for c in (task / "children").read_text().split()]
-    return out
-
-
 def _status(pid: int) -> dict[str, str]:
     try:
         lines = Path(f"/proc/{pid}/status").read_text().splitlines()
@@ -414,46 +409,57 @@ def _status(pid: int) -> dict[str, str]:
     return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
 
 
-@pytest.mark.parametrize("init", ["pause", "sleep"])
-def test_pause_as_pid_1_reaps_orphans_and_exits_on_sigint(bundles, init):
-    """An orphan in the PID namespace is adopted by PID 1 and must not stay a zombie. The
-    control (`sleep` as PID 1, which never waits) shows the check can tell."""
-    program = [str(bundles["pause"] / "rootfs" / "pause")] if init == "pause" else ["sleep", "60"]
-    ns = subprocess.Popen(["unshare", "--pid", "--fork", "--", *program], stderr=subprocess.DEVNULL)
+# Forks a child that exits when the FIFO is written to, then becomes the program: the child is
+# then the program's own, and only the program can reap it.
+_LAUNCHER = """
+import os, sys
+if os.fork() == 0:
+    open(sys.argv[1]).read()
+    os._exit(0)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("program", ["pause", "sleep"])
+def test_pause_reaps_its_children_and_exits_0_on_sigint(bundles, tmp_path, program):
+    """As a pod's PID 1, pause inherits every orphan; each exited one must be reaped, not left a
+    zombie. The control (`sleep`, which never waits) shows the check can tell."""
+    argv = (
+        [str(bundles["pause"] / "rootfs" / "pause")] if program == "pause" else [shutil.which("sleep"), "120"]
+    )
+    release = tmp_path / "release"
+    os.mkfifo(release)
+    proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(release), *argv], stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while not _children(ns.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        (init_pid,) = _children(ns.pid)
-        # In the namespace: a child forks a grandchild and exits at once; the grandchild is
-        # orphaned (adopted by PID 1) and exits a moment later.
-        orphan_maker = (
-            "import os, time\nif os.fork() == 0:\n    time.sleep(1)\n    os._exit(0)\nos._exit(0)\n"
-        )
-        entered = _run(
-            ["nsenter", "--target", str(init_pid), "--pid", "--", sys.executable, "-c", orphan_maker]
-        )
-        assert entered.returncode == 0, entered.stderr
-        adopted = []
-        deadline = time.monotonic() + 5
-        while not adopted and time.monotonic() < deadline:
-            adopted = _children(init_pid)
+        deadline = time.monotonic() + 30
+        child = None
+        while time.monotonic() < deadline:
+            exe = os.path.realpath(f"/proc/{proc.pid}/exe")
+            kids = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+            if exe == os.path.realpath(argv[0]) and kids:
+                (child,) = kids
+                break
             time.sleep(0.02)
-        assert adopted, "the orphan was never adopted by PID 1"
-        time.sleep(2)
-        left = {pid: _status(pid).get("State", "gone") for pid in adopted}
-        if init == "pause":
-            assert all(state == "gone" for state in left.values()), f"not reaped: {left}"
-            os.kill(init_pid, signal.SIGINT)
-            assert ns.wait(timeout=5) == 0
-        else:
-            assert any(state.startswith("Z") for state in left.values()), f"control: {left}"
+        assert child is not None, "the launcher never became the program with its child"
+        with release.open("w") as fifo:
+            fifo.write("exit")
+
+        def state() -> str:
+            return _status(child).get("State", "gone")
+
+        expected = "gone" if program == "pause" else "Z"
+        deadline = time.monotonic() + 30
+        while not state().startswith(expected) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)
+        assert state().startswith(expected), f"under {program}, the exited child is {state()!r}"
+        if program == "pause":
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=10) == 0  # the handler's exit 0, not death by SIGINT
     finally:
-        if ns.poll() is None:
-            for pid in _children(ns.pid):
-                os.kill(pid, signal.SIGKILL)
-            ns.kill()
-        ns.wait(timeout=10)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
 
 
 # -- caching -----------------------------------------------------------------------------
