@@ -92,6 +92,7 @@ class Timeline:
     violations: list[str] = field(default_factory=list)
     running: list[tuple[float, str]] = field(default_factory=list)  # pods to drive
     lock: threading.Lock = field(default_factory=threading.Lock)
+    lease_name: str = LEASE_NAME
 
     def on_pod(self, at: float, kind: str, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
@@ -128,7 +129,7 @@ class Timeline:
                 self.jobs[job["metadata"]["name"]] = job
 
     def on_lease(self, at: float, kind: str, lease: dict[str, Any]) -> None:
-        if lease["metadata"]["name"] != LEASE_NAME:
+        if lease["metadata"]["name"] != self.lease_name:
             return
         holder = (lease.get("spec") or {}).get("holderIdentity") or ""
         with self.lock:
@@ -237,19 +238,28 @@ class Harness:
     """Watches (pods, jobs, the Lease, Events), traffic and operator replicas in one namespace."""
 
     def __init__(
-        self, cluster: Cluster, namespace: str, workdir: Path, job_interval: float, kubeconfig: str | None
+        self,
+        cluster: Cluster,
+        namespace: str,
+        workdir: Path,
+        job_interval: float,
+        kubeconfig: str | None,
+        lease_namespace: str = "",
+        lease_name: str = LEASE_NAME,
     ) -> None:
         self.cluster = cluster
         self.namespace = namespace
         self.workdir = workdir
         self.kubeconfig = kubeconfig
+        self.lease_namespace = lease_namespace or namespace
+        self.lease_name = lease_name
         admin = Path(cluster.kubeconfig)
-        self.timeline = Timeline()
+        self.timeline = Timeline(lease_name=lease_name)
         self.events: list[dict[str, Any]] = []
         self.watchers = [
             Watcher(admin, PODS.format(ns=namespace), self.timeline.on_pod).start(),
             Watcher(admin, FTJ.format(ns=namespace), self.timeline.on_job).start(),
-            Watcher(admin, LEASES.format(ns=namespace), self.timeline.on_lease).start(),
+            Watcher(admin, LEASES.format(ns=self.lease_namespace), self.timeline.on_lease).start(),
             Watcher(admin, EVENTS.format(ns=namespace), self._on_event).start(),
         ]
         self.traffic = Traffic(admin, namespace, self.timeline, job_interval)
@@ -262,8 +272,8 @@ class Harness:
     def replica(self, identity: str, leader_elect: bool = True) -> OperatorProcess:
         flags = ["--workers", str(OperatorConfig().workers)]
         if leader_elect:
-            flags += ["--leader-elect", "--leader-election-namespace", self.namespace]
-            flags += ["--leader-election-id", LEASE_NAME, "--leader-election-identity", identity]
+            flags += ["--leader-elect", "--leader-election-namespace", self.lease_namespace]
+            flags += ["--leader-election-id", self.lease_name, "--leader-election-identity", identity]
         op = OperatorProcess(
             self.cluster,
             [self.namespace],
@@ -364,10 +374,12 @@ def run_failover(
     job_interval: float = 1.0,
     seed: int = 1,
     kubeconfig: str | None = None,
+    lease_namespace: str = "",
+    lease_name: str = LEASE_NAME,
 ) -> dict[str, Any]:
     """Two replicas, the leader SIGKILLed `kills` times, then the reference restarts, in
     `namespace` (which must exist, with the CRD installed); `kubeconfig` is the operators' identity
-    (default: the admin's)."""
+    (default: the admin's), the Lease `lease_name` in `lease_namespace` (default: `namespace`)."""
     rng = random.Random(seed)
     defaults = OperatorConfig()
     report: dict[str, Any] = {
@@ -378,7 +390,7 @@ def run_failover(
         "kills": [],
         "restarts": [],
     }
-    h = Harness(cluster, namespace, workdir, job_interval, kubeconfig)
+    h = Harness(cluster, namespace, workdir, job_interval, kubeconfig, lease_namespace, lease_name)
     try:
         ops = [h.replica("replica-a"), h.replica("replica-b")]
         for op in ops:
