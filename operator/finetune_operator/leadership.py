@@ -99,6 +99,13 @@ class Election:
         return release and self.elector.release()
 
     def _run(self) -> None:
+        try:
+            self._rounds()
+        except BaseException as exc:  # a bug here must not leave a leader that no longer renews
+            log.exception("the leader-election thread failed")
+            self.on_lost(f"the leader-election thread failed: {exc!r}")
+
+    def _rounds(self) -> None:
         e, t = self.elector, self.elector.timings
         started = False
         while not self._stop.is_set():

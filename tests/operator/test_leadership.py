@@ -159,3 +159,17 @@ def test_standby_healthz_answers_while_the_election_runs() -> None:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("0.0.0.0", port))
+
+
+def test_a_failing_election_thread_counts_as_a_lost_leadership() -> None:
+    store = FakeLeaseStore(RealClock())  # type: ignore[arg-type]
+    e = elector(store, "a")
+    rec = Recorder(e)
+
+    def broken_clock() -> float:
+        raise RuntimeError("a bug")
+
+    election = Election(e, rec.on_started, rec.on_lost)
+    e.clock = broken_clock  # type: ignore[method-assign]
+    election.start()
+    assert rec.lost.wait(5) and "thread failed" in rec.lost_reason
