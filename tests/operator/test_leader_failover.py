@@ -1,7 +1,7 @@
 """Two real operator processes with leader election against the local control plane, while jobs
 are created and their pods finish (one in three fails once and is retried): the leader is
-SIGKILLed, or frozen past its lease, and the other takes over without a second pod for any
-attempt or a transition reported twice. The same harness as `make bench`'s bench/failover.py,
+SIGKILLed, frozen past its lease, or stopped with SIGTERM, and the other takes over without a
+second pod for any attempt or a transition reported twice. The same harness as `make bench`'s bench/failover.py,
 with fewer kills (the benchmark's README has the figures of 10)."""
 
 from __future__ import annotations
@@ -81,3 +81,35 @@ def test_a_frozen_leader_exits_when_it_wakes_up_after_losing_the_lease(
     assert verdict["violations"] == [], "\n".join(verdict["violations"][:20])
     lease = json.loads(cluster.kubectl("get", "lease", LEASE_NAME, "-o", "json", namespace=namespace).stdout)
     assert lease["spec"]["leaseTransitions"] >= 1
+
+
+def test_a_leader_stopped_with_sigterm_hands_over_without_waiting_for_the_lease(
+    cluster: Any, crd_installed: str, namespace: str, tmp_path: Path
+) -> None:
+    """What a rolling update or a drain does: SIGTERM; the leader stops acting, releases the
+    Lease, and the standby takes over within a retry period or two, not a lease duration."""
+    h = Harness(cluster, namespace, tmp_path, job_interval=1.0, kubeconfig=None)
+    try:
+        ops = [h.replica("graceful-a"), h.replica("graceful-b")]
+        for op in ops:
+            op.start()
+        leader = h.wait("one leader", lambda: _one_leader(ops), 60)
+        other = next(op for op in ops if op is not leader)
+        h.traffic.start()
+        time.sleep(3)
+        old = h.timeline.holders[-1][1]
+        t_term = time.monotonic()
+        leader.stop()  # SIGTERM, waits for the exit
+        assert leader.returncode == 0, leader.log_tail()
+        assert "Lease released" in leader.log_tail(), leader.log_tail()
+        taken = h.wait(
+            "the standby to take the Lease", lambda: h.timeline.holder_change_after(t_term, old), 30
+        )
+        assert taken - t_term < LEASE - RETRY, f"took {taken - t_term:.1f}s: the Lease was not released"
+        h.wait("the standby to lead", other.leading, 10)
+        time.sleep(3)
+        h.finish()
+    finally:
+        h.close()
+    verdict = h.verdict()
+    assert verdict["violations"] == [], "\n".join(verdict["violations"][:20])
