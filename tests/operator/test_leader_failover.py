@@ -1,8 +1,8 @@
 """Two real operator processes with leader election against the local control plane, while jobs
 are created and their pods finish (one in three fails once and is retried): the leader is
 SIGKILLed, frozen past its lease, or stopped with SIGTERM, and the other takes over without a
-second pod for any attempt or a transition reported twice. The same harness as `make bench`'s bench/failover.py,
-with fewer kills (the benchmark's README has the figures of 10)."""
+second pod for any attempt or a transition reported twice. The same harness as `make bench`'s
+bench/failover.py, with fewer kills (the benchmark's README has the figures of 10)."""
 
 from __future__ import annotations
 
