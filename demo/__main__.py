@@ -91,7 +91,8 @@ def get_job(cluster: Cluster, name: str) -> dict[str, Any] | None:
 
 def remove_previous_run(cluster: Cluster, name: str, output: Path) -> None:
     """A second `make demo` runs the job afresh: delete the old job (the operator removes its
-    finalizer and pods) and its output folder, which the trainer would otherwise resume from."""
+    finalizer and pods) and its output folders (the new job, with a new uid, gets a folder of its
+    own and would not resume them; they would only pile up)."""
     if get_job(cluster, name) is not None:
         say(f"deleting the previous ftj/{name}")
         cluster.kubectl("delete", "ftj", name, "--wait=true", "--timeout=60s", namespace=NAMESPACE)
@@ -99,7 +100,7 @@ def remove_previous_run(cluster: Cluster, name: str, output: Path) -> None:
             "wait", "--for=delete", "pod", "-l", f"finetune.paddle.dev/job-name={name}",
             "--timeout=60s", namespace=NAMESPACE, check=False,
         )  # fmt: skip
-    shutil.rmtree(output / f"{NAMESPACE}-{name}", ignore_errors=True)
+    shutil.rmtree(output / NAMESPACE / name, ignore_errors=True)
 
 
 def watch_until_finished(cluster: Cluster, name: str, timeout: float) -> dict[str, Any]:
@@ -151,7 +152,8 @@ def next_steps(cluster: Cluster, name: str, operator: OperatorProcess, output: P
         ("the trainer's log", f"{k} logs {name}-attempt-1"),
         ("the operator's Prometheus metrics",
          f"curl -s http://127.0.0.1:{operator.metrics_port}/metrics | grep '^finetune'"),
-        ("the trainer's output (inference model, result.json)", f"ls {rel(output)}/{NAMESPACE}-{name}/"),
+        ("the trainer's output (inference model, result.json), one folder per job uid",
+         f"ls {rel(output)}/{NAMESPACE}/{name}/*/"),
         ("the operator's log", f"tail -f {rel(operator.log_path)}"),
         ("stop the cluster, the operator and the weights server", "make cluster-down"),
     ]  # fmt: skip

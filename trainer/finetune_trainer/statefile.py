@@ -80,7 +80,8 @@ def _check_plain(value: Any, depth: int = 0) -> None:
     """Raise _NotPlain unless ``value`` is plain data (see the module docstring)."""
     if depth > MAX_DEPTH:
         raise _NotPlain(f"nested deeper than {MAX_DEPTH} levels")
-    if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
+    kind = type(value)  # exact types: a subclass (Counter, a str subclass, ...) is another class
+    if value is None or kind in (bool, int, float, complex, str, bytes):
         return
     if isinstance(value, np.ndarray):
         if type(value) is not np.ndarray or value.dtype.hasobject:
@@ -90,13 +91,13 @@ def _check_plain(value: Any, depth: int = 0) -> None:
         if value.dtype.hasobject:
             raise _NotPlain("holds a numpy object scalar")
         return
-    if isinstance(value, dict):  # dict and OrderedDict
+    if kind in (dict, OrderedDict):
         for key, item in value.items():
-            if not isinstance(key, (str, int)):
+            if type(key) not in (str, int):
                 raise _NotPlain(f"holds a dict key of type {type(key).__name__}")
             _check_plain(item, depth + 1)
         return
-    if isinstance(value, (list, tuple)):
+    if kind in (list, tuple):
         for item in value:
             _check_plain(item, depth + 1)
         return
@@ -162,9 +163,9 @@ def load(path: str | Path, expect: dict[str, Any] | None = None) -> Any:
 
 def plain(value: Any) -> Any:
     """``value`` with Paddle tensors (at any depth) replaced by numpy arrays."""
-    if isinstance(value, dict):
-        return {key: plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
+    if type(value) in (dict, OrderedDict):
+        return type(value)((key, plain(item)) for key, item in value.items())
+    if type(value) in (list, tuple):
         return type(value)(plain(item) for item in value)
     if hasattr(value, "numpy") and callable(value.numpy) and not isinstance(value, (np.ndarray, np.generic)):
         return np.asarray(value.numpy())
