@@ -81,7 +81,10 @@ def test_a_full_settings_object_round_trips_through_json():
         ({"training": {"momentum": -0.1}}, "training.momentum: must be a finite number >= 0"),
         ({"training": {"labelSmoothing": 1.0}}, "training.labelSmoothing: must be < 1"),
         ({"training": {"amp": "fp8"}}, "training.amp: 'fp8' is not one of"),
-        ({"job": {"namespace": "ns", "name": "a"}}, "job: give namespace, name and uid together (missing uid)"),
+        (
+            {"job": {"namespace": "ns", "name": "a"}},
+            "job: give namespace, name and uid together (missing uid)",
+        ),
         ({"job": {"uid": "u"}}, "job: give namespace, name and uid together (missing name, namespace)"),
         ({"job": {"namespace": "Team_A", "name": "a", "uid": "u"}}, "job.namespace: 'Team_A' is not a"),
         ({"job": {"namespace": "n" * 64, "name": "a", "uid": "u"}}, "job.namespace:"),
@@ -108,6 +111,12 @@ def test_a_job_identity_is_whole_or_absent():
     as Kubernetes allows (a namespace of 63, a name of 253 characters)."""
     assert TrainerSettings().job.uid == ""
     settings = TrainerSettings.from_dict(
-        {"job": {"namespace": "n" * 63, "name": "a." + "b" * 251, "uid": "0b6c1a4e-6f3e-4b6e-9d59-8a6f0f8d2c11"}}
+        {
+            "job": {
+                "namespace": "n" * 63,
+                "name": "a." + "b" * 251,
+                "uid": "0b6c1a4e-6f3e-4b6e-9d59-8a6f0f8d2c11",
+            }
+        }
     )
     assert len(settings.job.name) == 253

@@ -23,11 +23,9 @@ def crd_installed(cluster: Any) -> str:
     # which `kubectl wait` reports as an error instead of waiting.
     deadline = time.monotonic() + 60
     while True:
-        conditions = (
-            json.loads(cluster.kubectl("get", f"crd/{crd.CRD_NAME}", "-o", "json").stdout)
-            .get("status", {})
-            .get("conditions", [])
-        )
+        # Right after the apply, status and its conditions may also be present but null.
+        status = json.loads(cluster.kubectl("get", f"crd/{crd.CRD_NAME}", "-o", "json").stdout).get("status")
+        conditions = (status or {}).get("conditions") or []
         if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
             break
         if time.monotonic() > deadline:

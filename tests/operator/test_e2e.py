@@ -4,7 +4,8 @@ Tiny real data (scikit-learn's digits as 32x32 images) in a PersistentVolumeClai
 ResNet18_vd weights trained on other digit classes and served over HTTPS by a local server with a
 self-signed certificate (the CRD accepts only https URLs; the operator's --trainer-env hands the
 trainer REQUESTS_CA_BUNDLE), and the real operator. The job must reach Succeeded with the top-1
-the trainer measured, with progress read from the trainer's log on the way.
+the trainer measured, with progress read from the trainer's log on the way; deleted and created
+again with the same name, it must train afresh in a folder of its own.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from localcluster import OperatorProcess, make_self_signed, serve_https
-from tests.operator.cluster_jobs import apply, condition, job_manifest, wait_job
+from tests.operator.cluster_jobs import apply, condition, get_job, job_manifest, wait_job
 
 PRETRAIN_CLASSES = (0, 1, 2)
 FINETUNE_CLASSES = (5, 6, 7, 8, 9)
@@ -97,8 +98,10 @@ def test_finetune_job_runs_the_real_trainer(cluster, namespace, crd_installed, h
         assert status["podName"] == "digits-attempt-1"
         assert status["attempts"] == 1
 
-        # The top-1 in the status is the one the trainer wrote to the output volume.
-        result = json.loads((folder / f"{namespace}-digits" / "result.json").read_text())
+        # The top-1 in the status is the one the trainer wrote to the output volume, in the job's
+        # own folder: <namespace>/<name>/<uid>.
+        first_uid = get_job(cluster, namespace, "digits")["metadata"]["uid"]
+        result = json.loads((folder / namespace / "digits" / first_uid / "result.json").read_text())
         assert 0.0 <= status["metrics"]["top1"] <= 1.0
         assert status["metrics"]["top1"] == pytest.approx(result["top1"])
         assert status["metrics"]["bestEpoch"] == result["bestEpoch"]
@@ -122,5 +125,20 @@ def test_finetune_job_runs_the_real_trainer(cluster, namespace, crd_installed, h
         assert float(row.split()[3]) == pytest.approx(status["metrics"]["top1"])
         print(f"\ne2e: preparing data and weights {prepared:.1f}s, job to Succeeded {trained:.1f}s, "
               f"top1 {status['metrics']['top1']:.4f}")  # fmt: skip
+
+        # Deleted and created again with the same name (how a spec is changed): a new run in a
+        # folder of its own, never the old run continued or reported finished at once.
+        cluster.kubectl("delete", "ftj", "digits", "--wait=true", "--timeout=60s", namespace=namespace)
+        cluster.kubectl("wait", "--for=delete", "pod/digits-attempt-1", "--timeout=60s", namespace=namespace)
+        apply(cluster, namespace, manifest)
+        again = wait_job(cluster, operator, namespace, "digits", finished, "finished again", timeout=300)
+        second_uid = get_job(cluster, namespace, "digits")["metadata"]["uid"]
+        assert again["phase"] == "Succeeded", json.dumps(again, indent=1)
+        assert second_uid != first_uid
+        rerun = json.loads((folder / namespace / "digits" / second_uid / "result.json").read_text())
+        assert rerun.get("resumedFromEpoch") is None and rerun["epochsRun"] == 2
+        assert rerun["outputDir"] == f"/output/{namespace}/digits/{second_uid}"
+        assert again["metrics"]["epochsRun"] == 2
+        assert json.loads((folder / namespace / "digits" / first_uid / "result.json").read_text()) == result
     finally:
         operator.stop()
