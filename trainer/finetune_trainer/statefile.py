@@ -147,8 +147,16 @@ def load(path: str | Path, expect: dict[str, Any] | None = None) -> Any:
             raise UnsafeFileError(path, str(exc)) from None
         except EOFError:
             raise UnsafeFileError(path, "not a readable state file (cut short)") from None
-        except (pickle.UnpicklingError, ValueError, TypeError, LookupError, AttributeError) as exc:
-            # Bytes that are not a pickle, or a pickle whose arrays do not add up.
+        except (
+            pickle.UnpicklingError,
+            ValueError,
+            TypeError,
+            LookupError,
+            AttributeError,
+            ArithmeticError,
+            MemoryError,
+        ) as exc:
+            # Bytes that are not a pickle, or a pickle whose arrays do not add up or cannot fit.
             raise UnsafeFileError(path, f"not a readable state file ({type(exc).__name__}: {exc})") from None
         if expect is not None:
             reader.read()  # anything after the pickle's end counts too
