@@ -114,8 +114,9 @@ def tick_positions(order: list[int], recall: np.ndarray, limit: int = TICK_LABEL
 
 
 def plot_confusion(matrix: np.ndarray, names: list[str], path: Path, title: str = "") -> None:
-    """The confusion matrix, rows normalised (each true class's images sum to 1), classes ordered
-    so that classes mistaken for each other sit together (``per_class.display_order``), a square
+    """The confusion matrix, rows normalised (each true class's images sum to 1), more than 12
+    classes ordered so that classes mistaken for each other sit together
+    (``per_class.display_order``), a square
     root colour scale so that single errors show, sparse class names, and the most frequent
     confusions listed beside it."""
     matrix = np.asarray(matrix, np.int64)
@@ -123,7 +124,7 @@ def plot_confusion(matrix: np.ndarray, names: list[str], path: Path, title: str 
     images = matrix.sum(axis=1)
     rows = np.divide(matrix, images[:, None], out=np.zeros(matrix.shape), where=images[:, None] > 0)
     recall = np.diag(rows)
-    order = display_order(matrix)
+    order = display_order(matrix) if n > 12 else list(range(n))  # few classes: in label order
     shown = rows[np.ix_(order, order)]
 
     side = min(14.0, max(6.0, 3.0 + n * 0.09))
