@@ -64,7 +64,10 @@ def test_a_checkpoint_state_round_trips_and_older_ones_still_load():
     # What older trainers did not record is empty: resume.py refuses such a checkpoint.
     assert (saved["job"], saved["settings"], saved["fingerprint"]) == (None, None, "")
     assert saved["epochTraining"] == {}
+    assert saved["bestConfusion"] is None  # older states lack the matrix
     assert RunState.from_checkpoint(saved) == state
+    state.bestConfusion = [[0, 0, 3], [1, 2, 1], [2, 2, 2]]  # sparse (true, predicted, count)
+    assert RunState.from_checkpoint(state.to_checkpoint()) == state
 
 
 def test_an_attempt_reports_what_it_established():
