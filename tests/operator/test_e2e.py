@@ -5,13 +5,16 @@ ResNet18_vd weights trained on other digit classes and served over HTTPS by a lo
 self-signed certificate (the CRD accepts only https URLs; the operator's --trainer-env hands the
 trainer REQUESTS_CA_BUNDLE), and the real operator. The job must reach Succeeded with the top-1
 the trainer measured, with progress read from the trainer's log on the way; deleted and created
-again with the same name, it must train afresh in a folder of its own.
+again with the same name, it must train afresh in a folder of its own. Suspended mid-run, its pod
+must checkpoint and exit within the job's terminationGracePeriodSeconds (the runner SIGKILLs after
+it, as a kubelet does), and the resumed attempt must continue from that checkpoint.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -140,5 +143,117 @@ def test_finetune_job_runs_the_real_trainer(cluster, namespace, crd_installed, h
         assert rerun["outputDir"] == f"/output/{namespace}/digits/{second_uid}"
         assert again["metrics"]["epochsRun"] == 2
         assert json.loads((folder / namespace / "digits" / first_uid / "result.json").read_text()) == result
+    finally:
+        operator.stop()
+
+
+def test_a_suspended_job_checkpoints_within_its_grace_and_the_next_attempt_resumes(
+    cluster, namespace, crd_installed, https_dir, tmp_path
+):
+    """Suspension deletes the pod: SIGTERM, then SIGKILL after the pod's grace period (here the
+    spec's terminationGracePeriodSeconds, rendered by the operator). The trainer must checkpoint
+    and exit within it, and the attempt after the resume must continue from that checkpoint."""
+    from finetune_trainer import checkpoint  # imports Paddle: a few seconds
+
+    from demo.digits import make_pretrained_weights, write_digits_dataset
+
+    grace = 60
+    https_root, port = https_dir
+    weights = https_root / "files" / "digits-resnet18_vd.pdparams"
+    make_pretrained_weights(weights, tmp_path / "pretrain", PRETRAIN_CLASSES, epochs=1, warmupEpochs=0)
+    weights.chmod(0o644)
+    folder = cluster.create_runner_pvc(namespace, "digits")
+    info = write_digits_dataset(folder, FINETUNE_CLASSES)
+    operator = OperatorProcess(
+        cluster,
+        [namespace],
+        tmp_path / "operator.log",
+        extra=["--trainer-env", f"REQUESTS_CA_BUNDLE={https_root / 'cert.pem'}"],
+    )
+    operator.start()
+    try:
+        manifest = job_manifest(
+            "grace",
+            {"persistentVolumeClaim": {"claimName": "digits"}},
+            model={
+                "architecture": "ResNet18_vd",
+                "pretrained": {
+                    "url": f"https://127.0.0.1:{port}/{weights.name}",
+                    "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+                },
+            },
+            dataset={
+                "volume": {"persistentVolumeClaim": {"claimName": "digits"}},
+                "numClasses": info["numClasses"],
+                "imageSize": 32,
+            },
+            finetune={"freeze": "fc-only"},
+            # Small batches: many steps per epoch, so the SIGTERM most likely lands inside one.
+            training={"epochs": 3, "batchSize": 4, "warmupEpochs": 0, "numWorkers": 0},
+            resources={"gpus": 0},
+            runPolicy={
+                "backoffLimit": 0,
+                "activeDeadlineSeconds": 900,
+                "terminationGracePeriodSeconds": grace,
+            },
+            template=cluster.runner_pod_spec_extras(),
+        )
+        apply(cluster, namespace, manifest)
+
+        def past_first_epoch(status: dict) -> bool:
+            return status.get("phase") == "Running" and (status.get("progress") or {}).get("epoch", 0) >= 1
+
+        wait_job(cluster, operator, namespace, "grace", past_first_epoch, "past its first epoch", timeout=300)
+        pod = cluster.kubectl("get", "pod", "grace-attempt-1", "-o", "json", namespace=namespace).stdout
+        assert json.loads(pod)["spec"]["terminationGracePeriodSeconds"] == grace
+        uid = get_job(cluster, namespace, "grace")["metadata"]["uid"]
+        out = folder / namespace / "grace" / uid
+        suspended_at = time.monotonic()
+        patch = json.dumps({"spec": {"runPolicy": {"suspend": True}}})
+        cluster.kubectl("patch", "ftj", "grace", "--type=merge", "-p", patch, namespace=namespace)
+        suspended = lambda s: s.get("phase") == "Suspended"  # noqa: E731
+        wait_job(cluster, operator, namespace, "grace", suspended, "Suspended", timeout=60)
+        cluster.kubectl(
+            "wait", "--for=delete", "pod/grace-attempt-1", f"--timeout={2 * grace}s", namespace=namespace
+        )
+        stopped = time.monotonic() - suspended_at
+        # The runner keeps the container's log after the pod is gone (as a node's log files).
+        (log_file,) = (cluster.runner_root / "pods").glob(f"{namespace}_grace-attempt-1_*/trainer.log")
+        first = log_file.read_text(errors="replace")
+        assert "failed (Interrupted): received SIGTERM" in first, first[-3000:]
+        assert stopped < grace, f"{stopped:.1f}s from the suspension to the pod's end (grace {grace}s)"
+        saved = checkpoint.find_latest(out)
+        assert saved is not None
+        position = checkpoint.position(saved.name)
+        assert position is not None and position >= (1, 0)
+        if position[1]:  # mid-epoch (training or an abandoned evaluation): the trainer said so
+            assert f"interrupted: saved epoch {position[0] + 1} step {position[1]}" in first, first[-3000:]
+
+        patch = json.dumps({"spec": {"runPolicy": {"suspend": False}}})
+        cluster.kubectl("patch", "ftj", "grace", "--type=merge", "-p", patch, namespace=namespace)
+        done = wait_job(
+            cluster,
+            operator,
+            namespace,
+            "grace",
+            lambda s: s.get("phase") in ("Succeeded", "Failed"),
+            "finished",
+            timeout=300,
+        )
+        second = cluster.kubectl("logs", "grace-attempt-2", namespace=namespace, check=False).stdout
+        assert done["phase"] == "Succeeded", f"{json.dumps(done, indent=1)}\n{second[-3000:]}"
+        assert done["attempts"] == 2 and done["metrics"]["epochsRun"] == 3
+        (log_file,) = (cluster.runner_root / "pods").glob(f"{namespace}_grace-attempt-2_*/trainer.log")
+        second = log_file.read_text(errors="replace")
+        resumed = re.search(r"resuming from (\S+) \(epoch (\d+), step (\d+) of the next\)", second)
+        assert resumed, second[-3000:]
+        assert resumed[1] == f"/output/{namespace}/grace/{uid}/checkpoints/{saved.name}"
+        assert (int(resumed[2]), int(resumed[3])) == position
+        result = json.loads((out / "result.json").read_text())
+        assert result["resumedFromEpoch"] == position[0] and result["epochsRun"] == 3
+        print(
+            f"\ne2e grace: suspended at epoch {position[0]} step {position[1]} of the next; the pod "
+            f"checkpointed and ended {stopped:.1f}s later (grace {grace}s); attempt 2 resumed there"
+        )
     finally:
         operator.stop()
