@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PFO_CACHE ?= $(HOME)/.cache/paddle-finetune-operator
 export PFO_CACHE
 
-.PHONY: help venv binaries prometheus operator-wheels test test-unit test-cluster lint demo bench cluster-up cluster-down images clean
+.PHONY: help venv binaries prometheus node-runtime operator-wheels test test-unit test-cluster lint demo bench cluster-up cluster-down images clean
 
 help:
 	@echo "make demo          run the demo (see README)"
@@ -42,6 +42,19 @@ prometheus:
 	  echo "  apt-get update && apt-get install -y --no-install-recommends prometheus" >&2; exit 1; fi; \
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 
+# The real node's container runtime (tests/cluster/realnode.py): containerd, runc, the CNI
+# plugins, a static busybox for the test image and gcc for the pause program, from Debian's
+# packages, installed once (a no-op when all are there). Needs root, like `prometheus`.
+NODE_PACKAGES := containerd runc containernetworking-plugins busybox-static gcc libc6-dev
+node-runtime:
+	@if command -v containerd >/dev/null && command -v runc >/dev/null && [ -x /usr/lib/cni/bridge ] \
+	  && [ -x /bin/busybox ] && [ -f /usr/lib/x86_64-linux-gnu/libc.a ] && command -v gcc >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "make node-runtime: installing Debian's $(NODE_PACKAGES) needs root; run as root:" >&2; \
+	  echo "  apt-get update && apt-get install -y --no-install-recommends $(NODE_PACKAGES)" >&2; exit 1; fi; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  $(NODE_PACKAGES) >/dev/null
+
 # A wheelhouse of the operator extra's dependencies, so tests/operator/test_images.py installs
 # `.[operator]` into a fresh virtual environment without reaching PyPI at test time.
 OPERATOR_WHEELS := $(PFO_CACHE)/wheels/operator
@@ -70,16 +83,16 @@ lint: venv
 test-unit: venv operator-wheels
 	$(PY) -m pytest -m "not cluster" tests
 
-test: venv binaries prometheus operator-wheels
+test: venv binaries prometheus node-runtime operator-wheels
 	$(PY) -m pytest tests
 
 # Only the tests against the local control plane (each pytest session starts and stops its own).
-test-cluster: venv binaries prometheus
+test-cluster: venv binaries prometheus node-runtime
 	$(PY) -m pytest -m cluster tests
 
 # A local control plane left running for people and the demo: .cluster/kubeconfig (see
 # tests/cluster/README.md). `make test` does not need it.
-cluster-up: venv binaries
+cluster-up: venv binaries node-runtime
 	$(PY) -m tests.cluster.harness up
 
 cluster-down:
@@ -87,7 +100,7 @@ cluster-down:
 
 # The demo (demo/README.md): cluster, chart, operator, weights and data, one FineTuneJob to
 # Succeeded. Everything stays running; `make cluster-down` stops it.
-demo: venv binaries
+demo: venv binaries node-runtime
 	$(PY) -m demo
 
 bench: venv
