@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from tests.cluster import realnode
 from tests.cluster.pki import PKI
 
 HERE = Path(__file__).resolve().parent
@@ -128,6 +129,8 @@ class Cluster:
         self.gpu_nodes: tuple[str, ...] = tuple(state["gpu_nodes"])
         self.cpu_nodes: tuple[str, ...] = tuple(state["cpu_nodes"])
         self.ca_file = state_dir / "pki" / "ca.crt"
+        # The real node (realnode.py): a kubelet with containerd; None when started without it.
+        self.real_node: str | None = state.get("real_node")
 
     # ----------------------------------------------------------------- lifecycle
     @classmethod
@@ -138,10 +141,12 @@ class Cluster:
         runner_gpus: int = 2,
         owner_pid: int | None = None,
         gpu_nodes: int = len(GPU_NODES),
+        real_node: bool = True,
     ) -> Cluster:
         """Start every process; on any failure stop what was started and raise. With `owner_pid`,
         a watchdog stops the cluster when that process ends, even if it is killed (SIGKILL).
-        `gpu_nodes`: how many fake 8-GPU nodes (kwok-gpu-0, ...); the benchmark asks for many."""
+        `gpu_nodes`: how many fake 8-GPU nodes (kwok-gpu-0, ...); the benchmark asks for many.
+        `real_node`: also run a real kubelet with containerd (realnode.py; needs root)."""
         state_dir = state_dir.resolve()
         if (state_dir / "state.json").exists():
             existing = cls.attach(state_dir)
@@ -153,7 +158,7 @@ class Cluster:
         state_dir.mkdir(parents=True, exist_ok=True)
         if owner_pid is not None:
             _start_watchdog(state_dir, owner_pid)
-        starter = _Starter(state_dir, bin_dir(), runner_gpus, gpu_nodes)
+        starter = _Starter(state_dir, bin_dir(), runner_gpus, gpu_nodes, real_node)
         try:
             return starter.run()
         except BaseException:
@@ -369,6 +374,17 @@ class Cluster:
         _wait_until(f"PersistentVolumeClaim {namespace}/{claim_name} to be Bound", bound, 60)
         return folder
 
+    def real_node_pod_spec_extras(self) -> dict[str, Any]:
+        """The nodeSelector and toleration a pod needs to land on the real node."""
+        return realnode.pod_spec_extras()
+
+    def import_image(self, archive: Path) -> None:
+        """Load an OCI/docker image archive into the real node's containerd (the kubelet's namespace)."""
+        node = realnode.RealNode.load(self.state_dir)
+        if node is None:
+            raise ClusterError("this cluster runs no real node (Cluster.start(real_node=True))")
+        node.import_image(archive)
+
     def runner_pod_spec_extras(self) -> dict[str, Any]:
         """The nodeSelector and toleration a pod needs to land on the runner node."""
         return {
@@ -408,9 +424,15 @@ def drive_annotations(
 # --------------------------------------------------------------------- starting
 class _Starter:
     def __init__(
-        self, state_dir: Path, bins: Path, runner_gpus: int, gpu_nodes: int = len(GPU_NODES)
+        self,
+        state_dir: Path,
+        bins: Path,
+        runner_gpus: int,
+        gpu_nodes: int = len(GPU_NODES),
+        real_node: bool = True,
     ) -> None:
         self.dir = state_dir
+        self.real_node = real_node
         self.bins = bins
         self.runner_gpus = runner_gpus
         self.logs = state_dir / "logs"
@@ -422,6 +444,7 @@ class _Starter:
             "runner_root": str(state_dir / "runner"),
             "gpu_nodes": [f"kwok-gpu-{i}" for i in range(gpu_nodes)],
             "cpu_nodes": list(CPU_NODES),
+            "real_node": realnode.NODE_NAME if real_node else None,
             "ready": False,
         }
 
@@ -478,7 +501,7 @@ class _Starter:
         )
         sa = pki.service_account_keys()
 
-        ports = {k: free_port() for k in ("etcd", "etcd_peer", "apiserver", "kwok", "runner")}
+        ports = {k: free_port() for k in ("etcd", "etcd_peer", "apiserver", "kwok", "runner", "kubelet")}
         self.state["ports"] = ports
         server = f"https://127.0.0.1:{ports['apiserver']}"
         self.state["server"] = server
@@ -487,6 +510,12 @@ class _Starter:
                            ("runner.kubeconfig", runner_id)):  # fmt: skip
             kubeconfigs[name] = d / name
             write_kubeconfig(d / name, server, ca, pair.cert, pair.key, name.split(".")[0])
+
+        # The real node's containerd starts first; it is ready long before the API server.
+        real = realnode.RealNode.prepare(d, pki) if self.real_node else None
+        if real is not None:
+            pause_archive, pause_ref = real.pause_image()
+            containerd = self.spawn("containerd", real.containerd_argv(pause_ref))
 
         etcd_url = f"http://127.0.0.1:{ports['etcd']}"
         peer_url = f"http://127.0.0.1:{ports['etcd_peer']}"
@@ -516,6 +545,9 @@ class _Starter:
             "--profiling=false", "--v=1",
         ])  # fmt: skip
         self.check_alive("etcd", etcd)
+        if real is not None:
+            real.wait_containerd(lambda: self.check_alive("containerd", containerd))
+            real.import_image(pause_archive)
 
         def api_ready() -> bool:
             self.check_alive("kube-apiserver", apiserver)
@@ -531,6 +563,9 @@ class _Starter:
             return proc.returncode == 0
 
         _wait_until("kube-apiserver /readyz", api_ready, 60, f"see {self.logs}/kube-apiserver.log")
+        t_api = time.monotonic()
+        if real is not None:
+            self.spawn("kubelet", real.kubelet_argv(b / "kubelet", server, ports["kubelet"]))
 
         self.spawn("kube-controller-manager", [
             str(b / "kube-controller-manager"), "--kubeconfig", str(kubeconfigs["kcm.kubeconfig"]),
@@ -587,9 +622,16 @@ class _Starter:
                 # node-lifecycle lifts the not-ready taint; until then nothing schedules there
                 if conditions.get("Ready") == "True" and "node.kubernetes.io/not-ready" not in taints:
                     ready.add(node["metadata"]["name"])
-            return ready >= {*self.state["gpu_nodes"], *CPU_NODES, RUNNER_NODE}
+            if real is not None and real.name in ready and "real_node_ready_s" not in self.state:
+                self.state["real_node_ready_s"] = round(time.monotonic() - t_api, 1)  # after /readyz
+            return ready >= {
+                *self.state["gpu_nodes"],
+                *CPU_NODES,
+                RUNNER_NODE,
+                *([real.name] if real else []),
+            }
 
-        _wait_until("all nodes Ready", nodes_ready, 60, f"see {self.logs}/kwok.log and runner.log")
+        _wait_until("all nodes Ready", nodes_ready, 60, f"see {self.logs}/kwok.log, runner.log, kubelet.log")
 
         def default_sa() -> bool:  # the controllers run once the default ServiceAccount exists
             return (
@@ -630,6 +672,11 @@ def stop_state_dir(state_dir: Path, *, remove: bool = True, grace: float = 10.0)
         state = json.loads((state_dir / "state.json").read_text())
     except (OSError, ValueError):
         state = {"processes": []}
+    # The real node's pods go first, while the API server and kubelet still run (stopping the
+    # kubelet would leave them running).
+    admin = state_dir / "kubeconfig"
+    kubectl = [str(Path(state.get("bin_dir", "")) / "kubectl"), "--kubeconfig", str(admin)]
+    realnode.drain(state_dir, state, kubectl if admin.exists() and "bin_dir" in state else None)
     # Companions (Cluster.add_companion) go first: they talk to the API server.
     recorded = state.get("processes", []) + state.get("companions", [])
     procs = [p for p in reversed(recorded) if _pid_alive(p["pid"], p["marker"])]
@@ -648,6 +695,7 @@ def stop_state_dir(state_dir: Path, *, remove: bool = True, grace: float = 10.0)
     from tests.cluster.runner import kill_leftover_pods
 
     kill_leftover_pods(Path(state.get("runner_root", state_dir / "runner")))
+    realnode.cleanup_host(state_dir)  # mounts, bridge, cgroups, links, sysctls
     if remove and state_dir.exists():
         shutil.rmtree(state_dir, ignore_errors=True)
 
