@@ -1,12 +1,13 @@
 """A real local Kubernetes control plane started as plain processes (no Docker, no kind).
 
 etcd, kube-apiserver (RBAC + Node authorization, ServiceAccount tokens, client-certificate
-identities), kube-controller-manager, kube-scheduler, kwok (fake nodes and scripted pod lifecycles)
-and the local process runner (tests/cluster/runner.py, one node that really runs pods) are started
-from the binaries built by build-binaries.sh. Every port is picked free at start, so clusters
-coexist; all state (certificates, etcd data, logs, pids) lives in one directory.
+identities), kube-controller-manager, kube-scheduler, kwok (fake nodes and scripted pod lifecycles),
+the local process runner (tests/cluster/runner.py, one node that really runs pods) and a real node
+(tests/cluster/realnode.py: kubelet, containerd, runc) are started from the binaries built by
+build-binaries.sh and Debian's packages (make node-runtime). Every port is picked free at start,
+so clusters coexist; all state (certificates, etcd data, logs, pids) lives in one directory.
 
-    python -m tests.cluster.harness up   [--state-dir .cluster]   # prints the kubeconfig path
+    python -m tests.cluster.harness up   [--state-dir .cluster] [--no-real-node]  # prints the kubeconfig
     python -m tests.cluster.harness down [--state-dir .cluster]
 """
 
@@ -563,7 +564,6 @@ class _Starter:
             return proc.returncode == 0
 
         _wait_until("kube-apiserver /readyz", api_ready, 60, f"see {self.logs}/kube-apiserver.log")
-        t_api = time.monotonic()
         if real is not None:
             self.spawn("kubelet", real.kubelet_argv(b / "kubelet", server, ports["kubelet"]))
 
@@ -622,14 +622,8 @@ class _Starter:
                 # node-lifecycle lifts the not-ready taint; until then nothing schedules there
                 if conditions.get("Ready") == "True" and "node.kubernetes.io/not-ready" not in taints:
                     ready.add(node["metadata"]["name"])
-            if real is not None and real.name in ready and "real_node_ready_s" not in self.state:
-                self.state["real_node_ready_s"] = round(time.monotonic() - t_api, 1)  # after /readyz
-            return ready >= {
-                *self.state["gpu_nodes"],
-                *CPU_NODES,
-                RUNNER_NODE,
-                *([real.name] if real else []),
-            }
+            real_node = [real.name] if real else []
+            return ready >= {*self.state["gpu_nodes"], *CPU_NODES, RUNNER_NODE, *real_node}
 
         _wait_until("all nodes Ready", nodes_ready, 60, f"see {self.logs}/kwok.log, runner.log, kubelet.log")
 
@@ -746,6 +740,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     parser.add_argument("--owner-pid", type=int, help="watch: stop the cluster when this process ends")
     parser.add_argument("--owner-start", help="watch: that process's start time (/proc/PID/stat field 22)")
+    parser.add_argument("--no-real-node", action="store_true", help="up: without the real kubelet node")
     args = parser.parse_args(argv)
     state_dir = args.state_dir.resolve()
     if args.action == "watch":
@@ -765,7 +760,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"a cluster already runs from {state_dir}", file=sys.stderr)
         print(running.kubeconfig)
         return 0
-    cluster = Cluster.start(state_dir)
+    cluster = Cluster.start(state_dir, real_node=not args.no_real_node)
     print(f"cluster ready in {cluster.state['start_seconds']}s; API server {cluster.server}", file=sys.stderr)
     print(f"  export KUBECONFIG={cluster.kubeconfig}", file=sys.stderr)
     print(cluster.kubeconfig)

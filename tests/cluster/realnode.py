@@ -404,6 +404,15 @@ def _remove_host_files(directory: Path) -> list[str]:
     return removed
 
 
+def node_processes(state_dir: Path) -> set[int]:
+    """The processes the node's containerd started: its shims and everything in its pods' cgroups."""
+    directory = (state_dir / "node").resolve()
+    others = set(_processes_with(f"{directory}/containerd/config.toml"))  # containerd itself
+    others |= set(_processes_with(f"{directory}/kubelet.yaml"))  # the kubelet
+    pids = set(_processes_with(f"{directory}/")) | _cgroup_pids(host_names(directory)["cgroup_root"])
+    return pids - others
+
+
 def _processes_with(marker: str) -> list[int]:
     pids = []
     for proc in Path("/proc").iterdir():
