@@ -11,6 +11,7 @@ installed with a kubeconfig for its ServiceAccount (install_chart), an HTTPS fil
 (serve_https, make_self_signed).
 """
 
+from localcluster import realnode
 from localcluster.cluster import DEFAULT_STATE_DIR, Cluster, attach
 from localcluster.errors import ClusterError
 from localcluster.helm import CHART, HelmNotFound, fullname, helm, install_chart, service_account_kubeconfig
@@ -19,7 +20,7 @@ from localcluster.kube_rest import KubeError, KubeRest
 from localcluster.kwok import GPU_RESOURCE, GPUS_PER_NODE, drive_annotations
 from localcluster.operator_process import OperatorProcess
 from localcluster.processes import free_port
-from localcluster.start import start
+from localcluster.start import REAL_NODE_GPUS, start
 from localcluster.stop import stop
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "KubeError",
     "KubeRest",
     "OperatorProcess",
+    "REAL_NODE_GPUS",
     "attach",
     "drive_annotations",
     "free_port",
@@ -40,6 +42,7 @@ __all__ = [
     "helm",
     "install_chart",
     "make_self_signed",
+    "realnode",
     "serve_https",
     "service_account_kubeconfig",
     "start",

@@ -11,12 +11,15 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from images.build import Built
+from images.build import build as build_images
+from localcluster import realnode
 from localcluster.errors import ClusterError
 from localcluster.kwok import drive_annotations
 from localcluster.processes import pid_alive
@@ -63,6 +66,8 @@ class Cluster:
         self.gpu_nodes: tuple[str, ...] = tuple(state["gpu_nodes"])
         self.cpu_nodes: tuple[str, ...] = tuple(state["cpu_nodes"])
         self.ca_file = state_dir / "pki" / "ca.crt"
+        # The real node (realnode/): a kubelet with containerd; None when started without it.
+        self.real_node: str | None = state.get("real_node")
 
     # ----------------------------------------------------------------- lifecycle
     def healthy(self) -> bool:
@@ -294,6 +299,88 @@ class Cluster:
                 "accessModes": ["ReadWriteOnce"],
                 "storageClassName": "",
                 "volumeName": pv_name,
+                "resources": {"requests": {"storage": size}},
+            },
+        }
+        self.kubectl(
+            "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [pv, pvc]})
+        )
+
+        def bound() -> bool:
+            out = self.kubectl(
+                "get", "pvc", claim_name, "-o", "jsonpath={.status.phase}", namespace=namespace
+            )
+            return out.stdout == "Bound"
+
+        wait_until(f"PersistentVolumeClaim {namespace}/{claim_name} to be Bound", bound, 60)
+        return folder
+
+    # ----------------------------------------------------------------- the real node
+    def _node(self) -> realnode.RealNode:
+        node = realnode.RealNode.load(self.state_dir)
+        if node is None or self.real_node is None:
+            raise ClusterError("this cluster runs no real node (start(real_node=True))")
+        return node
+
+    def real_node_pod_spec_extras(self) -> dict[str, Any]:
+        """The nodeSelector and toleration a pod needs to land on the real node."""
+        return realnode.pod_spec_extras()
+
+    def import_image(self, archive: Path) -> None:
+        """Load an OCI/docker image archive into the real node's containerd (the kubelet's namespace)."""
+        self._node().import_image(archive)
+
+    def load_images(self, names: Sequence[str]) -> list[Built]:
+        """Build (or find cached) the project's images `names` (images.build: "operator",
+        "trainer", "pause") and import each into the real node unless it holds that very image
+        already (same reference and manifest digest); returns what images.build returned."""
+        node = self._node()
+        built = build_images(list(names))
+        for image in built:
+            if node.containerd.image_digest(image.reference) != image.digest:
+                node.import_image(image.archive)
+        return built
+
+    def node_volume_dir(self, namespace: str, claim_name: str) -> Path:
+        """The real node's folder that backs PersistentVolumeClaim `namespace/claim_name`."""
+        path = self.state_dir / "volumes" / namespace / claim_name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def create_node_pvc(self, namespace: str, claim_name: str, size: str = "1Gi") -> Path:
+        """A Bound PersistentVolumeClaim backed by a `local` PersistentVolume on the real node
+        (node_volume_dir; the kubelet bind-mounts it and applies the pod's fsGroup), so a pod
+        using it is scheduled there; returns the folder."""
+        folder = self.node_volume_dir(namespace, claim_name)
+        pv_name = f"local-{namespace}-{claim_name}"[:253]
+        on_node = {"key": "kubernetes.io/hostname", "operator": "In", "values": [self._node().name]}
+        pv = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": pv_name},
+            "spec": {
+                "capacity": {"storage": size},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "local": {"path": str(folder)},
+                "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [on_node]}]}},
+                "claimRef": {"namespace": namespace, "name": claim_name},
+            },
+        }
+        return self._bind_claim(namespace, claim_name, pv, size, folder)
+
+    def _bind_claim(
+        self, namespace: str, claim_name: str, pv: dict[str, Any], size: str, folder: Path
+    ) -> Path:
+        pvc = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim_name, "namespace": namespace},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": "",
+                "volumeName": pv["metadata"]["name"],
                 "resources": {"requests": {"storage": size}},
             },
         }
