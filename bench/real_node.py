@@ -1,8 +1,8 @@
-"""What the real node (tests/cluster/realnode.py) costs, against the cluster without it, in one run.
+"""What the real node (localcluster/realnode/) costs, against the cluster without it, in one run.
 
     .venv/bin/python bench/real_node.py [--rounds 3] [--pods 5] [--out bench/results/real_node.json]
 
-* start: `Cluster.start()` with and without the real node, alternating rounds (same machine, same
+* start: `localcluster.start()` with and without the real node, alternating rounds (same machine, same
   load): wall clock until every node is Ready, and when the real node and the last kwok node became
   Ready and schedulable after the API server first answered /readyz (polled every ~0.2 s).
 * pods: create -> Succeeded of a trivial pod (`true`) on the real node (containerd, runc, a
@@ -29,9 +29,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import localcluster  # noqa: E402
 from bench.proc_sampler import read  # noqa: E402
-from tests.cluster import nodeimages, realnode  # noqa: E402
-from tests.cluster.harness import Cluster, bin_dir, stop_state_dir  # noqa: E402
+from localcluster import Cluster, realnode  # noqa: E402
+from localcluster.binaries import bin_dir  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -87,7 +88,7 @@ def start_round(real_node: bool) -> dict[str, Any]:
 
     def start() -> None:
         try:
-            started["cluster"] = Cluster.start(state_dir, real_node=real_node)
+            started["cluster"] = localcluster.start(state_dir, real_node=real_node)
         except BaseException as e:  # reported below
             started["error"] = e
 
@@ -124,7 +125,7 @@ def start_round(real_node: bool) -> dict[str, Any]:
         "clusterRssMiB": rss_mib(cluster),
     }
     t0 = time.monotonic()
-    stop_state_dir(state_dir)
+    localcluster.stop(state_dir)
     out["stopSeconds"] = round(time.monotonic() - t0, 1)
     return out
 
@@ -143,10 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             print(label, rounds[label][-1], flush=True)
 
     state_dir = Path(tempfile.mkdtemp(prefix="pfo-bench-node-"))
-    cluster = Cluster.start(state_dir)
+    cluster = localcluster.start(state_dir)
     try:
-        archive, image = nodeimages.busybox_image()
-        cluster.import_image(archive)
+        image = cluster.load_images(["operator"])[0].reference
         cluster.kubectl("create", "namespace", "bench")
         cluster.wait_for(
             "the default ServiceAccount",
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         shims = _shims_rss_mib(state_dir)
     finally:
         t0 = time.monotonic()
-        stop_state_dir(state_dir)
+        localcluster.stop(state_dir)
         stop_with_pods = round(time.monotonic() - t0, 1)
 
     def med(label: str, key: str) -> float:
