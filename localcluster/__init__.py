@@ -14,7 +14,15 @@ installed with a kubeconfig for its ServiceAccount (install_chart), an HTTPS fil
 from localcluster import realnode
 from localcluster.cluster import DEFAULT_STATE_DIR, Cluster, attach
 from localcluster.errors import ClusterError
-from localcluster.helm import CHART, HelmNotFound, fullname, helm, install_chart, service_account_kubeconfig
+from localcluster.helm import (
+    CHART,
+    ChartOperator,
+    HelmNotFound,
+    fullname,
+    helm,
+    install_chart,
+    service_account_kubeconfig,
+)
 from localcluster.https_files import make_self_signed, serve_https
 from localcluster.kube_rest import KubeError, KubeRest
 from localcluster.kwok import GPU_RESOURCE, GPUS_PER_NODE, drive_annotations
@@ -28,6 +36,7 @@ __all__ = [
     "DEFAULT_STATE_DIR",
     "GPUS_PER_NODE",
     "GPU_RESOURCE",
+    "ChartOperator",
     "Cluster",
     "ClusterError",
     "HelmNotFound",

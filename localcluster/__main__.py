@@ -5,8 +5,8 @@ python -m localcluster ACTION [--state-dir DIR]:
                    its kubeconfig path (--no-real-node: without the real kubelet node)
     down           stop it and remove its state
     status         exit 0 if it runs and answers, 1 if not
-    install-chart  install the Helm chart into the running cluster and print a kubeconfig path for
-                   its ServiceAccount:  KUBECONFIG=$(python -m localcluster install-chart) finetune-operator
+    install-chart  install the Helm chart into the running cluster with the locally built operator
+                   image, its pod on the real node; wait until it runs and print the pod's name
 """
 
 from __future__ import annotations
@@ -55,10 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         if running is None:
             print(f"no running cluster in {state_dir}: run `make cluster-up` first", file=sys.stderr)
             return 1
-        if running.kubectl("get", "namespace", args.namespace, check=False).returncode != 0:
-            running.kubectl("create", "namespace", args.namespace)
-        path = running.state_dir / f"{args.release}-operator.kubeconfig"
-        print(install_chart(running, args.namespace, path, release=args.release))
+        operator = install_chart(running, args.namespace, release=args.release)
+        print(f"{args.namespace}/{operator.pod()['metadata']['name']}")
         return 0
     if running is not None:
         print(f"a cluster already runs from {state_dir}", file=sys.stderr)

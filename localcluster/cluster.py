@@ -341,6 +341,22 @@ class Cluster:
                 node.import_image(image.archive)
         return built
 
+    def kubelet_get(self, path: str) -> str:
+        """GET `path` (e.g. /metrics/probes) from the real node's kubelet, as the admin (the
+        kubelet authenticates client certificates of the cluster CA and asks the API server
+        whether the caller may). The API server's node proxy would refuse the loopback address."""
+        import requests
+
+        url = f"https://{self._node().name}:{self.state['ports']['kubelet']}{path}"
+        pki = self.state_dir / "pki"
+        session = requests.Session()
+        session.trust_env = False  # no proxy from the environment for a loopback address
+        response = session.get(
+            url, cert=(str(pki / "admin.crt"), str(pki / "admin.key")), verify=str(self.ca_file), timeout=10
+        )
+        response.raise_for_status()
+        return response.text
+
     def node_volume_dir(self, namespace: str, claim_name: str) -> Path:
         """The real node's folder that backs PersistentVolumeClaim `namespace/claim_name`."""
         path = self.state_dir / "volumes" / namespace / claim_name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -34,6 +35,9 @@ def run(config: OperatorConfig) -> None:
         clusterwide=config.clusterwide,
         namespaces=list(config.namespaces),
         liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None,
+        # kopf's default identity asks getpass.getuser(), which fails for a uid without a passwd
+        # entry (the image runs as 1000 and has none); standalone, kopf only logs it.
+        identity=f"finetune-operator@{socket.gethostname()}",
     )
 
 
