@@ -6,6 +6,7 @@ processes recorded beside it (companions). start.py starts one, stop.py stops on
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -340,6 +341,11 @@ class Cluster:
             if node.containerd.image_digest(image.reference) != image.digest:
                 node.import_image(image.archive)
         return built
+
+    def pod_host_ip(self) -> str:
+        """The host's address as pods on the real node see it (the node's bridge): a server the
+        pods should reach listens there (nothing else reaches it: pods and this host only)."""
+        return str(next(ipaddress.ip_network(self._node().info["subnet"]).hosts()))
 
     def kubelet_get(self, path: str) -> str:
         """GET `path` (e.g. /metrics/probes) from the real node's kubelet, as the admin (the
