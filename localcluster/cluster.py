@@ -1,6 +1,6 @@
 """A handle on a running local cluster: kubectl and API clients with its identities, waiting for
-pods, finishing fake pods on kwok nodes, the runner node's volumes, installing CRDs, and the
-processes recorded beside it (companions). start.py starts one, stop.py stops one; the state
+pods, finishing fake pods on kwok nodes, the real node's images, volumes and kubelet, installing
+CRDs, and the processes recorded beside it (companions). start.py starts one, stop.py stops one; the state
 (certificates, etcd data, logs, pids) lives in one directory, described by its state.json."""
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from localcluster import realnode
 from localcluster.errors import ClusterError
 from localcluster.kwok import drive_annotations
 from localcluster.processes import pid_alive
-from localcluster.runner import RUNNER_LABEL
 from localcluster.stop import stop
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -62,8 +61,6 @@ class Cluster:
         self.bin_dir = Path(state["bin_dir"])
         self.kubeconfig = str(state_dir / "kubeconfig")
         self.server: str = state["server"]
-        self.runner_node: str = state["runner_node"]
-        self.runner_root = Path(state["runner_root"])
         self.gpu_nodes: tuple[str, ...] = tuple(state["gpu_nodes"])
         self.cpu_nodes: tuple[str, ...] = tuple(state["cpu_nodes"])
         self.ca_file = state_dir / "pki" / "ca.crt"
@@ -218,7 +215,7 @@ class Cluster:
 
         return self.wait_pod(namespace, name, reached, f"in phase {phases}", timeout)
 
-    # ----------------------------------------------------------------- fake pods and the runner
+    # ----------------------------------------------------------------- fake pods
     def drive_pod(
         self,
         namespace: str,
@@ -267,54 +264,6 @@ class Cluster:
         }
         self.kubectl("apply", "-f", "-", input=json.dumps(logs))
         return path
-
-    def runner_volume_dir(self, claim_name: str) -> Path:
-        """The local folder that stands for PersistentVolumeClaim `claim_name` on the runner node."""
-        path = self.runner_root / "volumes" / claim_name
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def create_runner_pvc(self, namespace: str, claim_name: str, size: str = "1Gi") -> Path:
-        """A Bound PersistentVolumeClaim backed by runner_volume_dir(claim_name), so a pod using it
-        can be scheduled; returns the folder."""
-        folder = self.runner_volume_dir(claim_name)
-        pv_name = f"runner-{namespace}-{claim_name}"[:253]
-        pv = {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": pv_name, "labels": {RUNNER_LABEL: "true"}},
-            "spec": {
-                "capacity": {"storage": size},
-                "accessModes": ["ReadWriteOnce", "ReadOnlyMany"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
-                "hostPath": {"path": str(folder), "type": "Directory"},
-                "claimRef": {"namespace": namespace, "name": claim_name},
-            },
-        }
-        pvc = {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": claim_name, "namespace": namespace},
-            "spec": {
-                "accessModes": ["ReadWriteOnce"],
-                "storageClassName": "",
-                "volumeName": pv_name,
-                "resources": {"requests": {"storage": size}},
-            },
-        }
-        self.kubectl(
-            "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [pv, pvc]})
-        )
-
-        def bound() -> bool:
-            out = self.kubectl(
-                "get", "pvc", claim_name, "-o", "jsonpath={.status.phase}", namespace=namespace
-            )
-            return out.stdout == "Bound"
-
-        wait_until(f"PersistentVolumeClaim {namespace}/{claim_name} to be Bound", bound, 60)
-        return folder
 
     # ----------------------------------------------------------------- the real node
     def _node(self) -> realnode.RealNode:
@@ -390,11 +339,6 @@ class Cluster:
                 "claimRef": {"namespace": namespace, "name": claim_name},
             },
         }
-        return self._bind_claim(namespace, claim_name, pv, size, folder)
-
-    def _bind_claim(
-        self, namespace: str, claim_name: str, pv: dict[str, Any], size: str, folder: Path
-    ) -> Path:
         pvc = {
             "apiVersion": "v1",
             "kind": "PersistentVolumeClaim",
@@ -418,12 +362,3 @@ class Cluster:
 
         wait_until(f"PersistentVolumeClaim {namespace}/{claim_name} to be Bound", bound, 60)
         return folder
-
-    def runner_pod_spec_extras(self) -> dict[str, Any]:
-        """The nodeSelector and toleration a pod needs to land on the runner node."""
-        return {
-            "nodeSelector": {RUNNER_LABEL: "true"},
-            "tolerations": [
-                {"key": RUNNER_LABEL, "operator": "Equal", "value": "true", "effect": "NoSchedule"}
-            ],
-        }

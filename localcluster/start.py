@@ -1,15 +1,13 @@
 """Starting a local cluster: etcd, kube-apiserver (RBAC + Node authorization, ServiceAccount
 tokens, client-certificate identities), kube-controller-manager, kube-scheduler, kwok (fake nodes
-and scripted pod lifecycles), the local process runner (runner/) and a real node (realnode/:
-kubelet, containerd, runc), from the binaries build-binaries.sh built and Debian's packages
-(make node-runtime). Every port is picked free, so clusters coexist."""
+and scripted pod lifecycles) and a real node (realnode/: kubelet, containerd, runc), from the
+binaries build-binaries.sh built and Debian's packages (make node-runtime). Every port is picked
+free, so clusters coexist."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ import yaml
 from images.build import build as build_images
 from localcluster import realnode
 from localcluster.binaries import bin_dir
-from localcluster.cluster import DEFAULT_STATE_DIR, REPO_ROOT, Cluster, attach, wait_until
+from localcluster.cluster import DEFAULT_STATE_DIR, Cluster, attach, wait_until
 from localcluster.errors import ClusterError
 from localcluster.kwok import (
     CPU_NODES,
@@ -32,7 +30,6 @@ from localcluster.kwok import (
 from localcluster.pki import PKI
 from localcluster.processes import free_port, pid_alive
 from localcluster.realnode import RealNode
-from localcluster.runner import RUNNER_NODE
 from localcluster.stop import start_watchdog, stop
 
 # The real node's extended resource: pods that ask for GPUs can be placed there and run on CPU.
@@ -57,7 +54,6 @@ CONTROLLERS = ",".join(
 def start(
     state_dir: Path = DEFAULT_STATE_DIR,
     *,
-    runner_gpus: int = 2,
     owner_pid: int | None = None,
     gpu_nodes: int = DEFAULT_GPU_NODES,
     real_node: bool = True,
@@ -77,7 +73,7 @@ def start(
     state_dir.mkdir(parents=True, exist_ok=True)
     if owner_pid is not None:
         start_watchdog(state_dir, owner_pid)
-    starter = _Starter(state_dir, bin_dir(), runner_gpus, gpu_nodes, real_node, real_node_gpus)
+    starter = _Starter(state_dir, bin_dir(), gpu_nodes, real_node, real_node_gpus)
     try:
         return starter.run()
     except BaseException:
@@ -106,7 +102,6 @@ class _Starter:
         self,
         state_dir: Path,
         bins: Path,
-        runner_gpus: int,
         gpu_nodes: int = DEFAULT_GPU_NODES,
         real_node: bool = True,
         real_node_gpus: int = REAL_NODE_GPUS,
@@ -115,14 +110,11 @@ class _Starter:
         self.real_node = real_node
         self.real_node_gpus = real_node_gpus
         self.bins = bins
-        self.runner_gpus = runner_gpus
         self.logs = state_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.state: dict[str, Any] = {
             "bin_dir": str(bins),
             "processes": [],
-            "runner_node": RUNNER_NODE,
-            "runner_root": str(state_dir / "runner"),
             "gpu_nodes": gpu_node_names(gpu_nodes),
             "cpu_nodes": list(CPU_NODES),
             "real_node": realnode.NODE_NAME if real_node else None,
@@ -176,19 +168,14 @@ class _Starter:
             "apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",)
         )
         kwok_tls = pki.issue("kwok", "kwok", server_names=("localhost",), server_ips=("127.0.0.1",))
-        runner_id = pki.issue("runner", f"system:node:{RUNNER_NODE}", ("system:nodes",))
-        runner_tls = pki.issue(
-            "runner-serving", RUNNER_NODE, server_names=("localhost",), server_ips=("127.0.0.1",)
-        )
         sa = pki.service_account_keys()
 
-        ports = {k: free_port() for k in ("etcd", "etcd_peer", "apiserver", "kwok", "runner", "kubelet")}
+        ports = {k: free_port() for k in ("etcd", "etcd_peer", "apiserver", "kwok", "kubelet")}
         self.state["ports"] = ports
         server = f"https://127.0.0.1:{ports['apiserver']}"
         self.state["server"] = server
         kubeconfigs = {}
-        for name, pair in (("kubeconfig", admin), ("kcm.kubeconfig", kcm), ("scheduler.kubeconfig", sched),
-                           ("runner.kubeconfig", runner_id)):  # fmt: skip
+        for name, pair in (("kubeconfig", admin), ("kcm.kubeconfig", kcm), ("scheduler.kubeconfig", sched)):
             kubeconfigs[name] = d / name
             write_kubeconfig(d / name, server, ca, pair.cert, pair.key, name.split(".")[0])
 
@@ -278,13 +265,6 @@ class _Starter:
             "--tls-cert-file", str(kwok_tls.cert), "--tls-private-key-file", str(kwok_tls.key),
             "--node-lease-duration-seconds", "40", "--cidr", "10.244.0.0/16", "--enable-crds", "Logs",
         ])  # fmt: skip
-        self.spawn("runner", [
-            sys.executable, "-m", "localcluster.runner",
-            "--kubeconfig", str(kubeconfigs["runner.kubeconfig"]), "--node", RUNNER_NODE,
-            "--root", self.state["runner_root"], "--port", str(ports["runner"]),
-            "--tls-cert", str(runner_tls.cert), "--tls-key", str(runner_tls.key), "--client-ca", str(ca),
-            "--gpus", str(self.runner_gpus),
-        ], env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})  # fmt: skip
 
         cluster.kubectl("apply", "-f", "-", input=json.dumps(fake_nodes_manifest(self.state["gpu_nodes"])))
 
@@ -303,9 +283,9 @@ class _Starter:
                 if conditions.get("Ready") == "True" and "node.kubernetes.io/not-ready" not in taints:
                     ready.add(node["metadata"]["name"])
             real_node = [real.name] if real else []
-            return ready >= {*self.state["gpu_nodes"], *CPU_NODES, RUNNER_NODE, *real_node}
+            return ready >= {*self.state["gpu_nodes"], *CPU_NODES, *real_node}
 
-        wait_until("all nodes Ready", nodes_ready, 60, f"see {self.logs}/kwok.log, runner.log, kubelet.log")
+        wait_until("all nodes Ready", nodes_ready, 60, f"see {self.logs}/kwok.log and kubelet.log")
         if real is not None and self.real_node_gpus:
             real.advertise_gpus(cluster, self.real_node_gpus)
 

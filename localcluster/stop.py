@@ -16,7 +16,6 @@ from pathlib import Path
 
 from localcluster import realnode
 from localcluster.processes import pid_alive, proc_start_time, reap
-from localcluster.runner.pod_worker import kill_leftover_pods
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,8 +45,6 @@ def stop(state_dir: Path, *, remove: bool = True, grace: float = 10.0) -> None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(p["pid"], signal.SIGKILL)
     reap(procs)
-    # Pod processes the runner started run in sessions of their own: stop any it left behind.
-    kill_leftover_pods(Path(state.get("runner_root", state_dir / "runner")))
     realnode.cleanup_host(state_dir)  # mounts, bridge, nftables table, cgroups, links, sysctls
     if remove and state_dir.exists():
         shutil.rmtree(state_dir, ignore_errors=True)

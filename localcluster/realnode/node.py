@@ -305,3 +305,8 @@ def _make_cgroup(hierarchy: Path, root: str) -> None:
     if hierarchy.name == "cpuset":  # a new cpuset is empty: give it the parent's CPUs and memory nodes
         for f in ("cpuset.cpus", "cpuset.mems"):
             (path / f).write_text((hierarchy / f).read_text())
+    if (path / "cpu.shares").exists():
+        # cgroup v1 weighs a child cgroup like one process of its parent: at the default 1024 the
+        # node's pods together would get the CPU time of a single busy host process. Weigh the
+        # node like one process per CPU, as the kubelet weighs its kubepods (allocatable CPUs).
+        (path / "cpu.shares").write_text(str(1024 * (os.cpu_count() or 1)))

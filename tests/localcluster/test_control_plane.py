@@ -190,7 +190,7 @@ def test_a_second_cluster_coexists_and_stops_without_leftovers(cluster: Cluster,
         assert second.kubectl("get", "--raw", "/readyz").stdout == "ok"
         assert cluster.kubectl("get", "--raw", "/readyz").stdout == "ok"
         pids = [p["pid"] for p in second.state["processes"]]
-        assert len(pids) == 6  # etcd, apiserver, controller-manager, scheduler, kwok, runner
+        assert len(pids) == 5  # etcd, apiserver, controller-manager, scheduler, kwok
     finally:
         second.stop()
     assert not (tmp_path / "second").exists()
