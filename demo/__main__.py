@@ -132,6 +132,8 @@ def next_steps(cluster: Cluster, name: str, operator: ChartOperator, output: Pat
         return os.path.relpath(path, Path.cwd())
 
     k = f"kubectl --kubeconfig {rel(cluster.kubeconfig)}"
+    job_output, venv_bin = f"{rel(output)}/{NAMESPACE}-{name}", rel(Path(sys.executable).parent)
+    val_list = f"{rel(output.parent)}/{DATA_CLAIM}/val_list.txt"
     steps = [
         ("the pinned kubectl and helm", f"export PATH={cluster.bin_dir}:$PATH"),
         ("the job: spec, status, freeze decision and evidence, conditions, events",
@@ -142,7 +144,12 @@ def next_steps(cluster: Cluster, name: str, operator: ChartOperator, output: Pat
         ("the pods: the operator's on the real node, the trainer's", f"{k} get pods -A -o wide"),
         ("the operator's Prometheus metrics (at its pod's IP)",
          f"curl -s {operator.metrics_url()} | grep '^finetune'"),
-        ("the trainer's output (inference model, result.json)", f"find {rel(output)} -maxdepth 3"),
+        ("the trainer's output: training_curves.png, confusion_matrix.png, per_class.json, vdl/, inference/",
+         f"ls {job_output}/"),
+        ("the run in VisualDL (http://127.0.0.1:8040)",
+         f"{venv_bin}/visualdl --logdir {job_output}/vdl --host 127.0.0.1 --port 8040"),
+        ("classify digits with the exported model",
+         f"{venv_bin}/finetune-predict {job_output}/inference --list {val_list}"),
         ("the operator's log", f"{k} -n {OPERATOR_NAMESPACE} logs -f deploy/{operator.name}"),
         ("the images in the node's containerd",
          f"ctr --address {rel(cluster.state_dir)}/node/containerd/containerd.sock -n k8s.io images ls"),

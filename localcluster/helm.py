@@ -134,7 +134,8 @@ def install_chart(
 
 
 class ChartOperator:
-    """The operator the chart's Deployment runs (one replica) on the real node."""
+    """The operator the chart's Deployment runs on the real node: by default two replicas with
+    leader election, of which the Lease's holder acts (pod(), metrics and logs are the leader's)."""
 
     def __init__(self, cluster: Any, namespace: str, release: str = "pfo") -> None:
         self.cluster = cluster
@@ -155,16 +156,30 @@ class ChartOperator:
                 f"{pods.stdout}\n{events.stdout[-3000:]}\n{self.log_tail(30)}"
             )
 
-    def pod(self) -> dict[str, Any]:
-        """The Deployment's running pod (the newest one that is not being deleted)."""
+    def pods(self) -> list[dict[str, Any]]:
+        """The Deployment's pods that are not being deleted."""
         selector = f"app.kubernetes.io/instance={self.release}"
         pods = json.loads(
             self.cluster.kubectl("get", "pods", "-l", selector, "-o", "json", namespace=self.namespace).stdout
         )["items"]
-        alive = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+    def leader(self) -> str | None:
+        """The pod name holding the chart's Lease (leader election names holders by pod name)."""
+        proc = self.cluster.kubectl(
+            "get", "lease", f"{self.name}-leader", "-o", "jsonpath={.spec.holderIdentity}",
+            namespace=self.namespace, check=False,
+        )  # fmt: skip
+        return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+    def pod(self) -> dict[str, Any]:
+        """The acting pod: the Lease holder if it is one of the Deployment's pods, else the newest."""
+        alive = self.pods()
         if not alive:
             raise ClusterError(f"no pod of deployment {self.namespace}/{self.name}")
-        return max(alive, key=lambda p: p["metadata"]["creationTimestamp"])
+        holder = self.leader()
+        leading = [p for p in alive if p["metadata"]["name"] == holder]
+        return leading[0] if leading else max(alive, key=lambda p: p["metadata"]["creationTimestamp"])
 
     def metrics_url(self) -> str:
         """/metrics at the pod's IP: the host reaches pods on the node's bridge directly."""
@@ -179,13 +194,18 @@ class ChartOperator:
 
     def log_tail(self, lines: int = 60) -> str:
         """The operator container's last log lines (through the API server and the kubelet)."""
-        proc = self.cluster.kubectl(
-            "logs", f"deployment/{self.name}", f"--tail={lines}", namespace=self.namespace, check=False
-        )
+        try:
+            target = f"pod/{self.pod()['metadata']['name']}"
+        except ClusterError:
+            target = f"deployment/{self.name}"
+        proc = self.cluster.kubectl("logs", target, f"--tail={lines}", namespace=self.namespace, check=False)
         return proc.stdout + proc.stderr
 
     def restarts(self) -> int:
-        return sum(s.get("restartCount", 0) for s in self.pod()["status"].get("containerStatuses", []))
+        """Container restarts summed over all the Deployment's pods."""
+        return sum(
+            s.get("restartCount", 0) for p in self.pods() for s in p["status"].get("containerStatuses", [])
+        )
 
     def probe_results(self, probe_type: str = "Liveness") -> dict[str, float]:
         """The kubelet's count of this pod's `probe_type` probe results, by result ("successful",

@@ -12,8 +12,8 @@ Why event handlers and a work queue instead of kopf's create/update handlers, ti
 kopf still provides the watch streams (with reconnects and resourceVersion bookkeeping), the
 startup/cleanup lifecycle and the liveness endpoint.
 
-One active instance: kopf runs standalone (peering off), so the Deployment must have one replica
-with the Recreate strategy (see RBAC.md).
+One active instance: kopf runs standalone (peering off); with several replicas only the holder of
+the leader Lease starts kopf and this queue at all (leadership.py, RBAC.md).
 """
 
 from __future__ import annotations
