@@ -1,13 +1,13 @@
 """The real local Kubernetes the demo, the benchmarks and the tests use: etcd, kube-apiserver, the
-controller manager, the scheduler, kwok's fake GPU nodes and a node that runs pods as local
-processes, started from pinned binaries without Docker (README.md). What they need, in one place:
+controller manager, the scheduler, kwok's fake GPU nodes and a real node (kubelet + containerd,
+realnode/), started from pinned binaries without Docker (README.md). What they need, in one place:
 
     cluster = localcluster.start(state_dir)     # or localcluster.attach(state_dir) for a running one
-    cluster.kubectl("get", "nodes"); cluster.drive_pod(...); cluster.create_runner_pvc(...)
+    cluster.kubectl("get", "nodes"); cluster.drive_pod(...); cluster.create_node_pvc(...)
     localcluster.stop(state_dir)                # also cluster.stop()
 
-and the processes started beside a cluster: the real operator (OperatorProcess), the Helm chart
-installed with a kubeconfig for its ServiceAccount (install_chart), an HTTPS file server
+and the processes started beside a cluster: the real operator as a local process (OperatorProcess),
+the Helm chart's operator pods on the real node (install_chart, ChartOperator), an HTTPS file server
 (serve_https, make_self_signed).
 """
 

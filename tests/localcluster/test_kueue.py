@@ -489,13 +489,15 @@ def test_a_pod_group_is_admitted_whole_or_not_at_all(kueue: Kueue, kns: str, rec
 
 
 # ------------------------------------------------------------------ (c) preemption
-# What it says goes to its log and to /notes/log (a volume: the pod and its log are gone at the end).
+# What it says goes to its log and, where a volume is mounted at /notes (the victim's), to
+# /notes/log: the pod and its log are gone at the end.
 SIGTERM_AWARE = (
-    "import signal, sys, time\n"
+    "import os, signal, sys, time\n"
     "def say(words):\n"
     "    print(words, flush=True)\n"
-    "    with open('/notes/log', 'a') as f:\n"
-    "        f.write(words + '\\n')\n"
+    "    if os.path.isdir('/notes'):\n"
+    "        with open('/notes/log', 'a') as f:\n"
+    "            f.write(words + '\\n')\n"
     "def term(*_):\n"
     "    say('SIGTERM: writing a checkpoint')\n"
     "    time.sleep(1)\n"
@@ -542,7 +544,9 @@ def test_preemption_stops_a_real_process_gracefully_and_marks_the_pod(
         notes = cluster.create_node_pvc(ns, "notes")
         (image,) = cluster.load_images(["operator"])
         extras = {**cluster.real_node_pod_spec_extras(), "automountServiceAccountToken": False}
-        command = {"command": ["python", "-c", SIGTERM_AWARE], "image": image.reference, "imagePullPolicy": "Never"}
+        command = {
+            "command": ["python", "-c", SIGTERM_AWARE], "image": image.reference, "imagePullPolicy": "Never",
+        }  # fmt: skip
         victim = create(cluster, ns, pod(
             "victim", ns, gpus=2, priority=low, cpu="100m", **extras, terminationGracePeriodSeconds=17,
             container={**command, "volumeMounts": [{"name": "notes", "mountPath": "/notes"}]},
@@ -557,7 +561,9 @@ def test_preemption_stops_a_real_process_gracefully_and_marks_the_pod(
             "group": "kueue.x-k8s.io", "kind": "WorkloadPriorityClass", "name": low,
         }  # fmt: skip
         t0 = time.monotonic()
-        urgent = create(cluster, ns, pod("urgent", ns, gpus=2, priority=high, cpu="100m", container=command, **extras))
+        urgent = create(
+            cluster, ns, pod("urgent", ns, gpus=2, priority=high, cpu="100m", container=command, **extras)
+        )
         cluster.wait_pod(ns, "urgent", running_ungated, "ungated and Running", timeout=90)
         t_running = time.monotonic()
         cluster.wait_for("the victim pod gone", lambda: cluster.get_pod(ns, "victim") is None, 30)
