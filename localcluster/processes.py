@@ -1,4 +1,4 @@
-"""Small process utilities shared by the cluster, its runner and the processes started beside it:
+"""Small process utilities shared by the cluster and the processes started beside it:
 free ports, telling our own processes from recycled pids, and collecting children."""
 
 from __future__ import annotations
