@@ -138,12 +138,15 @@ def render_pod(job: dict[str, Any], attempt: int, config: OperatorConfig) -> dic
             _mount("output", OUTPUT_MOUNT, output.get("subPath"), read_only=False),
             _mount("cache", CACHE_MOUNT, None, read_only=False),
             _mount("dshm", "/dev/shm", None, read_only=False),
+            _mount("tmp", "/tmp", None, read_only=False),
         ],
         "terminationMessagePath": RESULT_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
+            # The trainer writes only to its volumes: /output, /cache, /tmp and /dev/shm.
+            "readOnlyRootFilesystem": True,
             "runAsNonRoot": True,
             "runAsUser": config.run_as_user,
             "seccompProfile": {"type": "RuntimeDefault"},
@@ -180,6 +183,8 @@ def render_pod(job: dict[str, Any], attempt: int, config: OperatorConfig) -> dic
             {"name": "cache", **cache_volume},
             # DataLoader workers share batches through /dev/shm, which is 64 MiB by default.
             {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+            # HOME=/tmp (Paddle writes ~/.cache at import) on a read-only root file system.
+            {"name": "tmp", "emptyDir": {}},
         ],
     }
     for key in _PASS_THROUGH:

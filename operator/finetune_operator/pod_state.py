@@ -46,6 +46,10 @@ class PodOutcome:
     since: str = ""  # Pending: when the pod started waiting (its creation time)
 
 
+# Container terminations the kubelet reports when the runtime could not start the program.
+CANNOT_START = ("StartError", "ContainerCannotRun")
+
+
 def _trainer_status(pod: dict[str, Any]) -> dict[str, Any]:
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
     for cs in statuses:
@@ -116,6 +120,10 @@ def _failed(pod: dict[str, Any], status: dict[str, Any], terminated: dict[str, A
             True,
             result,
         )
+    if terminated.get("reason") in CANNOT_START:
+        # The runtime could not start the container (a command the image lacks): the trainer
+        # never ran, and the same pod would fail the same way. The kubelet's reason and words.
+        return PodOutcome("Failed", terminated["reason"], shorten(message), code)
     if result is not None and result.exitCode:
         # The trainer's own exit code: with several GPUs the container's code is
         # paddle.distributed.launch's, which does not keep the trainer's meaning.

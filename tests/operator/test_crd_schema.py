@@ -224,16 +224,16 @@ def test_the_guides_94_96_run_maps_to_its_recipe() -> None:
         assert figure in crd.EXAMPLES_DIR.joinpath(name).read_text(), name
 
 
-def test_demo_job_runs_on_the_local_runner_on_cpu() -> None:
+def test_demo_job_runs_on_the_local_clusters_real_node() -> None:
     jobs = {p.name: d for p, d in crd.example_docs() if d["kind"] == "FineTuneJob"}
     spec = jobs["demo-digits.yaml"]["spec"]
     assert spec["model"]["architecture"] == "ResNet18_vd"
     assert spec["model"]["pretrained"]["url"].startswith("https://")
     assert len(spec["model"]["pretrained"]["sha256"]) == 64
-    assert spec["resources"]["gpus"] == 0
-    assert spec["template"]["nodeSelector"] == {"pfo.dev/local-runner": "true"}
+    assert spec["resources"]["gpus"] == 1  # the real node advertises GPUs; the trainer uses the CPU
+    assert spec["template"]["nodeSelector"] == {"pfo.dev/real-node": "true"}
     assert {
-        "key": "pfo.dev/local-runner",
+        "key": "pfo.dev/real-node",
         "operator": "Equal",
         "value": "true",
         "effect": "NoSchedule",

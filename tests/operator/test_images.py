@@ -39,11 +39,9 @@ def _run(cmd: list[str], timeout: int) -> subprocess.CompletedProcess[str]:
 
 def _copied(dockerfile: Path) -> list[str]:
     """The repository paths a Dockerfile's COPY lines take from the build context."""
-    paths = []
-    for line in re.findall(r"^COPY\s+(?!--from)(.+)$", dockerfile.read_text(), flags=re.MULTILINE):
-        *sources, _ = line.split()
-        paths.extend(s for s in sources if not s.startswith("--"))
-    return paths
+    from images.dockerfile import parse
+
+    return parse(dockerfile).copied
 
 
 def test_each_image_copies_the_contract_and_only_its_own_program() -> None:
