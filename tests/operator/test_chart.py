@@ -204,7 +204,7 @@ def test_deployment_meets_pod_security_restricted_and_carries_the_settings() -> 
     docs = documents(
         render(
             "--set",
-            "operator.logFormat=text,operator.pendingTimeoutSeconds=120,metrics.port=9100,healthPort=9101",
+            "operator.logFormat=text,operator.startTimeoutSeconds=120,metrics.port=9100,healthPort=9101",
         )
     )
     (d,) = by_kind(docs, "Deployment")
@@ -218,7 +218,7 @@ def test_deployment_meets_pod_security_restricted_and_carries_the_settings() -> 
     assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
     assert c["resources"]["requests"] and c["resources"]["limits"]
     env = _env(d)
-    assert env["PFO_LOG_FORMAT"] == "text" and env["PFO_PENDING_TIMEOUT"] == "120"
+    assert env["PFO_LOG_FORMAT"] == "text" and env["PFO_START_TIMEOUT"] == "120"
     assert env["PFO_METRICS_PORT"] == "9100" and env["PFO_HEALTH_PORT"] == "9101"
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"metrics": 9100, "health": 9101}
@@ -246,6 +246,9 @@ def test_operator_settings_in_the_chart_are_ones_the_operator_reads() -> None:
     assert (parsed.cache_claim, parsed.workers, parsed.namespaces) == ("weights", 7, ("a", "b"))
     defaults = config.parse_config([], _env(by_kind(documents(render()), "Deployment")[0]))
     assert defaults.clusterwide and defaults.log_format == "json"
+    assert defaults.allow_host_path is False and defaults.scheduling_timeout_seconds == 0
+    (allowing,) = by_kind(documents(render("--set", "operator.allowHostPath=true")), "Deployment")
+    assert config.parse_config([], _env(allowing)).allow_host_path is True
 
 
 def test_monitors_and_dashboard_render_when_enabled() -> None:
