@@ -114,8 +114,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Runs FineTuneJobs as trainer pods. Every flag also reads the environment "
         "variable shown; flags win.",
     )
-    for name, flag, env, _, help_text in _OPTIONS:
-        parser.add_argument(flag, dest=name, default=None, help=f"{help_text} (env {env})")
+    for name, flag, env, kind, help_text in _OPTIONS:
+        if kind is bool:  # `--flag` alone means true; `--flag false` also works
+            parser.add_argument(
+                flag, dest=name, default=None, nargs="?", const="true", help=f"{help_text} (env {env})"
+            )
+        else:
+            parser.add_argument(flag, dest=name, default=None, help=f"{help_text} (env {env})")
     return parser
 
 

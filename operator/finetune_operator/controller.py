@@ -72,6 +72,8 @@ WAIT_FOR_TERMINATION = 2.0  # seconds between looks at a pod that is being delet
 # watches, for waits that have no deadline of their own).
 RESYNC_SECONDS = 300.0
 _REPORTED = ("metrics", "finetune", "progress")  # status parts that come from the trainer's output
+# A pending pod's reasons that only say it is on its way (created, scheduled, pulling, mounting).
+_ROUTINE = (Reason.POD_PENDING, "ContainerCreating", "PodInitializing")
 
 
 @dataclass
@@ -114,11 +116,13 @@ class _Pass:
     def count(self, key: str) -> int:
         return int(self.get(key) or 0)
 
-    def transition(self, phase: str, reason: str, message: str, event_type: str = "Normal") -> None:
+    def transition(self, phase: str, reason: str, message: str, event_type: str | None = "Normal") -> None:
+        """Phase, reason and message; an Event of `event_type` if they changed (None: a routine
+        step that is not worth an Event)."""
         old = self.status
         self.update.transition(old, phase, reason, message, self.stamp, self.meta.get("generation"))
         self.update.fields["waiting"] = None  # a Pending wait sets its own after this
-        if (old.get("phase"), old.get("reason")) != (phase, reason):
+        if event_type and (old.get("phase"), old.get("reason")) != (phase, reason):
             self.events.append((event_type, reason, message))
 
     def delete(self, pod: dict[str, Any]) -> None:
@@ -412,26 +416,19 @@ class Reconciler:
             else:
                 message = f"the pod could not start for more than {wait.limit:g}s{detail}"
             reason = outcome.reason
-            if kind == Waiting.START and reason in (
-                Reason.POD_PENDING,
-                "ContainerCreating",
-                "PodInitializing",
-            ):
-                reason = Reason.START_TIMEOUT
+            if reason in _ROUTINE:  # no reason of the scheduler's or the kubelet's to give
+                reason = Reason.UNSCHEDULABLE if kind == Waiting.CAPACITY else Reason.START_TIMEOUT
             self._fail(p, reason, message)
             return self._finished(p, {p.count("attempts"): pod})
-        if kind == Waiting.CAPACITY:
-            message = f"waiting for capacity{detail}"
-        elif outcome.reason in (Reason.POD_PENDING, "ContainerCreating", "PodInitializing"):
+        routine = outcome.reason in _ROUTINE
+        if routine:
             message = outcome.message or f"pod {name} is starting"
+        elif kind == Waiting.CAPACITY:
+            message = f"waiting for capacity{detail}"
         else:
             message = f"pod {name} cannot start ({outcome.reason}){detail}"
-        trouble = kind == Waiting.CAPACITY or outcome.reason not in (
-            Reason.POD_PENDING,
-            "ContainerCreating",
-            "PodInitializing",
-        )
-        p.transition(Phase.PENDING, outcome.reason, message, "Warning" if trouble else "Normal")
+        # Waiting for capacity or unable to start is worth an Event; pulling and mounting is not.
+        p.transition(Phase.PENDING, outcome.reason, message, None if routine else "Warning")
         p.update.fields["waiting"] = wait.status()
         left = wait.left(p.now)
         return _soonest(RESYNC_SECONDS if left is None else left, remaining)

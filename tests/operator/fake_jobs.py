@@ -17,7 +17,6 @@ from finetune_contract import encode_result
 
 from tests.contract.sample import SAMPLE_RESULT
 
-
 FAKE_VOLUME = {"csi": {"driver": "datasets.csi.example.com"}}
 
 

@@ -497,12 +497,24 @@ def test_operator_without_the_pod_create_rule_is_refused_and_the_job_stalls(
         create_job(cluster, jobs_ns, "ftj-norbac")
         wait_for(
             "the operator to log a 403 for creating the pod",
-            lambda: re.search(r"\b403\b|Forbidden", _read(log_path)),
+            lambda: re.search(r"\b403\b|[Ff]orbidden", _read(log_path)),
             45,
             lambda: _read(log_path),
         )
         assert re.search(r'cannot create resource \\?"pods\\?"', _read(log_path)), _read(log_path)
         print(f"403 on pod creation logged {time.monotonic() - t0:.1f}s after the job was applied")
+        # The job says so at once (a SelfSubjectAccessReview confirmed it), not as a quota would.
+        status = wait_for(
+            "the job to say MissingPermission",
+            lambda: (
+                (s := job_status(cluster, jobs_ns, "ftj-norbac")).get("reason") == "MissingPermission" and s
+            ),
+            30,
+            lambda: f"{job_status(cluster, jobs_ns, 'ftj-norbac')}\n{_read(log_path)}",
+        )
+        assert status["phase"] == "Pending" and status["waiting"]["kind"] == "Permission"
+        assert f"may not create pods in namespace {jobs_ns}" in status["message"]
+        assert re.search(r"ERROR.*may not create pods", _read(log_path)), _read(log_path)
         time.sleep(3)  # give a wrongly working operator time to make progress anyway
         pods = cluster.kubectl("get", "pods", "-o", "name", namespace=jobs_ns).stdout.split()
         assert pods == [], f"a pod was created without the 'create pods' rule: {pods}"

@@ -88,3 +88,10 @@ def test_trainer_env_pairs():
 )
 def test_allow_host_path_is_a_boolean(text, value):
     assert parse_config([], {"PFO_ALLOW_HOST_PATH": text}).allow_host_path is value
+
+
+def test_allow_host_path_flag_alone_means_true():
+    assert parse_config(["--allow-host-path"], {}).allow_host_path is True
+    assert (
+        parse_config(["--allow-host-path", "false"], {"PFO_ALLOW_HOST_PATH": "true"}).allow_host_path is False
+    )
