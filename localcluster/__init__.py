@@ -12,6 +12,7 @@ installed with a kubeconfig for its ServiceAccount (install_chart), an HTTPS fil
 """
 
 from localcluster.cluster import DEFAULT_STATE_DIR, Cluster, attach
+from localcluster.components import etcd_compact, start_component, stop_component
 from localcluster.errors import ClusterError
 from localcluster.helm import CHART, HelmNotFound, fullname, helm, install_chart, service_account_kubeconfig
 from localcluster.https_files import make_self_signed, serve_https
@@ -35,6 +36,7 @@ __all__ = [
     "OperatorProcess",
     "attach",
     "drive_annotations",
+    "etcd_compact",
     "free_port",
     "fullname",
     "helm",
@@ -43,5 +45,7 @@ __all__ = [
     "serve_https",
     "service_account_kubeconfig",
     "start",
+    "start_component",
     "stop",
+    "stop_component",
 ]
