@@ -5,7 +5,7 @@ Why event handlers and a work queue instead of kopf's create/update handlers, ti
   last handled spec, progress in status), and its timers and daemons add a finalizer to every
   job, so a job could not be deleted while the operator is down (or uninstalled). Watch-event
   handlers need neither: the operator writes only `status` and never blocks a deletion.
-* Every trigger (job change, pod change, retry back-off over, deadline, pending timeout,
+* Every trigger (job change, pod change, retry back-off over, deadline, start timeout,
   progress poll, TTL) becomes "reconcile this job now / in N seconds". The queue runs one
   reconcile per job at a time and `--workers` jobs in parallel, which bounds the load on the
   API server however many jobs there are.
@@ -156,7 +156,7 @@ def build_registry(queue: ReconcileQueue) -> kopf.OperatorRegistry:
         settings.watching.label_selectors["v1", "pods"] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
         # Watch requests end every few minutes and resume from the last resourceVersion, so a
         # silently dead connection is noticed. No resync is needed: every job that is not
-        # finished has a timed re-queue of its own (back-off, deadline, pending timeout, poll).
+        # finished or suspended has a timed re-queue of its own (back-off, deadline, timeouts, poll).
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         # kopf posts Events only for its own warnings; the job's story comes from the reconciler.
