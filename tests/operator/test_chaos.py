@@ -1,15 +1,17 @@
 """Chaos on the real control plane: 24 FineTuneJobs on kwok's fake GPU nodes while the operator is
 SIGKILLed every 3 to 6 seconds, kube-apiserver is stopped and started again three times, and
-twice, while it is down, etcd is compacted so that the operator's watches expire (410 Gone). Every job must end in its expected phase,
-with exactly the attempts its script asks for, one pod per attempt (no pod name ever seen with
-two uids, no attempt beyond the script's), and its failures counted once.
+twice, while it is down, etcd is compacted so that the operator's watches expire (410 Gone).
+Every job must end in its expected phase, with exactly the attempts its script asks for, one pod
+per attempt (no pod name ever seen with two uids, no attempt beyond the script's), and its
+failures counted once.
 
 The test plays the trainers: a driver loop lists the pods and, after each has run for 1 to 8
 seconds, finishes it as its job's script says (succeed, fail transiently, fail permanently),
 suspends and resumes the jobs whose script says so, and goes on through every outage. Pods are
-listed every 0.3 s and every uid seen is kept, so a pod name created twice shows as two uids. The 410: while kube-apiserver is down,
-etcd's revision is moved on and compacted, so the watches the operator resumes (from the
-resourceVersions it saw before) are too old for both the new watch cache and etcd.
+listed every 0.3 s and every uid seen is kept, so a pod name created twice shows as two uids.
+The 410: while kube-apiserver is down, etcd's revision is moved on and compacted, so the watches
+the operator resumes (from the resourceVersions it saw before) are too old for both the new
+watch cache and etcd.
 """
 
 from __future__ import annotations
