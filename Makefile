@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PFO_CACHE ?= $(HOME)/.cache/paddle-finetune-operator
 export PFO_CACHE
 
-.PHONY: help venv binaries prometheus operator-wheels test test-unit test-cluster lint demo bench cluster-up cluster-down images clean
+.PHONY: help venv binaries prometheus operator-wheels image-tools images images-docker test test-unit test-images test-cluster lint demo bench cluster-up cluster-down clean
 
 help:
 	@echo "make demo          run the demo (see README)"
@@ -18,7 +18,8 @@ help:
 	@echo "make bench         benchmarks under bench/"
 	@echo "make cluster-up    start the local control plane (.cluster/kubeconfig)"
 	@echo "make cluster-down  stop it and remove its state"
-	@echo "make images        build the operator and trainer images (needs a Docker engine)"
+	@echo "make images        build the operator, trainer (CPU) and pause images as OCI archives, no Docker"
+	@echo "make images-docker build the operator and the GPU trainer image with a Docker engine"
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -51,27 +52,51 @@ $(OPERATOR_WHEELS)/.done: pyproject.toml | venv
 	rm -f $(OPERATOR_WHEELS)/paddle_finetune_operator-*.whl
 	touch $@
 
-# The two images (images/*/Dockerfile); tags follow the chart's defaults.
+# Debian's tools for the Docker-free image build and its tests, installed once (a no-op when
+# present): mmdebstrap (root file systems), gcc + libc6-dev (the static pause program), and
+# skopeo, umoci and runc, with which the tests read, unpack and run what the build wrote.
+image-tools:
+	@if command -v mmdebstrap >/dev/null && command -v gcc >/dev/null && command -v skopeo >/dev/null \
+	  && command -v umoci >/dev/null && command -v runc >/dev/null && [ -f /usr/lib/x86_64-linux-gnu/libc.a ] \
+	  && [ -f /usr/share/keyrings/debian-archive-keyring.gpg ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "make image-tools: installing Debian's packages needs root; run as root:" >&2; \
+	  echo "  apt-get update && apt-get install -y --no-install-recommends mmdebstrap debian-archive-keyring gcc libc6-dev skopeo umoci runc" >&2; exit 1; fi; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  mmdebstrap debian-archive-keyring gcc libc6-dev skopeo umoci runc >/dev/null
+
+# The operator, trainer (CPU Paddle) and pause images as OCI archives under
+# $(PFO_CACHE)/images/archives, built from Debian's packages and PyPI's wheels without Docker
+# (images/README.md). Layers are cached by their inputs: warm, this is a no-op; a change to the
+# project's code rebuilds only the top layers. References follow the chart's defaults.
 IMAGE_PREFIX ?= ghcr.io/paddle-finetune-operator
 IMAGE_TAG ?= 0.1.0
-images:
+images: venv image-tools
+	$(PY) -m images.build --prefix $(IMAGE_PREFIX) --tag $(IMAGE_TAG) all
+
+# The registry route: both Dockerfiles with a Docker engine (the trainer on the official
+# PaddlePaddle GPU image). Then `docker push`; see images/README.md.
+images-docker:
 	@if ! docker info >/dev/null 2>&1; then \
-	  echo "make images: no Docker engine is reachable here ('docker info' failed), so the images cannot be built on this machine." >&2; \
-	  echo "On a machine with Docker: docker build -f images/operator/Dockerfile -t $(IMAGE_PREFIX)/operator:$(IMAGE_TAG) ." >&2; \
-	  echo "                        docker build -f images/trainer/Dockerfile -t $(IMAGE_PREFIX)/trainer:$(IMAGE_TAG) ." >&2; \
+	  echo "make images-docker: no Docker engine is reachable here ('docker info' failed)." >&2; \
+	  echo "Without Docker, 'make images' builds OCI archives; push them with skopeo (images/README.md)." >&2; \
 	  exit 1; fi
 	docker build -f images/operator/Dockerfile -t $(IMAGE_PREFIX)/operator:$(IMAGE_TAG) .
 	docker build -f images/trainer/Dockerfile -t $(IMAGE_PREFIX)/trainer:$(IMAGE_TAG) .
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check contract operator trainer tests bench demo localcluster
+	$(VENV)/bin/ruff format --check contract operator trainer tests bench demo localcluster images
 
 test-unit: venv operator-wheels
-	$(PY) -m pytest -m "not cluster" tests
+	$(PY) -m pytest -m "not cluster and not images" tests
 
-test: venv binaries prometheus operator-wheels
+test: venv binaries prometheus operator-wheels images
 	$(PY) -m pytest tests
+
+# The locally built images, read, unpacked and run with skopeo, umoci and runc.
+test-images: venv images
+	$(PY) -m pytest -m images tests
 
 # Only the tests against the local control plane (each pytest session starts and stops its own).
 test-cluster: venv binaries prometheus

@@ -1,12 +1,15 @@
 """`make bench`: every benchmark under bench/, one after the other, and a summary.
 
-    .venv/bin/python bench/run.py [--only operator,trainer,accuracy] [--jobs 100,1000] [--nodes 128]
-        [--idle-seconds 30] [--footprint-jobs 5000]
+    .venv/bin/python bench/run.py [--only operator,trainer,accuracy,failover] [--jobs 100,1000]
+        [--nodes 128] [--idle-seconds 30] [--footprint-jobs 5000] [--kills 10]
 
 * operator: bench/operator_scale.py (the operator against kube-controller-manager's Job controller)
-* trainer: bench/trainer_step.py (our train step against PaddleClas 2.6.0's) and
-  bench/trainer_pipeline.py (the full loop against the bare step)
+* trainer: bench/trainer_step.py (our train step against PaddleClas 2.6.0's),
+  bench/trainer_pipeline.py (the full loop against the bare step) and bench/input_pipeline.py
+  (the input pipeline alone, per CPU core, against PaddleClas 2.6.0's transforms)
 * accuracy: bench/time_to_accuracy.py (finetune against from scratch on the digits)
+* failover: bench/failover.py (two replicas with leader election, the leader SIGKILLed --kills
+  times; against one replica restarted at once)
 
 Each runs as its own process (its figures are not disturbed by the others' memory), writes its
 JSON under bench/results/, and this script collects the headline ratios into
@@ -34,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from bench.proc_sampler import cpu_model  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-GROUPS = ("operator", "trainer", "accuracy")
+GROUPS = ("operator", "trainer", "accuracy", "failover")
 
 
 def machine() -> dict[str, Any]:
@@ -133,6 +136,12 @@ def summary_lines(groups: list[str]) -> list[str]:
             rows.append(("trainer pipeline", "loop overhead vs bare step, 2 workers (goal < 0.10)",
                          f"{pipe['overheadFraction']} ({pipe['fullLoopImagesPerSecond']} vs "
                          f"{pipe['bareStepImagesPerSecond']} img/s)"))  # fmt: skip
+        if inp := load("input_pipeline.json"):
+            rates = inp["imagesPerSecondPerCore"]
+            figure = "PaddleClas 2.6.0's transforms / ours, CPU time per image (goal >= 1.5)"
+            speedup = inp["speedupOfOurs"]["paddleclas"]
+            value = f"{speedup} ({rates['ours']} vs {rates['paddleclas']} images/s per core)"
+            rows.append(("input pipeline", figure, value))
     if "accuracy" in groups and (acc := load("time_to_accuracy.json")):
         runs = acc["runs"]
         for mode in ("finetune", "scratch"):
@@ -143,6 +152,37 @@ def summary_lines(groups: list[str]) -> list[str]:
                 value = f"not reached in {len(runs[mode]['epochs'])} epochs (best {runs[mode]['bestTop1']})"
             rows.append(("time to accuracy", f"{mode}: to top-1 {acc['target']}", value))
         rows.append(("time to accuracy", "ratios scratch/finetune", json.dumps(acc["ratios"])))
+    if "failover" in groups and (fo := load("failover.json")):
+        s = fo["summary"]
+        n = len(fo["kills"])
+        for key, label in (
+            ("firstReconcileSeconds", "SIGKILL -> the other replica's first reconcile (goal <= 15 s)"),
+            ("takeoverSeconds", "SIGKILL -> the Lease names the other replica"),
+            ("firstWriteSeconds", "SIGKILL -> the other replica's first write (a pod, a status)"),
+            ("newJobPodSeconds", "SIGKILL -> pod of a job created right after the kill"),
+        ):
+            rows.append(
+                (
+                    f"failover ({n} kills)",
+                    f"{label}, median / worst s",
+                    f"{s[key]['median']} / {s[key]['max']}",
+                )
+            )
+        rows.append(("failover", "failover / one replica restarted at once (new job's pod, medians)",
+                     str(s["ratioNewJobPodFailoverOverRestart"])))  # fmt: skip
+        rows.append(
+            (
+                "failover",
+                "violations (a second pod for an attempt, wrong attempts or outcome, a doubled transition)",
+                str(len(fo["violations"])),
+            )
+        )
+        rows.append(("failover", "load average (1 min) at the kills, median / worst",
+                     f"{s['loadAverage1m']['median']} / {s['loadAverage1m']['max']}"))  # fmt: skip
+        if fo.get("control"):
+            c = fo["control"]
+            figure = f"two replicas without election, {c['seconds']:g} s: transitions reported twice"
+            rows.append(("failover control", figure, str(c["transitionsReportedTwice"])))
     lines = ["| benchmark | figure | value |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return lines
@@ -159,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--footprint-jobs", default="", help="operator: extra N for footprint only (e.g. 5000)"
     )
+    parser.add_argument("--kills", default="10", help="failover: times the leader is SIGKILLed")
     args = parser.parse_args(argv)
     groups = [g.strip() for g in args.only.split(",") if g.strip()]
     unknown = sorted(set(groups) - set(GROUPS))
@@ -187,8 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         ok &= run(
             "trainer pipeline", ["trainer_pipeline.py", "--out", str(RESULTS / "trainer_pipeline.json")], log
         )
+        ok &= run("input pipeline", ["input_pipeline.py", "--out", str(RESULTS / "input_pipeline.json")], log)
     if "accuracy" in groups:
         ok &= run("time to accuracy", ["time_to_accuracy.py"], log)
+    if "failover" in groups:
+        ok &= run("failover", ["failover.py", "--kills", args.kills], log)
 
     command = " ".join(sys.argv[1:] if argv is None else argv)
     lines = [

@@ -142,6 +142,8 @@ def next_steps(cluster: Cluster, name: str, operator: OperatorProcess, output: P
         return os.path.relpath(path, Path.cwd())
 
     k = f"kubectl --kubeconfig {rel(cluster.kubeconfig)}"
+    job_output, venv_bin = f"{rel(output)}/{NAMESPACE}-{name}", rel(Path(sys.executable).parent)
+    val_list = f"{rel(output.parent)}/{DATA_CLAIM}/val_list.txt"
     steps = [
         ("the pinned kubectl and helm", f"export PATH={cluster.bin_dir}:$PATH"),
         ("the job: spec, status, freeze decision and evidence, conditions, events",
@@ -151,7 +153,12 @@ def next_steps(cluster: Cluster, name: str, operator: OperatorProcess, output: P
         ("the trainer's log", f"{k} logs {name}-attempt-1"),
         ("the operator's Prometheus metrics",
          f"curl -s http://127.0.0.1:{operator.metrics_port}/metrics | grep '^finetune'"),
-        ("the trainer's output (inference model, result.json)", f"ls {rel(output)}/{NAMESPACE}-{name}/"),
+        ("the trainer's output: training_curves.png, confusion_matrix.png, per_class.json, vdl/, inference/",
+         f"ls {job_output}/"),
+        ("the run in VisualDL (http://127.0.0.1:8040)",
+         f"{venv_bin}/visualdl --logdir {job_output}/vdl --host 127.0.0.1 --port 8040"),
+        ("classify digits with the exported model",
+         f"{venv_bin}/finetune-predict {job_output}/inference --list {val_list}"),
         ("the operator's log", f"tail -f {rel(operator.log_path)}"),
         ("stop the cluster, the operator and the weights server", "make cluster-down"),
     ]  # fmt: skip

@@ -15,7 +15,7 @@ BUILD_SCRIPT = HERE / "build-binaries.sh"
 
 
 def pinned_versions() -> dict[str, str]:
-    """K8S_VERSION, ETCD_VERSION, KWOK_VERSION, HELM_VERSION from versions.env."""
+    """K8S_VERSION, ETCD_VERSION, KWOK_VERSION, HELM_VERSION, KUEUE_VERSION from versions.env."""
     pairs = (line.split("=", 1) for line in VERSIONS_FILE.read_text().splitlines())
     return {k.strip(): v.strip() for k, v in (p for p in pairs if len(p) == 2 and not p[0].startswith("#"))}
 

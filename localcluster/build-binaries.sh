@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds the local control plane (kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, etcd, kwok, helm) from the Go module proxy, once, into a cache outside the
+# kubectl, etcd, kwok, helm) and Kueue from the Go module proxy, once, into a cache outside the
 # repository keyed by version. A warm cache makes this a no-op. There is no Docker engine
 # and no release-download host here, so building from source is the only way.
 #
 #   localcluster/build-binaries.sh            # prints the bin directory on the last line
+#   localcluster/build-binaries.sh kueue      # prints Kueue's directory (binary + chart) instead
 #   PFO_CACHE=/some/dir localcluster/build-binaries.sh
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -13,6 +14,12 @@ source "$here/versions.env"
 
 cache=${PFO_CACHE:-$HOME/.cache/paddle-finetune-operator}
 bin="$cache/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION"
+# Kueue has a directory of its own (the binary and the release's Helm chart, localcluster/kueue.py),
+# so pinning another Kueue leaves the control plane's cache key alone.
+kueue_dir="$cache/bin/kueue-$KUEUE_VERSION"
+want=${1:-all}
+[[ $want == all || $want == kueue ]] || { echo "usage: $0 [kueue]" >&2; exit 2; }
+print_dir() { if [[ $want == kueue ]]; then echo "$kueue_dir"; else echo "$bin"; fi; }
 work="$cache/build"
 logs="$cache/logs"
 # Warm cache: every binary is there, nothing to check against the network.
@@ -20,8 +27,9 @@ all_there=1
 for b in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm; do
   [[ -x $bin/$b ]] || all_there=0
 done
-if (( all_there )); then echo "$bin"; exit 0; fi
-mkdir -p "$bin" "$work" "$logs"
+[[ -x $kueue_dir/kueue && -f $kueue_dir/chart/Chart.yaml ]] || all_there=0
+if (( all_there )); then print_dir; exit 0; fi
+mkdir -p "$bin" "$kueue_dir" "$work" "$logs"
 export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
 
 log() { printf '[build-binaries %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -101,6 +109,18 @@ simple_module "$work/helm-$HELM_VERSION" helm.sh/helm/v3 "$HELM_VERSION"
 step helm "$bin/helm" build_in "$work/helm-$HELM_VERSION" "$bin/helm" helm.sh/helm/v3/cmd/helm \
   "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
 
+# --- Kueue: its go.mod has no replace lines, so a plain helper module works. The Helm chart of the
+# same module version (the manifests localcluster/kueue.py installs) is copied beside the binary.
+simple_module "$work/kueue-$KUEUE_VERSION" sigs.k8s.io/kueue "$KUEUE_VERSION"
+step kueue "$kueue_dir/kueue" build_in "$work/kueue-$KUEUE_VERSION" "$kueue_dir/kueue" sigs.k8s.io/kueue/cmd/kueue \
+  "-X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION -X sigs.k8s.io/kueue/pkg/version.GitCommit=unknown -X sigs.k8s.io/kueue/pkg/version.BuildDate=1970-01-01T00:00:00Z"
+if [[ ! -f $kueue_dir/chart/Chart.yaml ]]; then
+  src=$(cd "$work/kueue-$KUEUE_VERSION" && go list -m -f '{{.Dir}}' sigs.k8s.io/kueue)
+  rm -rf "$kueue_dir/chart.tmp"
+  cp -r "$src/charts/kueue" "$kueue_dir/chart.tmp" && chmod -R u+w "$kueue_dir/chart.tmp"
+  mv "$kueue_dir/chart.tmp" "$kueue_dir/chart"
+fi
+
 # Each binary must report its pinned version (tools such as Helm's kubeVersion checks parse it).
 verify() {  # verify NAME EXPECTED CMD...
   local name=$1 want=$2; shift 2
@@ -117,6 +137,9 @@ verify kubectl "$K8S_VERSION" "$bin/kubectl" version --client
 verify etcd "etcd Version: ${ETCD_VERSION#v}" "$bin/etcd" --version
 verify kwok "kwok version $KWOK_VERSION" "$bin/kwok" --version
 verify helm "$HELM_VERSION" "$bin/helm" version --template '{{.Version}}'
+# Kueue has no --version: it logs its version at startup, then stops at the empty kubeconfig.
+kueue_startup_log() { timeout 20 "$kueue_dir/kueue" --kubeconfig /dev/null 2>&1 || true; }
+verify kueue "\"gitVersion\":\"$KUEUE_VERSION\"" kueue_startup_log
 
 (( SECONDS - t_all > 5 )) && log "all binaries ready in $((SECONDS - t_all))s"
-echo "$bin"
+print_dir

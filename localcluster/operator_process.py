@@ -90,9 +90,29 @@ class OperatorProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    def signal(self, sig: int) -> None:
+        """Send `sig` to the operator's process group (e.g. SIGSTOP/SIGCONT to freeze it)."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+
+    @property
+    def returncode(self) -> int | None:
+        """None while it runs (or before it started), else its exit status."""
+        return self.proc.poll() if self.proc else None
+
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as rsp:
             return rsp.read().decode()
+
+    def leading(self) -> bool:
+        """`finetune_leader` is 1: this process acts (with --leader-elect: it holds the Lease)."""
+        try:
+            text = self.metrics()
+        except OSError:
+            return False
+        return any(
+            line.split()[1:] == ["1.0"] for line in text.splitlines() if line.startswith("finetune_leader ")
+        )
 
     def log_tail(self, lines: int = 60) -> str:
         try:

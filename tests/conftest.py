@@ -23,6 +23,7 @@ import pytest
 
 import localcluster
 from localcluster import DEFAULT_STATE_DIR, Cluster
+from localcluster.kueue import Kueue, start_kueue
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -71,3 +72,10 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     )
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+@pytest.fixture(scope="session")
+def kueue(cluster: Cluster) -> Kueue:
+    """Kueue started beside the session's cluster on first use (localcluster/kueue.py); it runs
+    until the cluster stops."""
+    return start_kueue(cluster)

@@ -1,18 +1,36 @@
-"""`finetune-operator`: parse the configuration, serve /metrics, run kopf."""
+"""`finetune-operator`: parse the configuration, serve /metrics, run kopf (while leading, with
+--leader-elect)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import kopf
+from kubernetes.client import ApiClient
 
 from .config import ConfigError, OperatorConfig, parse_config
 from .controller import Reconciler
 from .handlers import ReconcileQueue, build_registry
 from .kube import Kube, load_api_client
+from .leadership import run_elected
 from .metrics import Metrics
+
+
+async def operate(config: OperatorConfig, metrics: Metrics, api_client: Callable[[], ApiClient]) -> None:
+    """kopf's watches, the work queue and the reconciler, until kopf stops (SIGTERM, SIGINT)."""
+    queue = ReconcileQueue(config, metrics, lambda: Reconciler(Kube(api_client()), config, metrics))
+    await kopf.operator(
+        registry=build_registry(queue),
+        standalone=True,  # no kopf peering: one replica acts, chosen by the Lease (leadership.py)
+        clusterwide=config.clusterwide,
+        namespaces=list(config.namespaces),
+        liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None,
+    )
 
 
 def run(config: OperatorConfig) -> None:
@@ -27,14 +45,13 @@ def run(config: OperatorConfig) -> None:
     metrics = Metrics()
     if config.metrics_port:
         metrics.serve(config.metrics_port)
-    queue = ReconcileQueue(config, metrics, lambda: Reconciler(Kube(load_api_client()), config, metrics))
-    kopf.run(
-        registry=build_registry(queue),
-        standalone=True,  # no peering: one replica (see RBAC.md)
-        clusterwide=config.clusterwide,
-        namespaces=list(config.namespaces),
-        liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None,
-    )
+    if config.leader_elect:
+        main = run_elected(config, metrics, functools.partial(operate, config, metrics))
+    else:
+        metrics.leader.set(1)
+        main = operate(config, metrics, load_api_client)
+    with contextlib.suppress(asyncio.CancelledError):  # as kopf.run: cancelled means stopped
+        asyncio.run(main)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

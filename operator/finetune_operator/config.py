@@ -10,12 +10,22 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import socket
+import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/paddle-finetune-operator/trainer:0.1.0"
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_LEASE_NAME = "paddle-finetune-operator"
+# Where a pod finds its own namespace (the ServiceAccount's mounted token folder).
+IN_CLUSTER_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+# An empty variable means false, as if it were unset.
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 class ConfigError(ValueError):
@@ -49,6 +59,15 @@ class OperatorConfig:
     # hostPath volumes give a job's pod the node's files: refused unless the installation allows
     # them (and even then only where the namespace's Pod Security level does).
     allow_host_path: bool = False
+    # Leader election on a coordination.k8s.io/v1 Lease (leader.py): off by default for a process
+    # started by hand, on in the Helm chart (two replicas, one acting).
+    leader_elect: bool = False
+    leader_election_namespace: str = ""  # empty: the pod's own namespace (in a cluster)
+    leader_election_id: str = DEFAULT_LEASE_NAME  # the Lease's name
+    leader_election_identity: str = ""  # holderIdentity; empty: <hostname>_<random>; the chart: the pod name
+    lease_duration_seconds: float = 10.0  # a standby takes over this long after the last renewal it saw
+    renew_deadline_seconds: float = 7.0  # a leader that has not renewed for this long exits
+    retry_period_seconds: float = 1.0  # between renewals, and between a standby's tries
 
     @property
     def clusterwide(self) -> bool:
@@ -104,8 +123,44 @@ _OPTIONS: tuple[tuple[str, str, str, type, str], ...] = (
         bool,
         "true: jobs may use hostPath volumes (default false)",
     ),
+    ("leader_elect", "--leader-elect", "PFO_LEADER_ELECT", bool, "act only while holding the Lease"),
+    (
+        "leader_election_namespace",
+        "--leader-election-namespace",
+        "PFO_LEADER_ELECTION_NAMESPACE",
+        str,
+        "namespace of the Lease (default: the pod's own)",
+    ),
+    ("leader_election_id", "--leader-election-id", "PFO_LEADER_ELECTION_ID", str, "name of the Lease"),
+    (
+        "leader_election_identity",
+        "--leader-election-identity",
+        "PFO_LEADER_ELECTION_IDENTITY",
+        str,
+        "this replica's holderIdentity (default: hostname_random; the chart: the pod name)",
+    ),
+    (
+        "lease_duration_seconds",
+        "--leader-elect-lease-duration",
+        "PFO_LEADER_ELECT_LEASE_DURATION",
+        float,
+        "seconds a standby waits after the last renewal it saw",
+    ),
+    (
+        "renew_deadline_seconds",
+        "--leader-elect-renew-deadline",
+        "PFO_LEADER_ELECT_RENEW_DEADLINE",
+        float,
+        "seconds a leader may go without renewing before it exits",
+    ),
+    (
+        "retry_period_seconds",
+        "--leader-elect-retry-period",
+        "PFO_LEADER_ELECT_RETRY_PERIOD",
+        float,
+        "seconds between renewals and between tries",
+    ),
 )
-_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "": False}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -115,12 +170,9 @@ def _parser() -> argparse.ArgumentParser:
         "variable shown; flags win.",
     )
     for name, flag, env, kind, help_text in _OPTIONS:
-        if kind is bool:  # `--flag` alone means true; `--flag false` also works
-            parser.add_argument(
-                flag, dest=name, default=None, nargs="?", const="true", help=f"{help_text} (env {env})"
-            )
-        else:
-            parser.add_argument(flag, dest=name, default=None, help=f"{help_text} (env {env})")
+        # A true/false flag alone means true (`--leader-elect`); `--leader-elect=false` also works.
+        extra: dict[str, str] = {"nargs": "?", "const": "true"} if kind is bool else {}
+        parser.add_argument(flag, dest=name, default=None, help=f"{help_text} (env {env})", **extra)
     return parser
 
 
@@ -143,9 +195,10 @@ def parse_config(
             values[name] = raw.strip()
             continue
         if kind is bool:
-            if raw.strip().lower() not in _BOOLEANS:
+            word = raw.strip().lower()
+            if word not in _TRUE + _FALSE:
                 raise ConfigError(f"{where}: {raw!r} (from {source}) is not true or false")
-            values[name] = _BOOLEANS[raw.strip().lower()]
+            values[name] = word in _TRUE
             continue
         try:
             values[name] = kind(raw)
@@ -161,7 +214,26 @@ def parse_config(
         values["trainer_env"] = _env_pairs(str(values["trainer_env"]))
     config = OperatorConfig(**values)  # type: ignore[arg-type]
     validate(config)
-    return config
+    return config if not config.leader_elect else _resolve_leader_election(config)
+
+
+def _resolve_leader_election(config: OperatorConfig) -> OperatorConfig:
+    """Fill in the Lease's namespace (the pod's own) and this replica's identity."""
+    namespace = config.leader_election_namespace
+    if not namespace:
+        try:
+            namespace = IN_CLUSTER_NAMESPACE_FILE.read_text().strip()
+        except OSError:
+            raise ConfigError(
+                "--leader-election-namespace / PFO_LEADER_ELECTION_NAMESPACE: required with "
+                f"--leader-elect outside a pod (no {IN_CLUSTER_NAMESPACE_FILE})"
+            ) from None
+    # Unique per process, as client-go's examples make it: two operators started by hand on one
+    # host must not both believe they hold the Lease.
+    identity = config.leader_election_identity or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+    resolved = replace(config, leader_election_namespace=namespace, leader_election_identity=identity)
+    validate(resolved)
+    return resolved
 
 
 def _env_pairs(text: str) -> tuple[tuple[str, str], ...]:
@@ -209,3 +281,44 @@ def validate(config: OperatorConfig) -> None:
         raise ConfigError(f"--log-tail-lines: must be >= 1 (got {config.log_tail_lines})")
     if config.run_as_user < 1:
         raise ConfigError(f"--run-as-user: must be a non-zero uid (got {config.run_as_user})")
+    _validate_leader_election(config)
+
+
+def _validate_leader_election(config: OperatorConfig) -> None:
+    # Checked even with --leader-elect off, so that turning it on later cannot fail on a typo.
+    ns = config.leader_election_namespace
+    if ns and not _DNS_LABEL.fullmatch(ns):
+        raise ConfigError(
+            f"--leader-election-namespace / PFO_LEADER_ELECTION_NAMESPACE: {ns!r} is not a namespace name"
+        )
+    if not _DNS_SUBDOMAIN.fullmatch(config.leader_election_id):
+        raise ConfigError(
+            f"--leader-election-id / PFO_LEADER_ELECTION_ID: {config.leader_election_id!r} is not a valid "
+            "Lease name (lower-case letters, digits, '-' and '.')"
+        )
+    if len(config.leader_election_identity) > 253:
+        raise ConfigError(
+            "--leader-election-identity / PFO_LEADER_ELECTION_IDENTITY: longer than 253 characters"
+        )
+    durations = (
+        ("lease_duration_seconds", "--leader-elect-lease-duration / PFO_LEADER_ELECT_LEASE_DURATION"),
+        ("renew_deadline_seconds", "--leader-elect-renew-deadline / PFO_LEADER_ELECT_RENEW_DEADLINE"),
+        ("retry_period_seconds", "--leader-elect-retry-period / PFO_LEADER_ELECT_RETRY_PERIOD"),
+    )
+    for name, where in durations:
+        if not getattr(config, name) > 0:
+            raise ConfigError(f"{where}: must be a number of seconds > 0 (got {getattr(config, name)})")
+    # client-go's rules: the leader gives up before a standby may take over, and a leader has
+    # room for more than one renewal try before it gives up.
+    if not config.renew_deadline_seconds < config.lease_duration_seconds:
+        raise ConfigError(
+            "--leader-elect-renew-deadline / PFO_LEADER_ELECT_RENEW_DEADLINE: must be shorter than "
+            f"--leader-elect-lease-duration ({config.renew_deadline_seconds} >= "
+            f"{config.lease_duration_seconds})"
+        )
+    if not config.renew_deadline_seconds > 1.2 * config.retry_period_seconds:
+        raise ConfigError(
+            "--leader-elect-retry-period / PFO_LEADER_ELECT_RETRY_PERIOD: 1.2 x the retry period must be "
+            f"shorter than --leader-elect-renew-deadline ({config.retry_period_seconds} x 1.2 >= "
+            f"{config.renew_deadline_seconds})"
+        )

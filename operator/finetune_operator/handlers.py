@@ -19,8 +19,8 @@ failure in a row), in `finetune_reconcile_failing_jobs` and `finetune_reconcile_
 and as a `ReconcileError` Warning Event on the job (3rd failure, then every 10th). Every
 `SWEEP_SECONDS` the reconciler's `sweep` forgets jobs deleted while no watch event said so.
 
-One active instance: kopf runs standalone (peering off), so the Deployment must have one replica
-with the Recreate strategy (see RBAC.md).
+One active instance: kopf runs standalone (peering off); with several replicas only the holder of
+the leader Lease starts kopf and this queue at all (leadership.py, RBAC.md).
 """
 
 from __future__ import annotations

@@ -79,6 +79,12 @@ class Metrics:
             ["namespace", "name"],
             registry=r,
         )
+        self.leader = Gauge(
+            "finetune_leader",
+            "1 while this replica acts (holds the leader Lease, or runs without leader election); "
+            "0 while it stands by",
+            registry=r,
+        )
         self._lock = threading.Lock()
         self._jobs: dict[tuple[str, str], _Job] = {}
         self._gone: OrderedDict[str, None] = OrderedDict()

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from bench.failover import run_failover
 from localcluster import CHART, OperatorProcess, fullname, service_account_kubeconfig
 from tests.contract.sample import SAMPLE_RESULT
 from tests.operator import crd
@@ -34,6 +35,8 @@ ALLOWED = {
     ("", "pods/log"): {"get"},
     ("", "events"): {"create"},
 }
+# Leader election: one Lease, in the release namespace only, by name where RBAC allows it.
+LEASES = ("coordination.k8s.io", "leases")
 
 
 def _grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
@@ -45,9 +48,15 @@ def _grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
     return out
 
 
-def _env(deployment: dict[str, Any]) -> dict[str, str]:
+def _env(deployment: dict[str, Any], pod: str = "pfo-7d9f8-abcde") -> dict[str, str]:
+    """The container's environment as the pod `pod` would see it (downward API resolved)."""
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    return {e["name"]: e.get("value", "") for e in container.get("env", [])}
+    fields = {"metadata.name": pod, "metadata.namespace": deployment["metadata"]["namespace"]}
+    env = {}
+    for e in container.get("env", []):
+        ref = (e.get("valueFrom") or {}).get("fieldRef")
+        env[e["name"]] = fields[ref["fieldPath"]] if ref else e.get("value", "")
+    return env
 
 
 # ------------------------------------------------------------------------------------------------
@@ -85,6 +94,9 @@ def test_helm_lint_strict_is_clean(values: list[str]) -> None:
         (["--set", "replicas=2"], "additional properties 'replicas' not allowed"),
         (["--set", "serviceMonitor.interval=often"], "at '/serviceMonitor/interval'"),
         (["--set", "watchNamespaces={Team_A}"], "at '/watchNamespaces/0'"),
+        (["--set", "replicaCount=0"], "at '/replicaCount': minimum: got 0, want 1"),
+        (["--set", "leaderElection.leaseDurationSeconds=0"], "at '/leaderElection/leaseDurationSeconds'"),
+        (["--set", "podDisruptionBudget.maxUnavailable=0"], "at '/podDisruptionBudget/maxUnavailable'"),
     ],
     ids=[
         "wrong-type",
@@ -94,6 +106,9 @@ def test_helm_lint_strict_is_clean(values: list[str]) -> None:
         "unknown-top-key",
         "bad-duration",
         "bad-ns",
+        "no-replicas",
+        "zero-lease",
+        "pdb-blocks-drains",
     ],
 )
 def test_values_schema_rejects_bad_values_with_a_clear_message(values: list[str], expected: str) -> None:
@@ -110,7 +125,7 @@ def test_existing_service_account_and_external_rbac() -> None:
     docs = documents(
         render("--set", "serviceAccount.create=false,serviceAccount.name=ops-sa,rbac.create=false")
     )
-    assert {d["kind"] for d in docs} == {"Service", "Deployment"}
+    assert {d["kind"] for d in docs} == {"Service", "Deployment", "PodDisruptionBudget"}
     (d,) = by_kind(docs, "Deployment")
     assert d["spec"]["template"]["spec"]["serviceAccountName"] == "ops-sa"
 
@@ -175,6 +190,8 @@ def test_rendered_rbac_is_least_privilege(values: list[str]) -> None:
             for field in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule.get(field, []), f"{where}: wildcard in {field}: {rule}"
             assert not rule.get("nonResourceURLs"), f"{where}: grants non-resource URLs"
+        if role["metadata"]["name"].endswith("-leader-election"):
+            continue  # the Lease's own Role: test_lease_rbac_is_one_lease_in_the_release_namespace
         for key, verbs in _grants(role["rules"]).items():
             assert key in ALLOWED, f"{where}: grants {key} which the operator does not use"
             assert verbs <= ALLOWED[key], f"{where}: grants {sorted(verbs - ALLOWED[key])} on {key}"
@@ -182,8 +199,13 @@ def test_rendered_rbac_is_least_privilege(values: list[str]) -> None:
 
 def test_namespaced_mode_renders_roles_in_the_listed_namespaces() -> None:
     docs = documents(render("--set", "watchNamespaces={team-a,team-b}", namespace="ops"))
-    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in by_kind(docs, "Role")}
-    bindings = by_kind(docs, "RoleBinding")
+    lease_role = fullname("pfo") + "-leader-election"
+    roles = {
+        (r["metadata"]["namespace"], r["metadata"]["name"])
+        for r in by_kind(docs, "Role")
+        if r["metadata"]["name"] != lease_role
+    }
+    bindings = [b for b in by_kind(docs, "RoleBinding") if b["metadata"]["name"] != lease_role]
     assert {ns for ns, _ in roles} == {"team-a", "team-b"}
     assert {b["metadata"]["namespace"] for b in bindings} == {"team-a", "team-b"}
     for b in bindings:
@@ -195,9 +217,84 @@ def test_namespaced_mode_renders_roles_in_the_listed_namespaces() -> None:
     assert _env(deployment)["PFO_NAMESPACES"] == "team-a,team-b"
 
     cluster_docs = documents(render(namespace="ops"))
-    assert not by_kind(cluster_docs, "Role")
+    assert [r["metadata"]["name"] for r in by_kind(cluster_docs, "Role")] == [lease_role]
     (cluster_deployment,) = by_kind(cluster_docs, "Deployment")
     assert _env(cluster_deployment)["PFO_NAMESPACES"] == ""
+
+
+@pytest.mark.parametrize(
+    "values", [[], ["--set", "watchNamespaces={team-a,team-b}"]], ids=["cluster", "namespaced"]
+)
+def test_lease_rbac_is_one_lease_in_the_release_namespace(values: list[str]) -> None:
+    docs = documents(render(*values, namespace="ops"))
+    (deployment,) = by_kind(docs, "Deployment")
+    lease = _env(deployment)["PFO_LEADER_ELECTION_ID"]
+    granting = [
+        r for r in by_kind(docs, "ClusterRole") + by_kind(docs, "Role") if LEASES in _grants(r["rules"])
+    ]
+    assert len(granting) == 1, [r["metadata"]["name"] for r in granting]
+    (role,) = granting
+    assert role["kind"] == "Role" and role["metadata"]["namespace"] == "ops", (
+        "the Lease rights leave the namespace"
+    )
+    assert _grants(role["rules"]) == {LEASES: {"get", "update", "create"}}, "only the Lease, only these verbs"
+    for rule in role["rules"]:
+        if set(rule["verbs"]) & {"get", "update"}:
+            assert rule.get("resourceNames") == [lease], f"get/update must name the Lease: {rule}"
+        else:  # create cannot be limited by name (RBAC authorises it before the object exists)
+            assert rule["verbs"] == ["create"] and "resourceNames" not in rule, rule
+    (binding,) = [b for b in by_kind(docs, "RoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"]]
+    assert binding["metadata"]["namespace"] == "ops"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": fullname("pfo"), "namespace": "ops"}]
+
+
+def test_two_replicas_get_a_disruption_budget_and_are_spread_over_nodes() -> None:
+    docs = documents(render())
+    (d,) = by_kind(docs, "Deployment")
+    (pdb,) = by_kind(docs, "PodDisruptionBudget")
+    assert pdb["apiVersion"] == "policy/v1" and pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"] == d["spec"]["selector"]
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    (term,) = d["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"] == d["spec"]["selector"]
+    mine = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}
+    (d,) = by_kind(documents(render("--set-json", f"affinity={json.dumps(mine)}")), "Deployment")
+    assert d["spec"]["template"]["spec"]["affinity"] == mine, "a given affinity is used as it is"
+
+
+def test_one_replica_without_leader_election_is_recreated_and_has_no_lease() -> None:
+    docs = documents(render("--set", "replicaCount=1,leaderElection.enabled=false"))
+    (d,) = by_kind(docs, "Deployment")
+    assert d["spec"]["replicas"] == 1 and d["spec"]["strategy"] == {"type": "Recreate"}
+    assert _env(d)["PFO_LEADER_ELECT"] == "false" and "PFO_LEADER_ELECTION_ID" not in _env(d)
+    assert not by_kind(docs, "PodDisruptionBudget") and "affinity" not in d["spec"]["template"]["spec"]
+    assert all(
+        LEASES not in _grants(r["rules"]) for r in by_kind(docs, "ClusterRole") + by_kind(docs, "Role")
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ("replicaCount=2,leaderElection.enabled=false", "replicaCount > 1 needs leaderElection.enabled=true"),
+        (
+            "leaderElection.leaseDurationSeconds=8,leaderElection.renewDeadlineSeconds=8",
+            "leaderElection.renewDeadlineSeconds (8) must be shorter than "
+            "leaderElection.leaseDurationSeconds (8)",
+        ),
+        (
+            "leaderElection.retryPeriodSeconds=6",
+            "leaderElection.retryPeriodSeconds (6) x 1.2 must be shorter",
+        ),
+    ],
+    ids=["replicas-without-election", "renew-not-shorter", "retry-too-long"],
+)
+def test_values_that_only_fail_together_stop_the_install(values: str, expected: str) -> None:
+    proc = helm("template", "x", str(CHART), "--kube-version", "1.35.0", "--set", values, check=False)
+    assert proc.returncode != 0 and expected in proc.stderr, proc.stderr
 
 
 def test_deployment_meets_pod_security_restricted_and_carries_the_settings() -> None:
@@ -209,7 +306,11 @@ def test_deployment_meets_pod_security_restricted_and_carries_the_settings() -> 
     )
     (d,) = by_kind(docs, "Deployment")
     spec = d["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -223,6 +324,7 @@ def test_deployment_meets_pod_security_restricted_and_carries_the_settings() -> 
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"metrics": 9100, "health": 9101}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     (svc,) = by_kind(docs, "Service")
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
     assert svc["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
@@ -244,11 +346,24 @@ def test_operator_settings_in_the_chart_are_ones_the_operator_reads() -> None:
     parsed = config.parse_config([], env)
     assert parsed.trainer_env == (("HTTPS_PROXY", "http://proxy:3128"),)
     assert (parsed.cache_claim, parsed.workers, parsed.namespaces) == ("weights", 7, ("a", "b"))
-    defaults = config.parse_config([], _env(by_kind(documents(render()), "Deployment")[0]))
+    defaults = config.parse_config([], _env(by_kind(documents(render()), "Deployment")[0], pod="pfo-abc-12"))
     assert defaults.clusterwide and defaults.log_format == "json"
     assert defaults.allow_host_path is False and defaults.scheduling_timeout_seconds == 0
     (allowing,) = by_kind(documents(render("--set", "operator.allowHostPath=true")), "Deployment")
-    assert config.parse_config([], _env(allowing)).allow_host_path is True
+    assert config.parse_config([], _env(allowing, pod="pfo-abc-12")).allow_host_path is True
+    # Leader election as the chart sets it: the Lease in the release namespace, the pod's name as
+    # holder, and the operator's own default durations (those bench/failover.py measures).
+    assert defaults.leader_elect
+    assert (defaults.leader_election_namespace, defaults.leader_election_identity) == (
+        "pfo-system",
+        "pfo-abc-12",
+    )
+    assert defaults.leader_election_id == fullname("pfo") + "-leader"
+    built_in = config.OperatorConfig()
+    durations = ("lease_duration_seconds", "renew_deadline_seconds", "retry_period_seconds")
+    assert [getattr(defaults, d) for d in durations] == [getattr(built_in, d) for d in durations]
+    off = by_kind(documents(render("--set", "replicaCount=1,leaderElection.enabled=false")), "Deployment")[0]
+    assert not config.parse_config([], _env(off)).leader_elect
 
 
 def test_monitors_and_dashboard_render_when_enabled() -> None:
@@ -371,12 +486,19 @@ def test_install_upgrade_uninstall_leaves_no_orphans(
     name = fullname(release)
     notes = _install(cluster, release, namespace)
     assert "kubectl get ftj -w" in notes, "NOTES.txt should tell the user how to watch a job"
+    lease = f"{fullname(release)}-leader"
+    assert f"get lease {lease} -o jsonpath='{{.spec.holderIdentity}}" in notes, "NOTES.txt: which pod leads"
 
     wait_for(
-        "the operator pod admitted under Pod Security 'restricted'",
+        "both operator pods admitted under Pod Security 'restricted'",
         lambda: (
-            get_json(cluster, namespace, "pods", "-l", f"app.kubernetes.io/instance={release}") or {}
-        ).get("items"),
+            len(
+                (
+                    get_json(cluster, namespace, "pods", "-l", f"app.kubernetes.io/instance={release}") or {}
+                ).get("items", [])
+            )
+            == 2
+        ),
         30,
         lambda: cluster.kubectl("get", "events", namespace=namespace).stdout,
     )
@@ -393,7 +515,16 @@ def test_install_upgrade_uninstall_leaves_no_orphans(
 
     rendered = documents(_helm(cluster, "get", "manifest", release, "-n", namespace))
     kinds = {d["kind"] for d in rendered}
-    assert kinds >= {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment"}, kinds
+    assert kinds >= {
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "Deployment",
+        "PodDisruptionBudget",
+    }, kinds
     _helm(cluster, "uninstall", release, "-n", namespace, "--wait", "--timeout=60s")
 
     def leftovers() -> list[str]:
@@ -433,6 +564,15 @@ def test_namespaced_install_grants_only_the_listed_namespaces(
         assert not can("create", "pods", other) and not can("list", ftj, other)
         assert not can("get", "secrets", watched), "the operator must not read secrets"
         assert get_json(cluster, watched, "role", fullname(release)), "no Role in the watched namespace"
+        # The Lease: its own, in the release namespace; create anywhere there (RBAC cannot name it).
+        lease = f"leases/{fullname(release)}-leader"
+        assert can("get", lease, namespace) and can("update", lease, namespace)
+        assert can("create", "leases", namespace)
+        assert not can("update", "leases/kube-scheduler", namespace), "another component's Lease"
+        assert not can("delete", lease, namespace) and not can("patch", lease, namespace)
+        assert not can("list", "leases", namespace) and not can("watch", "leases", namespace)
+        for ns in (watched, other, "kube-system"):
+            assert not can("create", "leases", ns) and not can("update", lease, ns), f"Lease rights in {ns}"
     finally:
         _helm(cluster, "uninstall", release, "-n", namespace)
 
@@ -523,3 +663,38 @@ def test_operator_without_the_pod_create_rule_is_refused_and_the_job_stalls(
     finally:
         op.stop()
         cluster.kubectl("delete", "-f", "-", "--wait=false", input=listing, check=False)
+
+
+@pytest.mark.slow
+def test_two_replicas_with_the_charts_service_account_elect_one_leader_and_fail_over(
+    cluster: Any, crd_installed: str, namespace: str, extra_namespaces: Any, tmp_path: Path
+) -> None:
+    """Both replicas as the chart's ServiceAccount, with its Lease in the release namespace: the
+    standby reads, the leader creates and renews, the survivor takes over; no request refused."""
+    release = release_name(namespace)
+    jobs_ns = extra_namespaces("jobs")
+    _install(cluster, release, namespace, "--set", f"watchNamespaces={{{jobs_ns}}}")
+    try:
+        kubeconfig = service_account_kubeconfig(
+            cluster, namespace, fullname(release), tmp_path / "sa.kubeconfig"
+        )
+        report = run_failover(
+            cluster,
+            jobs_ns,
+            tmp_path,
+            kills=1,
+            restarts=0,
+            kubeconfig=str(kubeconfig),
+            lease_namespace=namespace,
+            lease_name=f"{fullname(release)}-leader",
+        )
+    finally:
+        _helm(cluster, "uninstall", release, "-n", namespace)
+    assert report["violations"] == [], "\n".join(report["violations"][:20])
+    (kill,) = report["kills"]
+    assert kill["newLeader"] != kill["killed"]
+    logs = "\n".join(_read(log) for log in tmp_path.glob("replica-*.log"))
+    assert "became the leader" in logs
+    refused = re.findall(r'cannot [a-z]+ resource \\?"[^"\\]+\\?"[^)]*', logs)
+    assert not refused, f"the ServiceAccount was refused: {refused}"
+    print(f"failover as the chart's ServiceAccount: {kill}")

@@ -95,3 +95,114 @@ def test_allow_host_path_flag_alone_means_true():
     assert (
         parse_config(["--allow-host-path", "false"], {"PFO_ALLOW_HOST_PATH": "true"}).allow_host_path is False
     )
+
+
+# --- leader election -------------------------------------------------------------------------
+def test_leader_election_is_off_by_default_and_its_defaults_fit_client_gos_rules():
+    config = parse_config([], {})
+    assert not config.leader_elect
+    assert config.renew_deadline_seconds < config.lease_duration_seconds
+    assert config.renew_deadline_seconds > 1.2 * config.retry_period_seconds
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        (["--leader-elect"], {}, True),
+        (["--leader-elect=false"], {"PFO_LEADER_ELECT": "true"}, False),
+        ([], {"PFO_LEADER_ELECT": "True"}, True),
+        ([], {"PFO_LEADER_ELECT": "0"}, False),
+    ],
+)
+def test_leader_elect_flag_and_variable(argv, env, expected):
+    config = parse_config([*argv, "--leader-election-namespace", "ops"], env)
+    assert config.leader_elect is expected
+
+
+def test_leader_election_settings_from_the_environment():
+    env = {
+        "PFO_LEADER_ELECT": "true",
+        "PFO_LEADER_ELECTION_NAMESPACE": "pfo-system",
+        "PFO_LEADER_ELECTION_ID": "pfo-paddle-finetune-operator",
+        "PFO_LEADER_ELECTION_IDENTITY": "pfo-paddle-finetune-operator-7d9f8-abcde",
+        "PFO_LEADER_ELECT_LEASE_DURATION": "15",
+        "PFO_LEADER_ELECT_RENEW_DEADLINE": "10",
+        "PFO_LEADER_ELECT_RETRY_PERIOD": "2",
+    }
+    config = parse_config([], env)
+    assert (config.leader_election_namespace, config.leader_election_id) == (
+        "pfo-system",
+        "pfo-paddle-finetune-operator",
+    )
+    assert config.leader_election_identity == "pfo-paddle-finetune-operator-7d9f8-abcde"
+    assert (config.lease_duration_seconds, config.renew_deadline_seconds, config.retry_period_seconds) == (
+        15.0,
+        10.0,
+        2.0,
+    )
+
+
+def test_each_process_started_by_hand_gets_an_identity_of_its_own():
+    a = parse_config(["--leader-elect", "--leader-election-namespace", "ops"], {})
+    b = parse_config(["--leader-elect", "--leader-election-namespace", "ops"], {})
+    assert a.leader_election_identity and a.leader_election_identity != b.leader_election_identity
+
+
+def test_the_lease_namespace_defaults_to_the_pods_own(tmp_path, monkeypatch):
+    from finetune_operator import config as config_module
+
+    missing = tmp_path / "absent"
+    monkeypatch.setattr(config_module, "IN_CLUSTER_NAMESPACE_FILE", missing)
+    with pytest.raises(ConfigError) as info:
+        parse_config(["--leader-elect"], {})
+    message = str(info.value)
+    assert (
+        "--leader-election-namespace / PFO_LEADER_ELECTION_NAMESPACE" in message
+        and "outside a pod" in message
+    )
+    assert parse_config([], {}).leader_election_namespace == "", "not needed without --leader-elect"
+    in_pod = tmp_path / "namespace"
+    in_pod.write_text("pfo-system\n")
+    monkeypatch.setattr(config_module, "IN_CLUSTER_NAMESPACE_FILE", in_pod)
+    assert parse_config(["--leader-elect"], {}).leader_election_namespace == "pfo-system"
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (
+            ["--leader-elect=maybe"],
+            "--leader-elect / PFO_LEADER_ELECT: 'maybe' (from --leader-elect) is not true or false",
+        ),
+        (
+            ["--leader-election-namespace", "Ops"],
+            "--leader-election-namespace / PFO_LEADER_ELECTION_NAMESPACE: 'Ops'",
+        ),
+        (["--leader-election-id", "my_lease"], "--leader-election-id / PFO_LEADER_ELECTION_ID: 'my_lease'"),
+        (
+            ["--leader-election-identity", "x" * 254],
+            "--leader-election-identity / PFO_LEADER_ELECTION_IDENTITY",
+        ),
+        (
+            ["--leader-elect-lease-duration", "soon"],
+            "--leader-elect-lease-duration / PFO_LEADER_ELECT_LEASE_DURATION: 'soon'",
+        ),
+        (
+            ["--leader-elect-retry-period", "0"],
+            "--leader-elect-retry-period / PFO_LEADER_ELECT_RETRY_PERIOD: must be a number of seconds > 0",
+        ),
+        (
+            ["--leader-elect-lease-duration", "5", "--leader-elect-renew-deadline", "5"],
+            "--leader-elect-renew-deadline / PFO_LEADER_ELECT_RENEW_DEADLINE: must be shorter than "
+            "--leader-elect-lease-duration",
+        ),
+        (
+            ["--leader-elect-renew-deadline", "2", "--leader-elect-retry-period", "2"],
+            "--leader-elect-retry-period / PFO_LEADER_ELECT_RETRY_PERIOD: 1.2 x the retry period",
+        ),
+    ],
+)
+def test_bad_leader_election_values_name_the_flag_and_the_variable(argv, fragment):
+    with pytest.raises(ConfigError) as info:
+        parse_config(argv, {})
+    assert fragment in str(info.value)

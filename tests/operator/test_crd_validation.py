@@ -421,6 +421,24 @@ def test_examples_are_accepted(cluster: Any, crd_installed: str, namespace: str)
         assert "serverside-applied (server dry run)" in proc.stdout, proc.stdout
 
 
+def test_the_guides_94_96_run_keeps_its_recipe_through_the_api_server(
+    cluster: Any, crd_installed: str, namespace: str
+) -> None:
+    """Applied and defaulted by the API server, the example maps to the published recipe's numbers."""
+    from finetune_operator.trainer_settings import trainer_settings
+
+    from tests.operator.test_crd_schema import assert_guide_2020_recipe
+
+    path = crd.EXAMPLES_DIR / "flowers102-resnet50_vd_ssld-40epochs.yaml"
+    proc = cluster.kubectl(
+        "create", "--dry-run=server", "-o", "json", "-f", str(path), namespace=namespace, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    stored = json.loads(proc.stdout)
+    assert stored["spec"]["training"]["warmupEpochs"] == 0  # not replaced by the default 5
+    assert_guide_2020_recipe(trainer_settings(stored))
+
+
 @pytest.mark.parametrize(
     "changes",
     [

@@ -100,6 +100,9 @@ def test_operator_extra_installs_and_imports_without_paddle(tmp_path: Path) -> N
     listing = _run([py, "-m", "pip", "list", "--format=freeze"], timeout=60)
     names = {line.split("==")[0].lower() for line in listing.stdout.splitlines()}
     assert not {n for n in names if n.startswith("paddlepaddle")}, f"Paddle wheels installed: {sorted(names)}"
+    # The trainer's pictures, VisualDL logs and image decoding stay out of the operator image.
+    trainer_only = {"visualdl", "matplotlib", "opencv-python-headless", "pillow"}
+    assert not names & trainer_only, f"trainer-only packages installed: {sorted(names & trainer_only)}"
 
 
 def _from_lines(text: str) -> list[str]:

@@ -72,6 +72,7 @@ def test_success_reports_metrics_conditions_events_and_prometheus(cluster, names
         "epochsRun": 4,
         "durationSeconds": 12.5,
         "imagesPerSecond": 321.0,
+        "worstClasses": [c.to_dict() for c in SAMPLE_RESULT.worstClasses],
     }
     assert status["finetune"]["strippedParameters"] == ["fc.weight", "fc.bias"]
     assert status["finetune"]["freeze"]["strategy"] == "fc-only"
@@ -99,7 +100,8 @@ def test_success_reports_metrics_conditions_events_and_prometheus(cluster, names
     reasons = [reason for _, reason, _ in events(cluster, namespace, "ok")]
     assert reasons[:3] == ["PodCreated", "Running", "Completed"]
     described = cluster.kubectl("describe", "ftj", "ok", namespace=namespace).stdout
-    assert "top-1 0.8125 (best epoch 3)" in described
+    assert "top-1 0.8125 (best epoch 3); worst classes: sweet pea 0.50, pink primrose 0.75" in described
+    assert "Worst Classes:" in described and re.search(r"Name:\s+hard-leaved pocket orchid", described)
 
     text = operator.metrics()
     assert metric_value(text, "finetune_job_top1", namespace=namespace, name="ok") == 0.8125

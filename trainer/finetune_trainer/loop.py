@@ -26,9 +26,11 @@ from . import checkpoint as ckpt
 from .data import CORRUPT_LABEL, CorruptImageCounter, ImageDataset, make_loader
 from .export import LABELS_FILE, export_inference, write_labels
 from .freeze import freeze_batchnorm_stats
+from .per_class import MAX_CONFUSION_CLASSES, to_sparse
 from .report import print_progress
 from .setup import Distributed, Session
 from .state import Interrupted, TrainerFailure
+from .visual import Visuals
 
 
 class SigtermGuard:
@@ -66,8 +68,8 @@ def train_step(
     labels: paddle.Tensor,
     amp_dtype: str | None,
     label_smoothing: float,
-) -> paddle.Tensor:
-    """One forward/backward/update; returns the (unscaled) loss tensor."""
+) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """One forward/backward/update; returns the (unscaled) loss and the logits."""
     with paddle.amp.auto_cast(enable=amp_dtype is not None, level="O1", dtype=amp_dtype or "float16"):
         logits = model(images)
     loss = F.cross_entropy(logits.astype("float32"), labels, label_smoothing=label_smoothing)
@@ -79,7 +81,7 @@ def train_step(
         loss.backward()
         optimizer.step()
     optimizer.clear_grad()
-    return loss
+    return loss, logits
 
 
 def split_corrupt(
@@ -109,11 +111,14 @@ def evaluate(
     amp_dtype: str | None,
     counter: CorruptImageCounter,
     dist: Distributed,
-) -> dict[str, float]:
-    """Top-1, top-min(5, classes), mean loss and image count over the validation set (all ranks)."""
+) -> dict[str, Any]:
+    """Top-1, top-min(5, classes), mean loss, image count and the confusion matrix (None beyond
+    ``per_class.MAX_CONFUSION_CLASSES`` classes) over the validation set (all ranks)."""
     model.eval()
     k = min(5, num_classes)
-    totals = paddle.zeros([4], dtype="float64")  # correct@1, correct@k, loss sum, count
+    cells = num_classes * num_classes if num_classes <= MAX_CONFUSION_CLASSES else 0
+    # correct@1, correct@k, loss sum, count, then the confusion matrix's cells (true * C + predicted)
+    totals = paddle.zeros([4 + cells], dtype="float64")
     with paddle.no_grad():
         for images, labels, indices in loader:
             batch = split_corrupt(images, labels, indices, dataset, counter)
@@ -126,7 +131,7 @@ def evaluate(
             top = paddle.topk(logits, k=k, axis=1)[1]
             hits = (top == labels.unsqueeze(1).astype(top.dtype)).astype("float64")
             loss = F.cross_entropy(logits, labels, reduction="sum").astype("float64")
-            totals += paddle.stack(
+            batch_totals = paddle.stack(
                 [
                     hits[:, 0].sum(),
                     hits.sum(),
@@ -134,11 +139,25 @@ def evaluate(
                     paddle.to_tensor(float(labels.shape[0]), "float64"),
                 ]
             )
+            if cells:
+                pairs = labels.astype("int64").reshape([-1]) * num_classes + top[:, 0].astype("int64")
+                batch_totals = paddle.concat(
+                    [batch_totals, paddle.bincount(pairs, minlength=cells).astype("float64")]
+                )
+            totals += batch_totals
     if dist.world_size > 1:
         paddle.distributed.all_reduce(totals)
-    c1, ck, loss_sum, count = (float(v) for v in totals.numpy())
+    values = totals.numpy()
+    c1, ck, loss_sum, count = (float(v) for v in values[:4])
     seen = max(count, 1.0)
-    return {"top1": c1 / seen, "top5": ck / seen, "loss": loss_sum / seen, "count": int(count)}
+    confusion = values[4:].round().astype(np.int64).reshape(num_classes, num_classes) if cells else None
+    return {
+        "top1": c1 / seen,
+        "top5": ck / seen,
+        "loss": loss_sum / seen,
+        "count": int(count),
+        "confusion": confusion,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,6 +166,7 @@ def evaluate(
 def train(s: Session, guard: SigtermGuard) -> None:
     """Train the remaining epochs, then export the best model (rank 0)."""
     epochs = s.settings.training.epochs
+    s.visuals = Visuals(s)
     print_progress(s.dist.is_main, s.state.epoch, epochs, phase="Training", stepsPerEpoch=s.steps_per_epoch)
     guard.in_loop = True  # from here on SIGTERM is handled at the next step or epoch boundary
     while s.state.epoch < epochs:
@@ -158,6 +178,7 @@ def train(s: Session, guard: SigtermGuard) -> None:
         if guard.requested:  # arrived during evaluation or saving: this epoch's checkpoint is complete
             raise Interrupted(f"received SIGTERM; stopped after epoch {s.state.epoch} (checkpoint saved)")
     guard.in_loop = False
+    s.visuals.finish()
     if s.dist.is_main:
         export_best(s)
 
@@ -169,10 +190,26 @@ class EpochTraining:
     images: int = 0
     loss_sum: float = 0.0
     seconds: float = 0.0
+    correct1: int = 0  # training batches' top-1 and top-min(5, classes) hits
+    correct5: int = 0
 
     @property
     def mean_loss(self) -> float:
         return self.loss_sum / max(self.images, 1)
+
+    def count_hits(self, logits: paddle.Tensor, labels: paddle.Tensor) -> None:
+        top = paddle.topk(logits, k=min(5, logits.shape[1]), axis=1)[1]
+        hits = (top == labels.reshape([-1, 1]).astype(top.dtype)).astype("int64")
+        self.correct1 += int(hits[:, 0].sum())
+        self.correct5 += int(hits.sum())
+
+    @property
+    def top1(self) -> float:
+        return self.correct1 / max(self.images, 1)
+
+    @property
+    def top5(self) -> float:
+        return self.correct5 / max(self.images, 1)
 
 
 def train_epoch(s: Session, guard: SigtermGuard) -> EpochTraining:
@@ -192,13 +229,15 @@ def train_epoch(s: Session, guard: SigtermGuard) -> EpochTraining:
                 raise Interrupted()
             batch = split_corrupt(images, labels, indices, s.train_set, s.counter)
             if batch is not None:
-                loss = train_step(
+                loss, logits = train_step(
                     s.net, s.optimizer, s.scaler, batch[0], batch[1], s.amp_dtype, t.labelSmoothing
                 )
                 loss_value = _finite_loss(s, float(loss))
                 count = int(batch[1].shape[0])
                 seen.images += count
                 seen.loss_sum += loss_value * count
+                seen.count_hits(logits, batch[1])
+            used_lr = s.scheduler.last_lr
             s.scheduler.step()
             state.stepInEpoch += 1
             state.globalStep += 1
@@ -206,6 +245,7 @@ def train_epoch(s: Session, guard: SigtermGuard) -> EpochTraining:
             if state.stepInEpoch % t.logEverySteps == 0 and seen.images:
                 rate = seen.images * s.dist.world_size / max(time.perf_counter() - tick, 1e-9)
                 bar.set_postfix(loss=f"{seen.mean_loss:.4f}", img_s=f"{rate:.1f}", refresh=False)
+                s.visuals.step(state.globalStep, used_lr, seen.mean_loss, seen.top1, seen.top5)
         if guard.requested:
             raise Interrupted()
     except Interrupted:
@@ -255,6 +295,7 @@ def end_epoch(s: Session, trained: EpochTraining, metrics: dict[str, float]) -> 
         "valLoss": round(metrics["loss"], 6),
         "valImages": metrics["count"],  # evaluated, over all ranks (corrupt ones skipped)
         "trainLoss": round(trained.mean_loss, 6),
+        "trainTop1": round(trained.top1, 6),  # this rank's batches
         "imagesPerSecond": round(trained.images * world / max(trained.seconds, 1e-9), 2),
         "learningRate": s.scheduler.get_lr(),
     }
@@ -262,11 +303,14 @@ def end_epoch(s: Session, trained: EpochTraining, metrics: dict[str, float]) -> 
     improved = not state.best or metrics["top1"] > state.best["top1"]
     if improved:
         state.best = {k: record[k] for k in ("epoch", "top1", "top5", "valLoss")}
+        confusion = metrics.get("confusion")
+        state.bestConfusion = to_sparse(confusion) if confusion is not None else None
     if s.dist.is_main:
         if improved:
             ckpt.save_best(s.output, s.model, state.best)
             write_labels(s.output / "best_model" / LABELS_FILE, s.index.label_names)
         save_checkpoint(s)
+    s.visuals.epoch(record)
     s.log(
         f"epoch {state.epoch}/{s.settings.training.epochs}: top1 {metrics['top1']:.4f} "
         f"top5 {metrics['top5']:.4f} val loss {metrics['loss']:.4f} train loss {record['trainLoss']:.4f} "
@@ -303,6 +347,7 @@ def save_interrupted(s: Session) -> None:
     """On SIGTERM: checkpoint the position inside the epoch, so the next attempt loses nothing."""
     if not s.dist.is_main or s.state.stepInEpoch == 0:
         return  # the end-of-epoch checkpoint already holds this position
+    s.visuals.flush()
     try:
         save_checkpoint(s)
         s.log(
@@ -318,5 +363,6 @@ def export_best(s: Session) -> None:
     best = s.output / "best_model" / "model.pdparams"
     if best.is_file():
         s.model.set_state_dict(paddle.load(str(best)))
-    prefix = export_inference(s.model, s.output, s.settings.dataset.imageSize, s.index.label_names)
+    d = s.settings.dataset
+    prefix = export_inference(s.model, s.output, d.imageSize, s.index.label_names, d.resizeShort)
     s.log(f"exported the best model for inference to {prefix} (+ {LABELS_FILE})")

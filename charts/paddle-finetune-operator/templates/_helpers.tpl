@@ -85,3 +85,28 @@ these rules and fails if one is missing.
   resources: ["events"]
   verbs: ["create"]
 {{- end }}
+
+{{/* The leader-election Lease's name (in the release namespace). */}}
+{{- define "pfo.leaseName" -}}
+{{- printf "%s-leader" (include "pfo.fullname" .) }}
+{{- end }}
+
+{{/*
+Checks the values that only make sense together (the schema checks each alone): two replicas
+without leader election would both act, and the operator refuses durations that break
+client-go's rules, so refuse them here rather than in a crash-looping pod.
+*/}}
+{{- define "pfo.validate" -}}
+{{- $le := .Values.leaderElection }}
+{{- if and (gt (int .Values.replicaCount) 1) (not $le.enabled) }}
+{{- fail "replicaCount > 1 needs leaderElection.enabled=true: without it every replica would act on every job" }}
+{{- end }}
+{{- if $le.enabled }}
+{{- if ge (float64 $le.renewDeadlineSeconds) (float64 $le.leaseDurationSeconds) }}
+{{- fail (printf "leaderElection.renewDeadlineSeconds (%v) must be shorter than leaderElection.leaseDurationSeconds (%v)" $le.renewDeadlineSeconds $le.leaseDurationSeconds) }}
+{{- end }}
+{{- if ge (mulf 1.2 (float64 $le.retryPeriodSeconds)) (float64 $le.renewDeadlineSeconds) }}
+{{- fail (printf "leaderElection.retryPeriodSeconds (%v) x 1.2 must be shorter than leaderElection.renewDeadlineSeconds (%v)" $le.retryPeriodSeconds $le.renewDeadlineSeconds) }}
+{{- end }}
+{{- end }}
+{{- end }}
