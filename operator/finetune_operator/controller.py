@@ -8,7 +8,8 @@ decides, and writes in this order:
 1. the attempt's pod, created while deciding (whether it was created, refused or invalid decides
    the status);
 2. Events, before the status: a process that dies between the two posts them again on its next
-   pass rather than never (at least once; `kubectl describe` loses no transition);
+   pass rather than never; under the same names (kube.event_name: the job's version and the
+   Event), so the API server keeps one and `kubectl describe` shows each transition once;
 3. the status, one JSON merge patch of what changed;
 4. deletions, after the status that says why: pods that must not run any more, and the job
    itself once its TTL is over.

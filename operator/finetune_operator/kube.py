@@ -16,8 +16,8 @@ Errors are the client's ApiException, whose body is the API server's Status obje
 
 from __future__ import annotations
 
+import hashlib
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -245,13 +245,14 @@ class Kube:
 
     # Events ---------------------------------------------------------------------------------
     def job_event(self, job: dict[str, Any], event_type: str, reason: str, message: str, now: str) -> None:
-        """A core/v1 Event (``Normal`` or ``Warning``) on the job: `kubectl describe ftj` shows these."""
+        """A core/v1 Event (``Normal`` or ``Warning``) on the job: `kubectl describe ftj` shows these.
+        Posting the same Event again (same job version, reason and message) is a no-op."""
         meta = job["metadata"]
+        name = event_name(job, event_type, reason, message)
         event = {
             "apiVersion": "v1",
             "kind": "Event",
-            # As client-go's recorder names them: <object>.<unix nanoseconds in hex>, which sorts.
-            "metadata": {"name": f"{meta['name']}.{time.time_ns():x}", "namespace": meta["namespace"]},
+            "metadata": {"name": name, "namespace": meta["namespace"]},
             "involvedObject": {
                 "apiVersion": API_VERSION,
                 "kind": KIND,
@@ -270,4 +271,26 @@ class Kube:
             "lastTimestamp": now,
             "count": 1,
         }
-        self._request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event)
+        try:
+            self._request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event)
+        except ApiException as exc:
+            if not is_status(exc, 409):
+                raise
+            # AlreadyExists: a pass that died after posting it and before the status write
+            # posted this very Event; the pass that repeats it after the restart adds nothing.
+
+
+def event_name(job: dict[str, Any], event_type: str, reason: str, message: str) -> str:
+    """The Event's name: the job's name and a digest of the job's uid and resourceVersion and the
+    Event itself. A pass repeated on the same version of the job (the process died between the
+    Event and the status write that follows it) names its Event the same, so the API server
+    keeps one (409 AlreadyExists): a transition is reported at least once and, through crashes,
+    once. A later transition comes from a later version (the status write between them)."""
+    meta = job["metadata"]
+    key = "\0".join(
+        (meta.get("uid", ""), meta.get("resourceVersion", ""), event_type, reason, message[:1024])
+    )
+    digest = hashlib.sha256(key.encode("utf-8", errors="replace")).hexdigest()[:16]
+    # An object name is at most 253 characters, each dot-separated part starting and ending
+    # with a letter or digit.
+    return f"{meta['name'][:236].rstrip('-.')}.{digest}"

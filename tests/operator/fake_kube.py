@@ -24,6 +24,7 @@ from typing import Any
 
 from finetune_operator.api import GROUP, LABEL_ATTEMPT, LABEL_JOB
 from finetune_operator.job_status import now_iso
+from finetune_operator.kube import event_name
 from kubernetes.client.exceptions import ApiException
 
 from tests.operator import crd
@@ -231,8 +232,16 @@ class FakeKube:
         self._write("delete_job", name, uid, apply)
 
     def job_event(self, job: dict[str, Any], event_type: str, reason: str, message: str, now: str) -> None:
+        name = event_name(job, event_type, reason, message)
         event = {"type": event_type, "reason": reason, "message": message, "uid": job["metadata"]["uid"]}
-        self._write("event", reason, event, lambda: self.events.append(event))
+        event["name"] = name
+
+        def apply() -> None:
+            # Kube.job_event takes the API server's 409 AlreadyExists for a repeat as done.
+            if all(e["name"] != name for e in self.events):
+                self.events.append(event)
+
+        self._write("event", reason, event, apply)
 
     # ---------------------------------------------------------------------------- the world
     def add_job(self, job: dict[str, Any]) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 SIGKILLed every 3 to 6 seconds, kube-apiserver is stopped and started again three times, and
 twice, while it is down, etcd is compacted so that the operator's watches expire (410 Gone).
 Every job must end in its expected phase, with exactly the attempts its script asks for, one pod
-per attempt (no pod name ever seen with two uids, no attempt beyond the script's), and its
-failures counted once.
+per attempt (no pod name ever seen with two uids, no attempt beyond the script's), its failures
+counted once and each of its transitions reported by one Event.
 
 The test plays the trainers: a driver loop lists the pods and, after each has run for 1 to 8
 seconds, finishes it as its job's script says (succeed, fail transiently, fail permanently),
@@ -20,6 +20,7 @@ import json
 import random
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -267,6 +268,19 @@ def test_every_job_ends_right_through_kills_restarts_and_expired_watches(
     twice = {n: sorted(u) for n, u in chaos.uids.items() if len(u) > 1}
     if twice:
         problems.append(f"pods created twice (one name, several uids): {twice}")
+    # Each transition is reported once (an Event that a pass repeats after a kill or an outage is
+    # posted under the same name, and the API server keeps one).
+    listed = cluster.kubectl("get", "events", "-o", "json", namespace=namespace)
+    reported = Counter(
+        (e["involvedObject"]["name"], e["reason"], e["message"])
+        for e in json.loads(listed.stdout)["items"]
+        if e["involvedObject"].get("kind") == "FineTuneJob"
+    )
+    repeated = sorted(
+        f"{job} {reason}: {message!r} x{n}" for (job, reason, message), n in reported.items() if n > 1
+    )
+    if repeated:
+        problems.append(f"transitions reported more than once: {repeated}")
     log = (tmp_path / "operator.log").read_text(errors="replace")
     gone = log.count("Restarting the watch-stream")
     summary = (
