@@ -8,8 +8,9 @@ decides, and writes in this order:
 1. the attempt's pod, created while deciding (whether it was created, refused or invalid decides
    the status);
 2. Events, before the status: a process that dies between the two posts them again on its next
-   pass rather than never; under the same names (kube.event_name: the job's version and the
-   Event), so the API server keeps one and `kubectl describe` shows each transition once;
+   pass rather than never; under the same names (kube.event_name: the job's version, the
+   Event's place in the pass and the Event), so the API server keeps one and `kubectl describe`
+   shows each transition once;
 3. the status, one JSON merge patch of what changed;
 4. deletions, after the status that says why: pods that must not run any more, and the job
    itself once its TTL is over.
@@ -208,9 +209,9 @@ class Reconciler:
     def _commit(self, p: _Pass) -> None:
         meta = p.meta
         where = f"{meta['namespace']}/{meta['name']}"
-        for event_type, reason, message in p.events:
+        for seq, (event_type, reason, message) in enumerate(p.events):
             try:
-                self.kube.job_event(p.job, event_type, reason, message, p.stamp)
+                self.kube.job_event(p.job, event_type, reason, message, p.stamp, seq)
             except Exception as exc:  # an Event is worth a log line, not a failed reconcile
                 log.warning("could not post the %s event for %s: %s", reason, where, exc)
             log.info("%s: %s: %s", where, reason, message)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -127,8 +128,11 @@ class KubeWrites(Protocol):
         ...
 
     def job_event(
-        self, job: dict[str, Any], event_type: str, reason: str, message: str, now: str
-    ) -> None: ...
+        self, job: dict[str, Any], event_type: str, reason: str, message: str, now: str, seq: int = 0
+    ) -> None:
+        """An Event on the job as this pass read it (`seq`: its place among the pass's Events).
+        Posting it again for the same version of the job adds nothing (see `event_name`)."""
+        ...
 
 
 class KubeApi(KubeReads, KubeWrites, Protocol):
@@ -244,11 +248,13 @@ class Kube:
         return bool((answer.get("status") or {}).get("allowed"))
 
     # Events ---------------------------------------------------------------------------------
-    def job_event(self, job: dict[str, Any], event_type: str, reason: str, message: str, now: str) -> None:
+    def job_event(
+        self, job: dict[str, Any], event_type: str, reason: str, message: str, now: str, seq: int = 0
+    ) -> None:
         """A core/v1 Event (``Normal`` or ``Warning``) on the job: `kubectl describe ftj` shows these.
-        Posting the same Event again (same job version, reason and message) is a no-op."""
+        Posting the same Event again (same job version, place, reason and message) is a no-op."""
         meta = job["metadata"]
-        name = event_name(job, event_type, reason, message)
+        name = event_name(job, event_type, reason, message, seq)
         event = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -280,17 +286,23 @@ class Kube:
             # posted this very Event; the pass that repeats it after the restart adds nothing.
 
 
-def event_name(job: dict[str, Any], event_type: str, reason: str, message: str) -> str:
-    """The Event's name: the job's name and a digest of the job's uid and resourceVersion and the
-    Event itself. A pass repeated on the same version of the job (the process died between the
-    Event and the status write that follows it) names its Event the same, so the API server
-    keeps one (409 AlreadyExists): a transition is reported at least once and, through crashes,
-    once. A later transition comes from a later version (the status write between them)."""
+def event_name(job: dict[str, Any], event_type: str, reason: str, message: str, seq: int = 0) -> str:
+    """The Event's name. A pass repeated on the same version of the job (the process died between
+    its Events and the status write that follows them) names its Events the same, so the API
+    server keeps one of each (409 AlreadyExists): a transition is reported once, through crashes
+    and leader handovers. A later transition comes from a later version of the job (the status
+    write between them). The name sorts as the Events were posted, as client-go's
+    <object>.<nanoseconds in hex> names do (the API server lists objects by name): the job's
+    resourceVersion (an etcd revision, which grows), the Event's place in its pass, then a
+    digest of the job's uid and the Event. An object read without a resourceVersion (a
+    ReconcileError report) gets client-go's name: never a repeat, always posted."""
     meta = job["metadata"]
-    key = "\0".join(
-        (meta.get("uid", ""), meta.get("resourceVersion", ""), event_type, reason, message[:1024])
-    )
-    digest = hashlib.sha256(key.encode("utf-8", errors="replace")).hexdigest()[:16]
     # An object name is at most 253 characters, each dot-separated part starting and ending
-    # with a letter or digit.
-    return f"{meta['name'][:236].rstrip('-.')}.{digest}"
+    # with a letter or digit; 37 are the suffix.
+    prefix = meta["name"][:216].rstrip("-.")
+    version = meta.get("resourceVersion") or ""
+    if not version.isdigit():
+        return f"{prefix}.{time.time_ns():x}"
+    key = "\0".join((meta.get("uid", ""), event_type, reason, message[:1024]))
+    digest = hashlib.sha256(key.encode("utf-8", errors="replace")).hexdigest()[:16]
+    return f"{prefix}.{int(version):016x}{seq % 256:02x}.{digest}"

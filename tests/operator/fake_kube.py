@@ -231,8 +231,10 @@ class FakeKube:
 
         self._write("delete_job", name, uid, apply)
 
-    def job_event(self, job: dict[str, Any], event_type: str, reason: str, message: str, now: str) -> None:
-        name = event_name(job, event_type, reason, message)
+    def job_event(
+        self, job: dict[str, Any], event_type: str, reason: str, message: str, now: str, seq: int = 0
+    ) -> None:
+        name = event_name(job, event_type, reason, message, seq)
         event = {"type": event_type, "reason": reason, "message": message, "uid": job["metadata"]["uid"]}
         event["name"] = name
 
