@@ -13,6 +13,7 @@ the Helm chart's operator pods on the real node (install_chart, ChartOperator), 
 
 from localcluster import realnode
 from localcluster.cluster import DEFAULT_STATE_DIR, Cluster, attach
+from localcluster.components import etcd_compact, start_component, stop_component
 from localcluster.errors import ClusterError
 from localcluster.helm import (
     CHART,
@@ -46,6 +47,7 @@ __all__ = [
     "REAL_NODE_GPUS",
     "attach",
     "drive_annotations",
+    "etcd_compact",
     "free_port",
     "fullname",
     "helm",
@@ -55,5 +57,7 @@ __all__ = [
     "serve_https",
     "service_account_kubeconfig",
     "start",
+    "start_component",
     "stop",
+    "stop_component",
 ]

@@ -174,6 +174,9 @@ def render_pod(job: dict[str, Any], attempt: int, config: OperatorConfig) -> dic
             "runAsUser": config.run_as_user,
             "runAsGroup": config.run_as_user,
             "fsGroup": config.run_as_user,
+            # Change the volumes' group only when their root is not the job's group already:
+            # without it the kubelet walks (chowns) a whole dataset on every attempt.
+            "fsGroupChangePolicy": "OnRootMismatch",
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],

@@ -153,6 +153,8 @@ def test_a_missing_dataset_claim_keeps_the_pod_pending_with_the_schedulers_words
     )
     assert pending["phase"] == "Pending" and pending["reason"] == "Unschedulable", pending
     assert 'persistentvolumeclaim "no-such-claim" not found' in pending["message"], pending
+    # Not a wait for capacity: it is timed by startTimeoutSeconds (operator/finetune_operator/waiting.py).
+    assert (pending.get("waiting") or {}).get("kind") == "Start", pending
     pod = node.pod("no-claim")
     assert not pod["spec"].get("nodeName"), "a pod whose claim does not exist was placed"
     scheduled = next(c for c in pod["status"]["conditions"] if c["type"] == "PodScheduled")

@@ -303,7 +303,7 @@ def test_deployment_meets_pod_security_restricted_and_carries_the_settings() -> 
     docs = documents(
         render(
             "--set",
-            "operator.logFormat=text,operator.pendingTimeoutSeconds=120,metrics.port=9100,healthPort=9101",
+            "operator.logFormat=text,operator.startTimeoutSeconds=120,metrics.port=9100,healthPort=9101",
         )
     )
     (d,) = by_kind(docs, "Deployment")
@@ -321,7 +321,7 @@ def test_deployment_meets_pod_security_restricted_and_carries_the_settings() -> 
     assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
     assert c["resources"]["requests"] and c["resources"]["limits"]
     env = _env(d)
-    assert env["PFO_LOG_FORMAT"] == "text" and env["PFO_PENDING_TIMEOUT"] == "120"
+    assert env["PFO_LOG_FORMAT"] == "text" and env["PFO_START_TIMEOUT"] == "120"
     assert env["PFO_METRICS_PORT"] == "9100" and env["PFO_HEALTH_PORT"] == "9101"
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"metrics": 9100, "health": 9101}
@@ -350,6 +350,9 @@ def test_operator_settings_in_the_chart_are_ones_the_operator_reads() -> None:
     assert (parsed.cache_claim, parsed.workers, parsed.namespaces) == ("weights", 7, ("a", "b"))
     defaults = config.parse_config([], _env(by_kind(documents(render()), "Deployment")[0], pod="pfo-abc-12"))
     assert defaults.clusterwide and defaults.log_format == "json"
+    assert defaults.allow_host_path is False and defaults.scheduling_timeout_seconds == 0
+    (allowing,) = by_kind(documents(render("--set", "operator.allowHostPath=true")), "Deployment")
+    assert config.parse_config([], _env(allowing, pod="pfo-abc-12")).allow_host_path is True
     # Leader election as the chart sets it: the Lease in the release namespace, the pod's name as
     # holder, and the operator's own default durations (those bench/failover.py measures).
     assert defaults.leader_elect
@@ -663,6 +666,18 @@ def test_operator_without_the_pod_create_rule_is_refused_and_the_job_stalls(
         log = operator.log_tail(200)
         assert re.search(r'cannot create resource \\?"pods\\?"', log), log
         print(f"403 on pod creation logged {time.monotonic() - t0:.1f}s after the job was applied")
+        # The job says so at once (a SelfSubjectAccessReview confirmed it), not as a quota would.
+        status = wait_for(
+            "the job to say MissingPermission",
+            lambda: (
+                (s := job_status(cluster, jobs_ns, "ftj-norbac")).get("reason") == "MissingPermission" and s
+            ),
+            30,
+            lambda: f"{job_status(cluster, jobs_ns, 'ftj-norbac')}\n{operator.log_tail(200)}",
+        )
+        assert status["phase"] == "Pending" and status["waiting"]["kind"] == "Permission"
+        assert f"may not create pods in namespace {jobs_ns}" in status["message"]
+        assert re.search(r"ERROR.*may not create pods", operator.log_tail(200)), operator.log_tail(200)
         time.sleep(3)  # give a wrongly working operator time to make progress anyway
         pods = cluster.kubectl("get", "pods", "-o", "name", namespace=jobs_ns).stdout.split()
         assert pods == [], f"a pod was created without the 'create pods' rule: {pods}"

@@ -65,12 +65,64 @@ INVALID = [
         "spec.template.tolerations[0].operator",
         "Unsupported value",
     ),
+    # what a pod would refuse (found by tests/operator/test_fuzz_api.py): refused at apply time
+    (
+        "toleration-no-key-needs-exists",
+        {"template.tolerations": [{"operator": "Equal", "value": "x"}]},
+        "spec.template.tolerations[0].operator",
+        "operator must be Exists when key is empty",
+    ),
+    (
+        "toleration-seconds-needs-no-execute",
+        {"template.tolerations": [{"key": "gpu", "effect": "NoSchedule", "tolerationSeconds": 5}]},
+        "spec.template.tolerations[0].tolerationSeconds",
+        "tolerationSeconds needs effect NoExecute",
+    ),
+    (
+        "toleration-exists-with-value",
+        {"template.tolerations": [{"key": "gpu", "operator": "Exists", "value": "x"}]},
+        "spec.template.tolerations[0].value",
+        "value must be empty when operator is Exists",
+    ),
+    (
+        "toleration-key",
+        {"template.tolerations": [{"key": "a b", "operator": "Exists"}]},
+        "spec.template.tolerations[0].key",
+        "should match",
+    ),
+    ("label-key", {"template.labels": {"a b": "x"}}, "spec.template.labels", "keys must be label keys"),
+    ("label-value", {"template.labels": {"team": "a b"}}, "spec.template.labels.team", "should match"),
+    (
+        "node-selector-key",
+        {"template.nodeSelector": {"/x": "y"}},
+        "spec.template.nodeSelector",
+        "keys must be label keys",
+    ),
+    (
+        "annotation-key",
+        {"template.annotations": {"-x": "y"}},
+        "spec.template.annotations",
+        "keys must be label keys",
+    ),
+    (
+        "csi-driver",
+        {"dataset.volume": {"csi": {"driver": "My_Driver"}}},
+        "spec.dataset.volume.csi.driver",
+        "should match",
+    ),
+    (
+        "csi-secret-name",
+        {"dataset.volume": {"csi": {"driver": "d.example.com", "nodePublishSecretRef": {"name": "Secret"}}}},
+        "spec.dataset.volume.csi.nodePublishSecretRef.name",
+        "should match",
+    ),
+    ("image-whitespace", {"image": "trainer:1 "}, "spec.image", "should match"),
     # ranges
     ("epochs-zero", {"training.epochs": 0}, "spec.training.epochs", "greater than or equal to 1"),
     ("epochs-too-many", {"training.epochs": 1001}, "spec.training.epochs", "less than or equal to 1000"),
     ("batch-too-big", {"training.batchSize": 5000}, "spec.training.batchSize", "less than or equal to 4096"),
     ("gpus-too-many", {"resources.gpus": 17}, "spec.resources.gpus", "less than or equal to 16"),
-    ("num-classes-zero", {"dataset.numClasses": 0}, "spec.dataset.numClasses", "greater than or equal to 1"),
+    ("num-classes-one", {"dataset.numClasses": 1}, "spec.dataset.numClasses", "greater than or equal to 2"),
     ("image-size-small", {"dataset.imageSize": 16}, "spec.dataset.imageSize", "greater than or equal to 32"),
     ("learning-rate-zero", {"training.learningRate": 0}, "spec.training.learningRate", "greater than 0"),
     ("momentum-above-one", {"training.momentum": 1.5}, "spec.training.momentum", "less than or equal to 1"),
@@ -98,6 +150,18 @@ INVALID = [
         {"runPolicy.terminationGracePeriodSeconds": 3601},
         "spec.runPolicy.terminationGracePeriodSeconds",
         "less than or equal to 3600",
+    ),
+    (
+        "start-timeout-zero",
+        {"runPolicy.startTimeoutSeconds": 0},
+        "spec.runPolicy.startTimeoutSeconds",
+        "greater than or equal to 1",
+    ),
+    (
+        "scheduling-timeout-negative",
+        {"runPolicy.schedulingTimeoutSeconds": -1},
+        "spec.runPolicy.schedulingTimeoutSeconds",
+        "greater than or equal to 0",
     ),
     ("cpu-not-quantity", {"resources.cpu": "lots"}, "spec.resources.cpu", "positive Kubernetes quantity"),
     (
@@ -402,6 +466,14 @@ def test_the_guides_94_96_run_keeps_its_recipe_through_the_api_server(
         {"resources.cpu": 4, "resources.memory": "16Gi", "resources.gpus": 8},
         {"finetune.lrMultList": [0.1, 0.1, 0.2, 0.2, 0.3]},
         {"template": {"affinity": {"nodeAffinity": {}}, "imagePullSecrets": [{"name": "registry"}]}},
+        {
+            "template.labels": {"example.com/team": "a-b_c.d", "x": ""},
+            "template.annotations": {"Example.com/Note": "anything at all"},
+            "template.tolerations": [
+                {"operator": "Exists"},
+                {"key": "gpu", "effect": "NoExecute", "tolerationSeconds": 9},
+            ],
+        },
     ],
     ids=[
         "url-with-sha256",
@@ -416,6 +488,7 @@ def test_the_guides_94_96_run_keeps_its_recipe_through_the_api_server(
         "resources",
         "lr-mult-list",
         "template",
+        "labels-annotations-tolerations",
     ],
 )
 def test_valid_variants_are_accepted(objects: Any, namespace: str, changes: dict[str, Any]) -> None:

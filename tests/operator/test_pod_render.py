@@ -152,6 +152,7 @@ def test_pod_security_restricted():
         "runAsUser": 1000,
         "runAsGroup": 1000,
         "fsGroup": 1000,
+        "fsGroupChangePolicy": "OnRootMismatch",
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     sc = container(pod)["securityContext"]
