@@ -98,7 +98,7 @@ def test_sections_with_defaults_default_to_an_empty_object() -> None:
 
 def test_status_fixed_fields() -> None:
     assert crd.node("status.phase")["enum"] == list(api.PHASES)
-    assert api.PHASES == ("Pending", "Running", "Succeeded", "Failed", "Suspended")
+    assert api.PHASES == ("Pending", "Queued", "Running", "Succeeded", "Failed", "Suspended")
     assert set(api.CONDITION_TYPES) == {"Running", "Succeeded", "Failed", "Suspended"}
     for name in ("top1", "top5"):
         metric = crd.node(f"status.metrics.{name}")
