@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from finetune_contract import encode_result
 
 from localcluster.kueue import Kueue, is_gated, priority_class, queue_objects
@@ -207,3 +209,27 @@ def test_a_higher_priority_job_preempts_and_the_preempted_job_resumes_without_a_
     reasons = [r for _, r, _ in events(cluster, namespace, "low")]
     assert reasons.count("Preempted") == 1 and reasons[-1] == "Completed"
     assert "Queued" in reasons[reasons.index("Preempted") :]
+
+
+def test_the_shared_cluster_example_is_accepted(kueue: Kueue, crd_installed: str) -> None:
+    """examples/kueue-shared-cluster.yaml: every object passes the API server's and Kueue's
+    validation (server-side dry run: nothing is created)."""
+    example = Path(__file__).parents[2] / "examples" / "kueue-shared-cluster.yaml"
+    docs = [d for d in yaml.safe_load_all(example.read_text()) if d]
+    assert [d["kind"] for d in docs] == [
+        "ResourceFlavor",
+        "ClusterQueue",
+        "LocalQueue",
+        "WorkloadPriorityClass",
+        "FineTuneJob",
+    ]
+    job = docs[-1]
+    assert job["metadata"]["labels"][QUEUE] == docs[2]["metadata"]["name"]
+    assert job["metadata"]["labels"][PRIORITY] == docs[3]["metadata"]["name"]
+    assert docs[2]["spec"]["clusterQueue"] == docs[1]["metadata"]["name"]
+    # The LocalQueue and the job live in team-a: create it for the dry run if it is missing.
+    cluster = kueue.cluster
+    if cluster.kubectl("get", "namespace", "team-a", check=False).returncode != 0:
+        cluster.kubectl("create", "namespace", "team-a")
+    proc = cluster.kubectl("apply", "--dry-run=server", "-f", str(example))
+    assert proc.stdout.count("(server dry run)") == len(docs), proc.stdout
