@@ -280,7 +280,8 @@ class Reconciler:
         newest = max(pods, default=0)
         if newest > p.count("attempts"):
             # Created just before the operator stopped, before the status recorded it: adopt it.
-            self._record_attempt(p, newest, p.status.get("phase") == Phase.SUSPENDED, pods[newest])
+            resumed = p.status.get("phase") in (Phase.SUSPENDED, Phase.QUEUED)
+            self._record_attempt(p, newest, resumed, pods[newest])
         attempts = p.count("attempts")
         in_flight = attempts > p.count("endedAttempts")
         current = pods.get(attempts) if in_flight else None
@@ -471,7 +472,10 @@ class Reconciler:
             reason = Reason.INADMISSIBLE if kueue_reason == "Inadmissible" else Reason.QUEUED
             message = f"waiting for admission by LocalQueue {queue}: {said}"
         since = waiting.remembered_since(p.status.get("waiting"), Waiting.ADMISSION, p.now)
-        p.transition(Phase.QUEUED, reason, message, "Warning" if reason == Reason.INADMISSIBLE else "Normal")
+        # A pod adopted in this very pass (created before a crash) was reported Queued already.
+        said = any(r == reason for _, r, _ in p.events)
+        kind = None if said else ("Warning" if reason == Reason.INADMISSIBLE else "Normal")
+        p.transition(Phase.QUEUED, reason, message, kind)
         p.update.fields["waiting"] = waiting.Wait(Waiting.ADMISSION, reason, message, since, None).status()
         return QUEUED_POLL_SECONDS if words else QUEUED_FIRST_POLL_SECONDS
 

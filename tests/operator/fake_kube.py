@@ -383,7 +383,7 @@ class FakeKube:
     def terminate(self) -> None:
         """The kubelets: every pod being deleted stops (SIGTERM, exit 143) and is removed."""
         for key, pod in list(self.pods.items()):
-            if pod["metadata"].get("deletionTimestamp"):
+            if pod["metadata"].get("deletionTimestamp") and not pod["metadata"].get("finalizers"):
                 del self.pods[key]
 
     def remove_pod(self, namespace: str, name: str) -> None:
@@ -424,10 +424,13 @@ def kueue_admit(kube: FakeKube, namespace: str, name: str) -> None:
     pod["metadata"]["resourceVersion"] = kube._next_rv()
 
 
-def kueue_preempt(kube: FakeKube, namespace: str, name: str, message: str) -> None:
+def kueue_preempt(kube: FakeKube, namespace: str, name: str, message: str, hold: bool = False) -> None:
     """Kueue preempts the pod: the TerminationTarget condition, then a graceful deletion
-    (`terminate()`: the kubelet stops it once the trainer has checkpointed)."""
+    (`terminate()`: the kubelet stops it once the trainer has checkpointed). `hold`: the trainer
+    is still checkpointing; the pod stays until `checkpointed()`."""
     pod = kube.pods[(namespace, name)]
+    if hold:
+        pod["metadata"]["finalizers"] = [HOLD]
     cond = {
         "type": "TerminationTarget",
         "status": "True",
@@ -438,3 +441,17 @@ def kueue_preempt(kube: FakeKube, namespace: str, name: str, message: str) -> No
     pod["status"].setdefault("conditions", []).append(cond)
     pod["metadata"]["deletionTimestamp"] = now_iso(kube.clock())
     pod["metadata"]["resourceVersion"] = kube._next_rv()
+
+
+HOLD = "pfo.dev/test-kubelet"  # the kubelet's graceful termination, as a finalizer: terminate() waits
+
+
+def checkpointed(kube: FakeKube, namespace: str, name: str) -> None:
+    """The preempted trainer wrote its checkpoint and exited 143: the pod is Failed (keeping its
+    conditions, as the kubelet does) and removed by the next `terminate()`."""
+    pod = kube.pods[(namespace, name)]
+    conditions = pod["status"].get("conditions") or []
+    kube.finish(namespace, name, 143)
+    pod = kube.pods[(namespace, name)]
+    pod["status"]["conditions"] = conditions
+    pod["metadata"].pop("finalizers", None)
