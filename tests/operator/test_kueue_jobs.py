@@ -211,7 +211,7 @@ def test_a_higher_priority_job_preempts_and_the_preempted_job_resumes_without_a_
     assert "Queued" in reasons[reasons.index("Preempted") :]
 
 
-def test_the_shared_cluster_example_is_accepted(kueue: Kueue, crd_installed: str) -> None:
+def test_the_shared_cluster_example_is_accepted(kueue: Kueue, crd_installed: str, namespace: str) -> None:
     """examples/kueue-shared-cluster.yaml: every object passes the API server's and Kueue's
     validation (server-side dry run: nothing is created)."""
     example = Path(__file__).parents[2] / "examples" / "kueue-shared-cluster.yaml"
@@ -227,9 +227,8 @@ def test_the_shared_cluster_example_is_accepted(kueue: Kueue, crd_installed: str
     assert job["metadata"]["labels"][QUEUE] == docs[2]["metadata"]["name"]
     assert job["metadata"]["labels"][PRIORITY] == docs[3]["metadata"]["name"]
     assert docs[2]["spec"]["clusterQueue"] == docs[1]["metadata"]["name"]
-    # The LocalQueue and the job live in team-a: create it for the dry run if it is missing.
-    cluster = kueue.cluster
-    if cluster.kubectl("get", "namespace", "team-a", check=False).returncode != 0:
-        cluster.kubectl("create", "namespace", "team-a")
-    proc = cluster.kubectl("apply", "--dry-run=server", "-f", str(example))
-    assert proc.stdout.count("(server dry run)") == len(docs), proc.stdout
+    proc = kueue.cluster.kubectl(
+        "apply", "--server-side", "--validate=strict", "--dry-run=server", "-f", str(example),
+        namespace=namespace,
+    )  # fmt: skip
+    assert proc.stdout.count("serverside-applied (server dry run)") == len(docs), proc.stdout
