@@ -122,6 +122,13 @@ def test_three_4_gpu_jobs_on_8_gpus_of_quota_two_run_the_third_queues(
     assert status["attempts"] == 1 and status.get("failedAttempts", 0) == 0 and status["startTime"]
     assert get_job(cluster, namespace, finisher)["status"]["phase"] == "Succeeded"
 
+    # A deleted job releases its quota too (the garbage collector deletes its pod).
+    apply(cluster, namespace, queued_job("d", queue8, 4))
+    wait_job(cluster, operator, namespace, "d", phase_is("Queued"), "Queued", timeout=30)
+    other = next(n for n in "abc" if n not in (waiting, finisher))
+    cluster.kubectl("delete", "ftj", other, "--wait=false", namespace=namespace)
+    wait_job(cluster, operator, namespace, "d", phase_is("Running"), "Running", timeout=30)
+
 
 def _queued_message(cluster: Any, namespace: str) -> str:
     for n in "abc":
