@@ -239,3 +239,30 @@ def test_the_shared_cluster_example_is_accepted(kueue: Kueue, crd_installed: str
         namespace=namespace,
     )  # fmt: skip
     assert proc.stdout.count("serverside-applied (server dry run)") == len(docs), proc.stdout
+
+
+def test_a_queue_that_does_not_exist_is_inadmissible_with_kueues_words(
+    cluster: Any, namespace: str, queue4: str, operator: Any
+) -> None:
+    apply(cluster, namespace, queued_job("lost", "no-such-queue", 1))
+    status = wait_job(
+        cluster, operator, namespace, "lost",
+        lambda s: s.get("reason") == "Inadmissible", "Queued, Inadmissible", timeout=60,
+    )  # fmt: skip
+    assert status["phase"] == "Queued"
+    assert status["message"] == (
+        "waiting for admission by LocalQueue no-such-queue: LocalQueue no-such-queue doesn't exist"
+    )
+    assert ("Warning", "Inadmissible") in [(t, r) for t, r, _ in events(cluster, namespace, "lost")]
+
+
+def test_a_namespace_kueue_does_not_manage_runs_the_job_unqueued_and_says_so(
+    cluster: Any, namespace: str, kueue: Kueue, operator: Any
+) -> None:
+    apply(cluster, namespace, queued_job("free", "team-x", 1))
+    wait_job(cluster, operator, namespace, "free", phase_is("Running"), "Running", timeout=60)
+    pod = pod_of(cluster, namespace, "free-attempt-1")
+    assert pod is not None and not is_gated(pod)
+    assert "kueue.x-k8s.io/managed" not in pod["metadata"]["labels"]
+    warned = [m for t, r, m in events(cluster, namespace, "free") if (t, r) == ("Warning", "NotQueued")]
+    assert warned and f"does not manage namespace {namespace}" in warned[0], warned
