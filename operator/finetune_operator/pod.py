@@ -26,9 +26,13 @@ from .api import (
     MANAGED_BY,
 )
 from .config import OperatorConfig
-from .trainer_settings import CACHE_MOUNT, DATA_MOUNT, OUTPUT_MOUNT, RESULT_PATH, output_dir, trainer_settings
+from .trainer_settings import CACHE_MOUNT, DATA_MOUNT, OUTPUT_MOUNT, RESULT_PATH, trainer_settings
 
 MAX_NAME = 63  # a DNS label: pod names become hostnames, and label values have the same limit
+# The CRD's default for spec.runPolicy.terminationGracePeriodSeconds (a job stored before the field
+# existed gets it too): time for the largest model's checkpoint on a slow network disk, see
+# trainer/finetune_trainer/README.md ("Grace on SIGTERM").
+DEFAULT_TERMINATION_GRACE_SECONDS = 120
 
 # What the template may pass through to the pod spec, unchanged.
 _PASS_THROUGH = (
@@ -152,7 +156,9 @@ def render_pod(job: dict[str, Any], attempt: int, config: OperatorConfig) -> dic
     gpus = int(resources.get("gpus", 1) or 0)
     dataset = spec.get("dataset") or {}
     output = spec.get("output") or {}
-    settings_json = trainer_settings(job).to_json()
+    settings = trainer_settings(job)
+    settings_json = settings.to_json()
+    launch_logs = f"{settings.output.dir}/launch-logs"  # the job's own folder, as the trainer's
 
     labels = dict(template.get("labels") or {})
     labels.update(
@@ -167,7 +173,7 @@ def render_pod(job: dict[str, Any], attempt: int, config: OperatorConfig) -> dic
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.get("image") or config.trainer_image,
-        "command": trainer_command(settings_json, gpus, f"{output_dir(namespace, name)}/launch-logs"),
+        "command": trainer_command(settings_json, gpus, launch_logs),
         "env": [
             # Progress lines must reach the log (and the operator) when printed, not at exit.
             {"name": "PYTHONUNBUFFERED", "value": "1"},
@@ -202,8 +208,13 @@ def render_pod(job: dict[str, Any], attempt: int, config: OperatorConfig) -> dic
         if config.cache_claim
         else {"emptyDir": {}}
     )
+    run_policy = spec.get("runPolicy") or {}
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        # SIGTERM -> the trainer checkpoints at the next step or evaluation batch -> SIGKILL after this.
+        "terminationGracePeriodSeconds": int(
+            run_policy.get("terminationGracePeriodSeconds", DEFAULT_TERMINATION_GRACE_SECONDS)
+        ),
         # The trainer never talks to the API server.
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,

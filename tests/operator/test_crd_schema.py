@@ -214,7 +214,10 @@ def test_the_guides_94_96_run_maps_to_its_recipe() -> None:
     from finetune_operator.trainer_settings import trainer_settings
 
     jobs = {p.name: d for p, d in crd.example_docs() if d["kind"] == "FineTuneJob"}
-    job = {**jobs["flowers102-resnet50_vd_ssld-40epochs.yaml"], "metadata": {"name": "j", "namespace": "n"}}
+    job = {
+        **jobs["flowers102-resnet50_vd_ssld-40epochs.yaml"],
+        "metadata": {"name": "j", "namespace": "n", "uid": "u-1"},
+    }
     assert_guide_2020_recipe(trainer_settings(job))
     header = crd.EXAMPLES_DIR.joinpath("flowers102-resnet50_vd_ssld-40epochs.yaml").read_text()
     assert "94.96%" in header  # each example says the figure it was published with
