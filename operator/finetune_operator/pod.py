@@ -11,7 +11,20 @@ import copy
 import hashlib
 from typing import Any
 
-from .api import API_VERSION, CONTAINER, KIND, LABEL_ATTEMPT, LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY
+from .api import (
+    API_VERSION,
+    CONTAINER,
+    KIND,
+    KUEUE_POD_GROUP_NAME,
+    KUEUE_POD_GROUP_TOTAL_COUNT,
+    KUEUE_PRIORITY_CLASS,
+    KUEUE_QUEUE_NAME,
+    KUEUE_RETRIABLE_IN_GROUP,
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+)
 from .config import OperatorConfig
 from .trainer_settings import CACHE_MOUNT, DATA_MOUNT, OUTPUT_MOUNT, RESULT_PATH, trainer_settings
 
@@ -42,9 +55,28 @@ def _bounded(base: str, suffix: str) -> str:
     return f"{base[:keep].rstrip('-.')}-{digest}{suffix}"
 
 
+def attempt_name(job_name: str, attempt: int) -> str:
+    """``<job>-attempt-<n>``, at most 63 characters: a single-node attempt's pod, and the
+    attempt's Kueue pod group (whose Workload Kueue names after the group)."""
+    return _bounded(job_name, f"-attempt-{attempt}")
+
+
 def pod_name(job_name: str, attempt: int) -> str:
     """``<job>-attempt-<n>``, at most 63 characters."""
-    return _bounded(job_name, f"-attempt-{attempt}")
+    return attempt_name(job_name, attempt)
+
+
+def nodes_of(job: dict[str, Any]) -> int:
+    """The pods of one attempt: ``spec.resources.nodes`` (1 when unset, as the CRD defaults it)."""
+    return int(((job.get("spec") or {}).get("resources") or {}).get("nodes") or 1)
+
+
+def queue_name(job: dict[str, Any]) -> str:
+    """The Kueue LocalQueue the job asks for: its label, or one in ``spec.template.labels``
+    ("" without one: the job is not queued by Kueue)."""
+    meta_labels = (job.get("metadata") or {}).get("labels") or {}
+    template_labels = ((job.get("spec") or {}).get("template") or {}).get("labels") or {}
+    return meta_labels.get(KUEUE_QUEUE_NAME) or template_labels.get(KUEUE_QUEUE_NAME) or ""
 
 
 def job_label_value(job_name: str) -> str:
@@ -97,6 +129,21 @@ def _mount(name: str, path: str, sub_path: str | None, read_only: bool) -> dict[
     return mount
 
 
+def _kueue_hooks(job: dict[str, Any], labels: dict[str, str], attempt: int) -> dict[str, str]:
+    """Kueue's labels on the pod (``labels`` is updated); returns its annotations. Only for a job
+    that names a queue (its own label, or one in ``spec.template.labels``): every attempt is a
+    pod group of its own, admitted whole, whose pods Kueue never waits to see replaced
+    (localcluster/KUEUE.md: why a new group per attempt and ``retriable-in-group: "false"``)."""
+    job_labels = (job.get("metadata") or {}).get("labels") or {}
+    for key in (KUEUE_QUEUE_NAME, KUEUE_PRIORITY_CLASS):
+        if job_labels.get(key):
+            labels[key] = job_labels[key]
+    if not labels.get(KUEUE_QUEUE_NAME):
+        return {}
+    labels[KUEUE_POD_GROUP_NAME] = attempt_name(job["metadata"]["name"], attempt)
+    return {KUEUE_POD_GROUP_TOTAL_COUNT: str(nodes_of(job)), KUEUE_RETRIABLE_IN_GROUP: "false"}
+
+
 def render_pod(job: dict[str, Any], attempt: int, config: OperatorConfig) -> dict[str, Any]:
     """The Pod manifest for ``attempt`` (1-based) of ``job`` (a FineTuneJob as a dict)."""
     if attempt < 1:
@@ -121,6 +168,8 @@ def render_pod(job: dict[str, Any], attempt: int, config: OperatorConfig) -> dic
             LABEL_MANAGED_BY: MANAGED_BY,
         }
     )
+    annotations = dict(template.get("annotations") or {})
+    annotations.update(_kueue_hooks(job, labels, attempt))
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.get("image") or config.trainer_image,
@@ -200,7 +249,7 @@ def render_pod(job: dict[str, Any], attempt: int, config: OperatorConfig) -> dic
             "name": pod_name(name, attempt),
             "namespace": namespace,
             "labels": labels,
-            "annotations": dict(template.get("annotations") or {}),
+            "annotations": annotations,
             "ownerReferences": [
                 {
                     "apiVersion": API_VERSION,

@@ -36,6 +36,7 @@ ALLOWED = {
     ("", "pods"): {"get", "list", "watch", "create", "delete"},
     ("", "pods/log"): {"get"},
     ("", "events"): {"create"},
+    ("kueue.x-k8s.io", "workloads"): {"get"},
 }
 # Leader election: one Lease, in the release namespace only, by name where RBAC allows it.
 LEASES = ("coordination.k8s.io", "leases")
