@@ -28,22 +28,43 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "paddle-finetune-operator"
 CONTAINER = "trainer"
 
+# Gang scheduling on real clusters: Kueue pod groups (one group per attempt; see
+# localcluster/KUEUE.md and the README's "Shared clusters").
+KUEUE_QUEUE_NAME = "kueue.x-k8s.io/queue-name"  # set by the user on the FineTuneJob
+KUEUE_PRIORITY_CLASS = "kueue.x-k8s.io/priority-class"
+KUEUE_POD_GROUP_NAME = "kueue.x-k8s.io/pod-group-name"
+KUEUE_POD_GROUP_TOTAL_COUNT = "kueue.x-k8s.io/pod-group-total-count"
+KUEUE_RETRIABLE_IN_GROUP = "kueue.x-k8s.io/retriable-in-group"
+# What Kueue puts on the pods it manages: the gate it removes at admission, and its label.
+KUEUE_ADMISSION_GATE = "kueue.x-k8s.io/admission"
+KUEUE_MANAGED = "kueue.x-k8s.io/managed"
+
 
 # The job's status ----------------------------------------------------------------------------
 class Phase:
     """status.phase."""
 
     PENDING = "Pending"
+    QUEUED = "Queued"  # Kueue holds the pod until the job's queue admits it
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     SUSPENDED = "Suspended"
 
 
-PHASES = (Phase.PENDING, Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED, Phase.SUSPENDED)
+PHASES = (Phase.PENDING, Phase.QUEUED, Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED, Phase.SUSPENDED)
 FINISHED = (Phase.SUCCEEDED, Phase.FAILED)
 # Standard conditions, one True at a time: `kubectl wait --for=condition=Succeeded` works.
 CONDITION_TYPES = (Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED, Phase.SUSPENDED)
+
+
+class Waiting:
+    """status.waiting.kind: why a Pending job's pod is not running yet."""
+
+    CAPACITY = "Capacity"  # no room yet (no node with free GPUs, a full quota): worth waiting for
+    START = "Start"  # placed, or placeable, but it cannot run yet (an image, a volume, a config)
+    PERMISSION = "Permission"  # the operator may not create the pod: an installation to fix
+    ADMISSION = "Admission"  # Queued: Kueue has not admitted the pod yet (no time limit)
 
 
 class Reason:
@@ -51,18 +72,26 @@ class Reason:
 
     # The lifecycle
     POD_CREATED = "PodCreated"
+    QUEUED = "Queued"  # Kueue holds the pod: no quota for it yet in its ClusterQueue
+    INADMISSIBLE = "Inadmissible"  # Kueue cannot admit it as things are (no such LocalQueue, ...)
+    NOT_QUEUED = "NotQueued"  # an Event: the job names a queue, and Kueue does not manage its pod
     POD_PENDING = "PodPending"  # created, waiting to start, for no reason Kubernetes names
     RUNNING = "Running"
     RETRYING = "Retrying"  # a transient failure: the next attempt starts after a back-off
     SUSPENDED = "Suspended"
     COMPLETED = "Completed"
-    POD_MISSING = "PodMissing"  # an Event: the attempt's pod disappeared, a new attempt starts
+    POD_MISSING = "PodMissing"  # the attempt's pod disappeared: a transient failure, retried after back-off
+    RECONCILE_ERROR = "ReconcileError"  # an Event: reconciling the job keeps failing (retried with back-off)
     # Failures of the job, and of an attempt's pod
     INVALID_SPEC = "InvalidSpec"
     POD_INVALID = "PodInvalid"  # the API server refused the pod (422)
-    POD_FORBIDDEN = "PodForbidden"  # refused by a quota or an admission policy (403): retried
+    POD_FORBIDDEN = "PodForbidden"  # refused by an admission webhook or policy (403): retried
+    QUOTA_EXCEEDED = "QuotaExceeded"  # refused by a ResourceQuota: waits for room
+    POD_SECURITY_VIOLATION = "PodSecurityViolation"  # refused by the namespace's Pod Security level
+    MISSING_PERMISSION = "MissingPermission"  # the operator may not create pods there: a broken install
+    POD_EXISTS = "PodExists"  # a pod of the attempt's name that is not this job's is in the way
     UNSCHEDULABLE = "Unschedulable"
-    PENDING_TIMEOUT = "PendingTimeout"
+    START_TIMEOUT = "StartTimeout"  # placed on a node, never started, for no reason the kubelet names
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     POD_FAILED = "PodFailed"  # failed with no exit code and no reason of its own

@@ -65,12 +65,64 @@ INVALID = [
         "spec.template.tolerations[0].operator",
         "Unsupported value",
     ),
+    # what a pod would refuse (found by tests/operator/test_fuzz_api.py): refused at apply time
+    (
+        "toleration-no-key-needs-exists",
+        {"template.tolerations": [{"operator": "Equal", "value": "x"}]},
+        "spec.template.tolerations[0].operator",
+        "operator must be Exists when key is empty",
+    ),
+    (
+        "toleration-seconds-needs-no-execute",
+        {"template.tolerations": [{"key": "gpu", "effect": "NoSchedule", "tolerationSeconds": 5}]},
+        "spec.template.tolerations[0].tolerationSeconds",
+        "tolerationSeconds needs effect NoExecute",
+    ),
+    (
+        "toleration-exists-with-value",
+        {"template.tolerations": [{"key": "gpu", "operator": "Exists", "value": "x"}]},
+        "spec.template.tolerations[0].value",
+        "value must be empty when operator is Exists",
+    ),
+    (
+        "toleration-key",
+        {"template.tolerations": [{"key": "a b", "operator": "Exists"}]},
+        "spec.template.tolerations[0].key",
+        "should match",
+    ),
+    ("label-key", {"template.labels": {"a b": "x"}}, "spec.template.labels", "keys must be label keys"),
+    ("label-value", {"template.labels": {"team": "a b"}}, "spec.template.labels.team", "should match"),
+    (
+        "node-selector-key",
+        {"template.nodeSelector": {"/x": "y"}},
+        "spec.template.nodeSelector",
+        "keys must be label keys",
+    ),
+    (
+        "annotation-key",
+        {"template.annotations": {"-x": "y"}},
+        "spec.template.annotations",
+        "keys must be label keys",
+    ),
+    (
+        "csi-driver",
+        {"dataset.volume": {"csi": {"driver": "My_Driver"}}},
+        "spec.dataset.volume.csi.driver",
+        "should match",
+    ),
+    (
+        "csi-secret-name",
+        {"dataset.volume": {"csi": {"driver": "d.example.com", "nodePublishSecretRef": {"name": "Secret"}}}},
+        "spec.dataset.volume.csi.nodePublishSecretRef.name",
+        "should match",
+    ),
+    ("image-whitespace", {"image": "trainer:1 "}, "spec.image", "should match"),
     # ranges
     ("epochs-zero", {"training.epochs": 0}, "spec.training.epochs", "greater than or equal to 1"),
     ("epochs-too-many", {"training.epochs": 1001}, "spec.training.epochs", "less than or equal to 1000"),
     ("batch-too-big", {"training.batchSize": 5000}, "spec.training.batchSize", "less than or equal to 4096"),
     ("gpus-too-many", {"resources.gpus": 17}, "spec.resources.gpus", "less than or equal to 16"),
-    ("num-classes-zero", {"dataset.numClasses": 0}, "spec.dataset.numClasses", "greater than or equal to 1"),
+    ("num-classes-one", {"dataset.numClasses": 1}, "spec.dataset.numClasses", "greater than or equal to 2"),
     ("image-size-small", {"dataset.imageSize": 16}, "spec.dataset.imageSize", "greater than or equal to 32"),
     ("learning-rate-zero", {"training.learningRate": 0}, "spec.training.learningRate", "greater than 0"),
     ("momentum-above-one", {"training.momentum": 1.5}, "spec.training.momentum", "less than or equal to 1"),
@@ -86,6 +138,30 @@ INVALID = [
         {"runPolicy.activeDeadlineSeconds": 0},
         "spec.runPolicy.activeDeadlineSeconds",
         "greater than or equal to 1",
+    ),
+    (
+        "grace-too-short",
+        {"runPolicy.terminationGracePeriodSeconds": 5},
+        "spec.runPolicy.terminationGracePeriodSeconds",
+        "greater than or equal to 10",
+    ),
+    (
+        "grace-too-long",
+        {"runPolicy.terminationGracePeriodSeconds": 3601},
+        "spec.runPolicy.terminationGracePeriodSeconds",
+        "less than or equal to 3600",
+    ),
+    (
+        "start-timeout-zero",
+        {"runPolicy.startTimeoutSeconds": 0},
+        "spec.runPolicy.startTimeoutSeconds",
+        "greater than or equal to 1",
+    ),
+    (
+        "scheduling-timeout-negative",
+        {"runPolicy.schedulingTimeoutSeconds": -1},
+        "spec.runPolicy.schedulingTimeoutSeconds",
+        "greater than or equal to 0",
     ),
     ("cpu-not-quantity", {"resources.cpu": "lots"}, "spec.resources.cpu", "positive Kubernetes quantity"),
     (
@@ -343,6 +419,8 @@ def test_unknown_field_is_rejected_by_strict_field_validation(
 
 def test_examples_are_accepted(cluster: Any, crd_installed: str, namespace: str) -> None:
     for path in sorted(crd.EXAMPLES_DIR.glob("*.yaml")):
+        if path.name == "kueue-shared-cluster.yaml":
+            continue  # Kueue's kinds too: test_kueue_jobs.py checks it beside a running Kueue
         proc = cluster.kubectl(
             "apply",
             "--server-side",
@@ -355,6 +433,24 @@ def test_examples_are_accepted(cluster: Any, crd_installed: str, namespace: str)
         )
         assert proc.returncode == 0, f"{path.name} was rejected: {proc.stderr}"
         assert "serverside-applied (server dry run)" in proc.stdout, proc.stdout
+
+
+def test_the_guides_94_96_run_keeps_its_recipe_through_the_api_server(
+    cluster: Any, crd_installed: str, namespace: str
+) -> None:
+    """Applied and defaulted by the API server, the example maps to the published recipe's numbers."""
+    from finetune_operator.trainer_settings import trainer_settings
+
+    from tests.operator.test_crd_schema import assert_guide_2020_recipe
+
+    path = crd.EXAMPLES_DIR / "flowers102-resnet50_vd_ssld-40epochs.yaml"
+    proc = cluster.kubectl(
+        "create", "--dry-run=server", "-o", "json", "-f", str(path), namespace=namespace, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    stored = json.loads(proc.stdout)
+    assert stored["spec"]["training"]["warmupEpochs"] == 0  # not replaced by the default 5
+    assert_guide_2020_recipe(trainer_settings(stored))
 
 
 @pytest.mark.parametrize(
@@ -372,6 +468,14 @@ def test_examples_are_accepted(cluster: Any, crd_installed: str, namespace: str)
         {"resources.cpu": 4, "resources.memory": "16Gi", "resources.gpus": 8},
         {"finetune.lrMultList": [0.1, 0.1, 0.2, 0.2, 0.3]},
         {"template": {"affinity": {"nodeAffinity": {}}, "imagePullSecrets": [{"name": "registry"}]}},
+        {
+            "template.labels": {"example.com/team": "a-b_c.d", "x": ""},
+            "template.annotations": {"Example.com/Note": "anything at all"},
+            "template.tolerations": [
+                {"operator": "Exists"},
+                {"key": "gpu", "effect": "NoExecute", "tolerationSeconds": 9},
+            ],
+        },
     ],
     ids=[
         "url-with-sha256",
@@ -386,6 +490,7 @@ def test_examples_are_accepted(cluster: Any, crd_installed: str, namespace: str)
         "resources",
         "lr-mult-list",
         "template",
+        "labels-annotations-tolerations",
     ],
 )
 def test_valid_variants_are_accepted(objects: Any, namespace: str, changes: dict[str, Any]) -> None:
@@ -426,7 +531,7 @@ def test_minimal_job_gets_the_documented_defaults(objects: Any, namespace: str) 
         "numWorkers": 2,
     }
     assert spec["resources"] == {"gpus": 1}
-    assert spec["runPolicy"] == {"backoffLimit": 2, "suspend": False}
+    assert spec["runPolicy"] == {"backoffLimit": 2, "suspend": False, "terminationGracePeriodSeconds": 120}
     assert "template" not in spec and "image" not in spec
 
 
@@ -467,10 +572,9 @@ def test_image_cannot_change_or_go(objects: Any, namespace: str) -> None:
 
 def test_run_policy_may_change(objects: Any, namespace: str) -> None:
     _create(objects, namespace, crd.minimal_job("policy"))
-    patched = _patch(
-        objects, namespace, "policy", {"spec": {"runPolicy": {"suspend": True, "backoffLimit": 5}}}
-    )
-    assert patched["spec"]["runPolicy"] == {"suspend": True, "backoffLimit": 5}
+    policy = {"suspend": True, "backoffLimit": 5, "terminationGracePeriodSeconds": 600}
+    patched = _patch(objects, namespace, "policy", {"spec": {"runPolicy": policy}})
+    assert patched["spec"]["runPolicy"] == policy
     patched = _patch(objects, namespace, "policy", {"spec": {"runPolicy": {"suspend": False}}})
     assert patched["spec"]["runPolicy"]["suspend"] is False
 
@@ -614,6 +718,10 @@ def test_kubectl_explain_teaches_the_fields(cluster: Any, crd_installed: str) ->
         assert field in text and phrase in text, f"explain ftj.spec.training lacks {field}: {phrase}"
     pretrained = " ".join(cluster.kubectl("explain", "ftj.spec.model.pretrained.url").stdout.split())
     assert "An https:// URL of a .pdparams file" in pretrained
+    grace = " ".join(
+        cluster.kubectl("explain", "ftj.spec.runPolicy.terminationGracePeriodSeconds").stdout.split()
+    )
+    assert "Seconds between SIGTERM and SIGKILL" in grace and "Default: 120" in grace
 
 
 def test_status_the_operator_writes_is_stored_unpruned(objects: Any, namespace: str) -> None:

@@ -6,6 +6,7 @@ import pytest
 from finetune_operator.config import OperatorConfig
 from finetune_operator.pod import job_label_value, pod_name, pod_selector, render_pod
 
+from tests.operator import crd
 from tests.operator.jobs import job
 
 CONFIG = OperatorConfig(trainer_image="registry.local/trainer:7")
@@ -54,6 +55,15 @@ def test_name_labels_and_owner_reference():
     assert "activeDeadlineSeconds" not in pod["spec"]  # the operator enforces it across attempts
 
 
+def test_termination_grace_period_comes_from_the_run_policy():
+    """Time for the trainer's checkpoint between SIGTERM and SIGKILL: the job's, else the CRD's
+    default (a job stored before the field existed)."""
+    assert render_pod(job(), 1, CONFIG)["spec"]["terminationGracePeriodSeconds"] == 120
+    assert crd.node("spec.runPolicy.terminationGracePeriodSeconds")["default"] == 120
+    custom = render_pod(job(runPolicy={"terminationGracePeriodSeconds": 900}), 1, CONFIG)
+    assert custom["spec"]["terminationGracePeriodSeconds"] == 900
+
+
 def test_command_is_an_argument_list_carrying_the_settings():
     tricky = "'; rm -rf / #$(reboot)"
     pod = render_pod(
@@ -66,7 +76,7 @@ def test_command_is_an_argument_list_carrying_the_settings():
     assert not any(word in ("sh", "bash", "/bin/sh", "-c") for word in c["command"])
     settings = json.loads(c["command"][2])
     assert settings["dataset"]["trainList"] == tricky  # passed verbatim, as one argv element
-    assert settings["output"]["dir"] == "/output/team-a-flowers"
+    assert settings["output"]["dir"] == "/output/team-a/flowers/0b6c1a4e-6f3e-4b6e-9d59-8a6f0f8d2c11"
     assert settings == settings_from_pod(pod)
 
 
@@ -81,7 +91,7 @@ def test_several_gpus_use_paddle_distributed_launch():
         "0,1,2,3",
         "--log_dir",
     ]
-    assert c["command"][6] == "/output/team-a-flowers/launch-logs"
+    assert c["command"][6] == "/output/team-a/flowers/0b6c1a4e-6f3e-4b6e-9d59-8a6f0f8d2c11/launch-logs"
     assert c["command"][7:9] == ["finetune-train", "--settings-json"]
     assert c["resources"] == {
         "requests": {"cpu": "8", "memory": "32Gi"},
@@ -123,6 +133,11 @@ def test_volumes_and_mounts():
     assert mount(pod, "/output") == {"name": "output", "mountPath": "/output", "subPath": "runs"}
     assert mount(pod, "/cache") == {"name": "cache", "mountPath": "/cache"}
     assert mount(pod, "/dev/shm")["name"] == "dshm"
+    # A read-only root file system: every path the trainer writes is a volume.
+    assert volume(pod, "tmp") == {"name": "tmp", "emptyDir": {}}
+    assert mount(pod, "/tmp") == {"name": "tmp", "mountPath": "/tmp"}
+    writable = {m["mountPath"] for m in container(pod)["volumeMounts"] if not m.get("readOnly")}
+    assert writable == {"/output", "/cache", "/tmp", "/dev/shm"}
     with_cache = render_pod(job(), 1, OperatorConfig(cache_claim="pretrained-cache"))
     assert volume(with_cache, "cache") == {
         "name": "cache",
@@ -137,6 +152,7 @@ def test_pod_security_restricted():
         "runAsUser": 1000,
         "runAsGroup": 1000,
         "fsGroup": 1000,
+        "fsGroupChangePolicy": "OnRootMismatch",
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     sc = container(pod)["securityContext"]
@@ -144,6 +160,7 @@ def test_pod_security_restricted():
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert sc["runAsNonRoot"] is True
     assert sc["runAsUser"] == 1000
+    assert sc["readOnlyRootFilesystem"] is True
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert "privileged" not in sc
     assert pod["spec"]["automountServiceAccountToken"] is False

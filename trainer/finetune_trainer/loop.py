@@ -3,7 +3,9 @@
 Every epoch: train on the shard, evaluate top-1/top-5 on the validation set, keep the best
 epoch's weights, checkpoint, and print a progress line; at the end, export the best model. A
 SIGTERM (eviction, preemption) only sets a flag while the loop runs: the loop checkpoints its
-position at the next step and stops with ``Interrupted``, so the next attempt loses nothing.
+position at the next training step or evaluation batch (an evaluation is abandoned, not finished:
+the grace period before SIGKILL is short) and stops with ``Interrupted``, so the next attempt
+loses nothing.
 """
 
 from __future__ import annotations
@@ -13,22 +15,26 @@ import math
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import paddle
 import paddle.nn.functional as F
-from finetune_contract import EXIT_NON_FINITE_LOSS
+from finetune_contract import EXIT_CHECKPOINT_REFUSED, EXIT_NON_FINITE_LOSS
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from .data import CORRUPT_LABEL, CorruptImageCounter, ImageDataset, make_loader
 from .export import LABELS_FILE, export_inference, write_labels
 from .freeze import freeze_batchnorm_stats
+from .per_class import MAX_CONFUSION_CLASSES, to_sparse
 from .report import print_progress
 from .setup import Distributed, Session
 from .state import Interrupted, TrainerFailure
+from .statefile import UnsafeFileError
+from .visual import Visuals
 
 
 class SigtermGuard:
@@ -66,8 +72,8 @@ def train_step(
     labels: paddle.Tensor,
     amp_dtype: str | None,
     label_smoothing: float,
-) -> paddle.Tensor:
-    """One forward/backward/update; returns the (unscaled) loss tensor."""
+) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """One forward/backward/update; returns the (unscaled) loss and the logits."""
     with paddle.amp.auto_cast(enable=amp_dtype is not None, level="O1", dtype=amp_dtype or "float16"):
         logits = model(images)
     loss = F.cross_entropy(logits.astype("float32"), labels, label_smoothing=label_smoothing)
@@ -79,7 +85,7 @@ def train_step(
         loss.backward()
         optimizer.step()
     optimizer.clear_grad()
-    return loss
+    return loss, logits
 
 
 def split_corrupt(
@@ -109,13 +115,22 @@ def evaluate(
     amp_dtype: str | None,
     counter: CorruptImageCounter,
     dist: Distributed,
-) -> dict[str, float]:
-    """Top-1, top-min(5, classes), mean loss and image count over the validation set (all ranks)."""
+    stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Top-1, top-min(5, classes), mean loss, image count and the confusion matrix (None beyond
+    ``per_class.MAX_CONFUSION_CLASSES`` classes) over the validation set (all ranks). ``stop`` is
+    asked before every batch: when it says so, the pass is abandoned (Interrupted)."""
     model.eval()
     k = min(5, num_classes)
-    totals = paddle.zeros([4], dtype="float64")  # correct@1, correct@k, loss sum, count
+    cells = num_classes * num_classes if num_classes <= MAX_CONFUSION_CLASSES else 0
+    # correct@1, correct@k, loss sum, count, then the confusion matrix's cells (true * C + predicted)
+    totals = paddle.zeros([4 + cells], dtype="float64")
     with paddle.no_grad():
-        for images, labels, indices in loader:
+        for done, (images, labels, indices) in enumerate(loader):
+            if stop is not None and stop():
+                raise Interrupted(
+                    f"received SIGTERM during evaluation (abandoned after {done} of {len(loader)} batches)"
+                )
             batch = split_corrupt(images, labels, indices, dataset, counter)
             if batch is None:
                 continue
@@ -126,7 +141,7 @@ def evaluate(
             top = paddle.topk(logits, k=k, axis=1)[1]
             hits = (top == labels.unsqueeze(1).astype(top.dtype)).astype("float64")
             loss = F.cross_entropy(logits, labels, reduction="sum").astype("float64")
-            totals += paddle.stack(
+            batch_totals = paddle.stack(
                 [
                     hits[:, 0].sum(),
                     hits.sum(),
@@ -134,11 +149,25 @@ def evaluate(
                     paddle.to_tensor(float(labels.shape[0]), "float64"),
                 ]
             )
+            if cells:
+                pairs = labels.astype("int64").reshape([-1]) * num_classes + top[:, 0].astype("int64")
+                batch_totals = paddle.concat(
+                    [batch_totals, paddle.bincount(pairs, minlength=cells).astype("float64")]
+                )
+            totals += batch_totals
     if dist.world_size > 1:
         paddle.distributed.all_reduce(totals)
-    c1, ck, loss_sum, count = (float(v) for v in totals.numpy())
+    values = totals.numpy()
+    c1, ck, loss_sum, count = (float(v) for v in values[:4])
     seen = max(count, 1.0)
-    return {"top1": c1 / seen, "top5": ck / seen, "loss": loss_sum / seen, "count": int(count)}
+    confusion = values[4:].round().astype(np.int64).reshape(num_classes, num_classes) if cells else None
+    return {
+        "top1": c1 / seen,
+        "top5": ck / seen,
+        "loss": loss_sum / seen,
+        "count": int(count),
+        "confusion": confusion,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,17 +176,31 @@ def evaluate(
 def train(s: Session, guard: SigtermGuard) -> None:
     """Train the remaining epochs, then export the best model (rank 0)."""
     epochs = s.settings.training.epochs
+    s.visuals = Visuals(s)
     print_progress(s.dist.is_main, s.state.epoch, epochs, phase="Training", stepsPerEpoch=s.steps_per_epoch)
-    guard.in_loop = True  # from here on SIGTERM is handled at the next step or epoch boundary
+    guard.in_loop = True  # from here on SIGTERM is handled at the next step or evaluation batch
     while s.state.epoch < epochs:
         trained = train_epoch(s, guard)
-        metrics = evaluate(
-            s.net, s.val_loader, s.val_set, s.index.num_classes, s.amp_dtype, s.counter, s.dist
-        )
+        s.log(f"epoch {s.state.epoch + 1}/{epochs}: evaluating on {len(s.val_set)} images")
+        try:
+            metrics = evaluate(
+                s.net,
+                s.val_loader,
+                s.val_set,
+                s.index.num_classes,
+                s.amp_dtype,
+                s.counter,
+                s.dist,
+                stop=lambda: guard.requested,
+            )
+        except Interrupted:
+            save_interrupted(s, trained)  # the epoch's training is done: evaluate it next time
+            raise
         end_epoch(s, trained, metrics)
         if guard.requested:  # arrived during evaluation or saving: this epoch's checkpoint is complete
             raise Interrupted(f"received SIGTERM; stopped after epoch {s.state.epoch} (checkpoint saved)")
     guard.in_loop = False
+    s.visuals.finish()
     if s.dist.is_main:
         export_best(s)
 
@@ -169,10 +212,26 @@ class EpochTraining:
     images: int = 0
     loss_sum: float = 0.0
     seconds: float = 0.0
+    correct1: int = 0  # training batches' top-1 and top-min(5, classes) hits
+    correct5: int = 0
 
     @property
     def mean_loss(self) -> float:
         return self.loss_sum / max(self.images, 1)
+
+    def count_hits(self, logits: paddle.Tensor, labels: paddle.Tensor) -> None:
+        top = paddle.topk(logits, k=min(5, logits.shape[1]), axis=1)[1]
+        hits = (top == labels.reshape([-1, 1]).astype(top.dtype)).astype("int64")
+        self.correct1 += int(hits[:, 0].sum())
+        self.correct5 += int(hits.sum())
+
+    @property
+    def top1(self) -> float:
+        return self.correct1 / max(self.images, 1)
+
+    @property
+    def top5(self) -> float:
+        return self.correct5 / max(self.images, 1)
 
 
 def train_epoch(s: Session, guard: SigtermGuard) -> EpochTraining:
@@ -183,8 +242,10 @@ def train_epoch(s: Session, guard: SigtermGuard) -> EpochTraining:
     loader = make_loader(s.train_set, s.sampler, t.numWorkers)
     s.net.train()
     freeze_batchnorm_stats(s.model)
-    seen = EpochTraining()
-    tick = time.perf_counter()
+    # Resumed inside the epoch: continue the tally of its steps before the checkpoint.
+    resumed = state.stepInEpoch > 0 and state.epochTraining
+    seen = EpochTraining(**state.epochTraining) if resumed else EpochTraining()
+    tick = time.perf_counter() - seen.seconds
     bar = _progress_bar(s)
     try:
         for images, labels, indices in loader:
@@ -192,13 +253,15 @@ def train_epoch(s: Session, guard: SigtermGuard) -> EpochTraining:
                 raise Interrupted()
             batch = split_corrupt(images, labels, indices, s.train_set, s.counter)
             if batch is not None:
-                loss = train_step(
+                loss, logits = train_step(
                     s.net, s.optimizer, s.scaler, batch[0], batch[1], s.amp_dtype, t.labelSmoothing
                 )
                 loss_value = _finite_loss(s, float(loss))
                 count = int(batch[1].shape[0])
                 seen.images += count
                 seen.loss_sum += loss_value * count
+                seen.count_hits(logits, batch[1])
+            used_lr = s.scheduler.last_lr
             s.scheduler.step()
             state.stepInEpoch += 1
             state.globalStep += 1
@@ -206,16 +269,16 @@ def train_epoch(s: Session, guard: SigtermGuard) -> EpochTraining:
             if state.stepInEpoch % t.logEverySteps == 0 and seen.images:
                 rate = seen.images * s.dist.world_size / max(time.perf_counter() - tick, 1e-9)
                 bar.set_postfix(loss=f"{seen.mean_loss:.4f}", img_s=f"{rate:.1f}", refresh=False)
+                s.visuals.step(state.globalStep, used_lr, seen.mean_loss, seen.top1, seen.top5)
         if guard.requested:
             raise Interrupted()
     except Interrupted:
-        save_interrupted(s)
+        seen.seconds = time.perf_counter() - tick
+        save_interrupted(s, seen)
         raise
     finally:
         bar.close()
     seen.seconds = time.perf_counter() - tick
-    state.trainImages += seen.images * s.dist.world_size
-    state.trainSeconds += seen.seconds
     return seen
 
 
@@ -248,6 +311,9 @@ def end_epoch(s: Session, trained: EpochTraining, metrics: dict[str, float]) -> 
     state, world = s.state, s.dist.world_size
     state.epoch += 1
     state.stepInEpoch = 0
+    state.epochTraining = {}
+    state.trainImages += trained.images * world
+    state.trainSeconds += trained.seconds
     record = {
         "epoch": state.epoch,
         "top1": round(metrics["top1"], 6),
@@ -255,6 +321,7 @@ def end_epoch(s: Session, trained: EpochTraining, metrics: dict[str, float]) -> 
         "valLoss": round(metrics["loss"], 6),
         "valImages": metrics["count"],  # evaluated, over all ranks (corrupt ones skipped)
         "trainLoss": round(trained.mean_loss, 6),
+        "trainTop1": round(trained.top1, 6),  # this rank's batches
         "imagesPerSecond": round(trained.images * world / max(trained.seconds, 1e-9), 2),
         "learningRate": s.scheduler.get_lr(),
     }
@@ -262,11 +329,14 @@ def end_epoch(s: Session, trained: EpochTraining, metrics: dict[str, float]) -> 
     improved = not state.best or metrics["top1"] > state.best["top1"]
     if improved:
         state.best = {k: record[k] for k in ("epoch", "top1", "top5", "valLoss")}
+        confusion = metrics.get("confusion")
+        state.bestConfusion = to_sparse(confusion) if confusion is not None else None
     if s.dist.is_main:
         if improved:
-            ckpt.save_best(s.output, s.model, state.best)
+            ckpt.save_best(s.output, s.model, state.best, state.job)
             write_labels(s.output / "best_model" / LABELS_FILE, s.index.label_names)
         save_checkpoint(s)
+    s.visuals.epoch(record)
     s.log(
         f"epoch {state.epoch}/{s.settings.training.epochs}: top1 {metrics['top1']:.4f} "
         f"top5 {metrics['top5']:.4f} val loss {metrics['loss']:.4f} train loss {record['trainLoss']:.4f} "
@@ -299,11 +369,14 @@ def save_checkpoint(s: Session) -> None:
     ckpt.save_checkpoint(s.output, s.model, s.optimizer, state.to_checkpoint())
 
 
-def save_interrupted(s: Session) -> None:
-    """On SIGTERM: checkpoint the position inside the epoch, so the next attempt loses nothing."""
+def save_interrupted(s: Session, trained: EpochTraining) -> None:
+    """On SIGTERM: checkpoint the position inside the epoch (up to all its steps, when the
+    evaluation was abandoned), so the next attempt loses nothing."""
     if not s.dist.is_main or s.state.stepInEpoch == 0:
         return  # the end-of-epoch checkpoint already holds this position
+    s.visuals.flush()
     try:
+        s.state.epochTraining = asdict(trained)
         save_checkpoint(s)
         s.log(
             f"interrupted: saved epoch {s.state.epoch + 1} step {s.state.stepInEpoch} "
@@ -315,8 +388,18 @@ def save_interrupted(s: Session) -> None:
 
 def export_best(s: Session) -> None:
     """The best epoch's weights, exported for inference with the label names."""
-    best = s.output / "best_model" / "model.pdparams"
-    if best.is_file():
-        s.model.set_state_dict(paddle.load(str(best)))
-    prefix = export_inference(s.model, s.output, s.settings.dataset.imageSize, s.index.label_names)
+    try:
+        best = ckpt.load_best(s.output)
+    except (OSError, UnsafeFileError) as exc:
+        raise TrainerFailure(
+            EXIT_CHECKPOINT_REFUSED,
+            f"the best model cannot be exported: {exc}; remove {s.output / ckpt.BEST_DIR} and "
+            f"{s.output / 'checkpoints'} to train again",
+        ) from None
+    if best is not None:
+        s.model.set_state_dict(best)
+    else:
+        s.log(f"warning: no best model in {s.output / ckpt.BEST_DIR}: exporting the last epoch's weights")
+    d = s.settings.dataset
+    prefix = export_inference(s.model, s.output, d.imageSize, s.index.label_names, d.resizeShort)
     s.log(f"exported the best model for inference to {prefix} (+ {LABELS_FILE})")

@@ -5,17 +5,19 @@ stripped and a freeze decision), then the optimiser, schedule and loaders the lo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import paddle
-from finetune_contract import EXIT_BAD_SETTINGS, FreezeDecision, LoadSummary, TrainerSettings
+from finetune_contract import FreezeDecision, LoadSummary, TrainerSettings
 
 from . import checkpoint as ckpt
+from . import resume
 from .data import (
     CORRUPT_LABEL,
     CorruptImageCounter,
@@ -31,7 +33,10 @@ from .model import build_model
 from .pretrained import fetch_pretrained, load_pretrained
 from .report import Log
 from .schedule import WarmupCosine, build_optimizer, default_learning_rate, warmup_steps_for
-from .state import Attempt, RunState, TrainerFailure
+from .state import Attempt, RunState
+
+if TYPE_CHECKING:
+    from .visual import Visuals
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,6 +102,7 @@ class Session:
     val_set: ImageDataset
     sampler: EpochBatchSampler
     val_loader: paddle.io.DataLoader
+    visuals: Visuals | None = None  # VisualDL logs and pictures, opened by loop.train (visual.py)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -122,7 +128,9 @@ def prepare(settings: TrainerSettings, dist: Distributed, attempt: Attempt) -> S
         f"data: {len(index.train)} training / {len(index.val)} validation images, {index.num_classes} classes"
     )
     model = build_model(settings.model.architecture, index.num_classes, settings.finetune.lrMultList)
-    state, optimizer_state, attempt.resumed_from_epoch = starting_point(settings, model, index, output, log)
+    state, optimizer_state, attempt.resumed_from_epoch = starting_point(
+        settings, model, index, output, log, dist.is_main
+    )
     attempt.state = state
 
     train_set = ImageDataset(
@@ -178,13 +186,25 @@ def index_data(settings: TrainerSettings) -> DatasetIndex:
 # Where training starts: a checkpoint, or the pretrained weights and a freeze decision
 # --------------------------------------------------------------------------------------------
 def starting_point(
-    settings: TrainerSettings, model: paddle.nn.Layer, index: DatasetIndex, output: Path, log: Log
+    settings: TrainerSettings,
+    model: paddle.nn.Layer,
+    index: DatasetIndex,
+    output: Path,
+    log: Log,
+    is_main: bool = True,
 ) -> tuple[RunState, dict[str, Any] | None, int | None]:
     """(run state, optimiser state to restore or None, the epoch resumed from or None). Resumes
-    from the output directory's latest checkpoint, keeping its freeze decision; else loads the
-    pretrained weights and decides what to train."""
-    latest = ckpt.find_latest(output)
-    if latest is None:
+    from the output directory's newest checkpoint that verifies (``checkpoint.py``), if it is
+    this job's and made with these settings (``resume.py``), keeping its freeze decision; else
+    loads the pretrained weights and decides what to train."""
+    found, rejected = ckpt.latest_checkpoint(output, log)
+    if is_main:
+        for path in rejected:
+            with contextlib.suppress(OSError):
+                log(f"set {path.name} aside as {ckpt.set_aside(path).name}")
+    if found is None:
+        if rejected:
+            log("warning: no checkpoint could be used: starting afresh")
         state = RunState(
             seed=settings.training.seed,
             architecture=settings.model.architecture,
@@ -194,23 +214,19 @@ def starting_point(
         report = apply_freeze(model, decision.strategy, decision.stages)
         optimizer_state, resumed = None, None
     else:
-        weights, optimizer_state, saved = ckpt.load_checkpoint(latest)
-        state = RunState.from_checkpoint(saved)
-        if (state.architecture, state.numClasses) != (settings.model.architecture, index.num_classes):
-            raise TrainerFailure(
-                EXIT_BAD_SETTINGS,
-                f"output.dir {output} holds a checkpoint of {state.architecture} with {state.numClasses} "
-                f"classes, but this run is {settings.model.architecture} with {index.num_classes}: "
-                "use a new output.dir",
-            )
+        resume.check_resumable(found.state, settings, index.num_classes, found.path)
+        state = RunState.from_checkpoint(found.state)
         if state.freeze is None:
-            raise ValueError(f"{latest}/state.json holds no freeze decision")
+            raise ValueError(f"{found.path}/state.json holds no freeze decision")
         decision = state.freeze
         # Freeze first: "from-scratch" re-initialises the weights, which the checkpoint then replaces.
         report = apply_freeze(model, decision.strategy, decision.stages)
-        model.set_state_dict(weights)
-        resumed = state.epoch
-        log(f"resuming from {latest} (epoch {state.epoch}, step {state.stepInEpoch} of the next)")
+        model.set_state_dict(found.weights)
+        optimizer_state, resumed = found.optimizer, state.epoch
+        log(f"resuming from {found.path} (epoch {state.epoch}, step {state.stepInEpoch} of the next)")
+    state.job = resume.job_identity(settings)
+    state.settings = resume.resume_settings(settings)
+    state.fingerprint = resume.fingerprint(state.settings)
     state.freeze = f = report.applied(decision)
     log(
         f"freeze: {f.strategy} (decided by {f.decidedBy}{f', rule {f.rule}' if f.rule else ''}; "
