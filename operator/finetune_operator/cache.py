@@ -176,6 +176,21 @@ class CachedKube:
                     self._put(kind, obj)
         return jobs
 
+    def refresh(self, namespace: str, selector: str, job: dict[str, Any], pods: list[dict[str, Any]]) -> None:
+        """What a pass read from the API server (the cache had lagged): the job, and exactly
+        these pods for that selector."""
+        terms = selector_terms(selector)
+        keep = {_key(pod) for pod in pods}
+        with self._lock:
+            self._put("job", job)
+            for key, pod in list(self._pods.objects.items()):
+                labels = pod["metadata"].get("labels") or {}
+                if key[0] == namespace and key not in keep and terms.items() <= labels.items():
+                    del self._pods.objects[key]
+                    self._unindex(pod)
+            for pod in pods:
+                self._put("pod", pod)
+
     # ------------------------------------------------------------------------ reads
     def get_job(self, namespace: str, name: str) -> dict[str, Any]:
         with self._lock:

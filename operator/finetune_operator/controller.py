@@ -62,6 +62,7 @@ from .api import (
     Reason,
     Waiting,
 )
+from .cache import CachedKube
 from .config import OperatorConfig
 from .job_status import (
     StatusUpdate,
@@ -87,6 +88,7 @@ log = logging.getLogger("finetune_operator")
 
 LOG_LIMIT_BYTES = 256 * 1024  # the most a progress poll reads, whatever the line lengths
 WAIT_FOR_TERMINATION = 2.0  # seconds between looks at a pod that is being deleted
+OVERDUE_SECONDS = 10.0  # a pod still shown this long after its deletion deadline is checked
 # The longest a job that is not finished goes without a timed look (a safety net under the
 # watches, for waits that have no deadline of their own).
 RESYNC_SECONDS = 300.0
@@ -302,7 +304,11 @@ class Reconciler:
     def _owned_pods(self, p: _Pass) -> dict[int, dict[str, Any]]:
         uid = p.meta["uid"]
         pods = {}
-        for pod in self._reads(p).list_pods(p.meta["namespace"], pod_selector(p.meta["name"])):
+        selector = pod_selector(p.meta["name"])
+        listed = self._reads(p).list_pods(p.meta["namespace"], selector)
+        if p.fresh and isinstance(self.kube, CachedKube):  # the cache lagged: catch it up
+            self.kube.refresh(p.meta["namespace"], selector, p.job, listed)
+        for pod in listed:
             owners = pod["metadata"].get("ownerReferences") or []
             if not any(o.get("uid") == uid and o.get("controller") for o in owners):
                 continue  # a pod of an earlier job with the same name, on its way out
@@ -368,6 +374,7 @@ class Reconciler:
             if stop is not None:
                 return self._kueue_stopped(p, current, stop)
             if outcome is None:
+                self._check_gone_in_time(p, [current])
                 return WAIT_FOR_TERMINATION  # someone deletes it: judge it once it has terminated
             if outcome.phase == "Failed":
                 return self._attempt_failed(p, outcome)
@@ -386,6 +393,7 @@ class Reconciler:
         # No attempt in flight: start the next once the last one's pods are gone and its back-off
         # is over.
         if any(_active(pod) for pod in pods.values()):
+            self._check_gone_in_time(p, [pod for pod in pods.values() if _active(pod)])
             return WAIT_FOR_TERMINATION
         next_at = parse_time(p.get("nextAttemptTime"))
         if next_at and p.now < next_at:
@@ -397,6 +405,17 @@ class Reconciler:
         return self._start_attempt(p, attempts + 1, resumed=resumed)
 
     # ------------------------------------------------------------------------------------------
+    def _check_gone_in_time(self, p: _Pass, pods: list[dict[str, Any]]) -> None:
+        """Waiting for pods to go, on the watch cache: one past its deletion deadline (its grace
+        period) by more than a few seconds may have gone while the watch was down (kopf reports
+        no deletions after a relist): ask the API server."""
+        if p.fresh:
+            return
+        for pod in pods:
+            deadline = parse_time(pod["metadata"].get("deletionTimestamp"))
+            if deadline is not None and (p.now - deadline).total_seconds() > OVERDUE_SECONDS:
+                raise _Stale(f"pod {pod['metadata']['name']} should be gone by now")
+
     def _deadline_remaining(self, p: _Pass) -> float | None:
         deadline = p.policy.get("activeDeadlineSeconds")
         start = parse_time(p.get("startTime"))
@@ -714,6 +733,8 @@ class Reconciler:
             )
             record = parse_last_progress(text)
         except Exception as exc:  # no log yet, or a node that serves none
+            if is_status(exc, 404) and not p.fresh:  # the pod is gone where the cache shows it
+                raise _Stale(f"pod {pod} has no log") from exc
             log.debug("%s/%s: no log for progress: %s", key[0], key[1], exc)
         with self._lock:
             pace.read(

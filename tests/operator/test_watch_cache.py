@@ -414,3 +414,39 @@ def test_the_sweeps_relist_drops_what_was_deleted_during_a_watch_gap() -> None:
     reconciler.reconcile(NS, NAME)
     assert kube.status(NS, NAME)["reason"] == "Retrying"
     assert "PodMissing" in world.reasons()
+
+
+def test_a_pod_deleted_during_a_watch_gap_is_noticed_without_waiting_for_the_sweep() -> None:
+    """A running pod the cache still shows has no log (404): the pass asks the API server. A
+    pod being deleted that the cache shows past its deletion deadline: the same."""
+    world = World()
+    kube = world.kube
+    cache = CachedKube(kube)
+    reconciler = Reconciler(cache, world.config, Metrics(), clock=world.clock, live=kube)
+    cache.observe("job", None, kube.job(NS, NAME))
+    reconciler.reconcile(NS, NAME)
+    world.run(1)
+    cache.observe("pod", "MODIFIED", kube.pod(NS, f"{NAME}-attempt-1"))
+    reconciler.reconcile(NS, NAME)
+    kube.remove_pod(NS, f"{NAME}-attempt-1")  # no DELETED event
+    world.clock.advance(world.config.progress_poll_seconds)
+    reconciler.reconcile(NS, NAME)
+    assert kube.status(NS, NAME)["reason"] == "Retrying"
+    assert reconciler.stale_passes == 1
+
+    # Attempt 2 runs; the user suspends the job; its pod is deleted and goes while the watch is down.
+    world.clock.advance(60)
+    reconciler.reconcile(NS, NAME)
+    world.run(2)
+    cache.observe("pod", "MODIFIED", kube.pod(NS, f"{NAME}-attempt-2"))
+    kube.update_spec(NS, NAME, runPolicy={"suspend": True})
+    cache.observe("job", "MODIFIED", kube.job(NS, NAME))
+    reconciler.reconcile(NS, NAME)  # deletes the pod (graceful: it is on a node)
+    cache.observe("pod", "MODIFIED", kube.pod(NS, f"{NAME}-attempt-2"))
+    kube.terminate()  # gone, unseen
+    kube.update_spec(NS, NAME, runPolicy={"suspend": False})
+    cache.observe("job", "MODIFIED", kube.job(NS, NAME))
+    assert reconciler.reconcile(NS, NAME) == 2.0  # waits for the pod the cache shows
+    world.clock.advance(20)  # past its deletion deadline (the fake's grace period is none)
+    reconciler.reconcile(NS, NAME)
+    assert kube.job_pods(NS, NAME).keys() == {3}  # the next attempt, after a fresh look
