@@ -120,6 +120,8 @@ class CachedKube:
 
     def _put(self, kind: str, obj: dict[str, Any]) -> bool:
         obj = copy.deepcopy(obj)
+        # The reconciler never reads managedFields; they are often a third of an object's size.
+        (obj.get("metadata") or {}).pop("managedFields", None)
         if kind == "job":
             old = self._jobs.objects.get(_key(obj))
             return self._jobs.put(obj) and (old is None or _beyond_status(old) != _beyond_status(obj))

@@ -292,6 +292,10 @@ def test_the_watch_event_of_the_operators_own_write_brings_nothing_new() -> None
 
 def test_an_older_version_never_replaces_a_newer_one() -> None:
     cache = CachedKube(FakeKube())
+    fat = _job("1")
+    fat["metadata"].update(name="fat", managedFields=[{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}])
+    assert cache.observe("job", None, fat)
+    assert "managedFields" not in cache.get_job(NS, "fat")["metadata"]  # not kept: never read
     assert cache.observe("job", "MODIFIED", _job("20", phase="Running"))
     assert not cache.observe("job", "MODIFIED", _job("19", phase="Pending"))
     assert not cache.observe("job", "MODIFIED", _job("20", phase="Pending"))
