@@ -14,7 +14,7 @@ import pytest
 import yaml
 from finetune_contract import encode_result
 
-from localcluster.kueue import Kueue, is_gated, priority_class, queue_objects
+from localcluster.kueue import Kueue, is_gated
 from tests.contract.sample import SAMPLE_RESULT
 from tests.operator.cluster_jobs import apply, events, get_job, job_manifest, phase_is, wait_job
 from tests.operator.fake_jobs import wait_for
@@ -29,24 +29,11 @@ PRIORITY = "kueue.x-k8s.io/priority-class"
 HOLD = "pfo.dev/test-kubelet"
 
 
-def _delete_cluster_scoped(kueue: Kueue, objects: list[dict[str, Any]]) -> None:
-    for o in objects:
-        if "namespace" not in o["metadata"]:
-            kueue.cluster.kubectl(
-                "delete", f"{o['kind'].lower()}s.kueue.x-k8s.io", o["metadata"]["name"], "--wait=false",
-                "--ignore-not-found", check=False,
-            )  # fmt: skip
-
-
 def _queue(kueue: Kueue, namespace: str, gpus: int) -> Iterator[str]:
-    kueue.enable_namespace(namespace)
-    objects = queue_objects(namespace, namespace, gpus=gpus)
-    kueue.apply(objects)
-    kueue.wait_active(namespace, namespace)
-    yield namespace
-    kueue.cluster.kubectl("delete", "ftj", "--all", "--wait=false", namespace=namespace, check=False)
-    kueue.cluster.kubectl("delete", "workloads.kueue.x-k8s.io", "--all", "--wait=false", namespace=namespace)
-    _delete_cluster_scoped(kueue, objects)
+    with kueue.queues(namespace, gpus) as queue:
+        yield queue
+        # The jobs first: their pods would be recreated while the queue goes.
+        kueue.cluster.kubectl("delete", "ftj", "--all", "--wait=false", namespace=namespace, check=False)
 
 
 @pytest.fixture
@@ -145,15 +132,6 @@ def _pod_set(cluster: Any, namespace: str, job: str) -> str:
         ).stdout
     )
     return wl["spec"]["podSets"][0]["name"]
-
-
-@pytest.fixture
-def priorities(kueue: Kueue, namespace: str) -> Iterator[tuple[str, str]]:
-    low, high = f"{namespace}-low", f"{namespace}-high"
-    objects = [priority_class(low, 100), priority_class(high, 1000)]
-    kueue.apply(objects)
-    yield low, high
-    _delete_cluster_scoped(kueue, objects)
 
 
 def test_a_higher_priority_job_preempts_and_the_preempted_job_resumes_without_a_failure(
