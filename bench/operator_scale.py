@@ -609,6 +609,17 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def production_flags(workers: int) -> list[str]:
+    """The operator's own defaults, over OperatorProcess's fast test flags."""
+    defaults = OperatorConfig()
+    return [
+        "--backoff-base", str(defaults.backoff_base_seconds),
+        "--backoff-max", str(defaults.backoff_max_seconds),
+        "--progress-poll-interval", str(defaults.progress_poll_seconds),
+        "--start-timeout", str(defaults.start_timeout_seconds), "--workers", str(workers),
+    ]  # fmt: skip
+
+
 def machine() -> str:
     return f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores available"
 
@@ -662,13 +673,7 @@ def main(argv: list[str] | None = None) -> int:
         namespaces = [f"ours-{n}" for n in ns_list] + [f"footprint-{n}" for n in footprint_ns]
         for ns in namespaces + [f"native-{n}" for n in ns_list]:
             cluster.kubectl("create", "namespace", ns)
-        defaults = OperatorConfig()
-        extra = [
-            "--backoff-base", str(defaults.backoff_base_seconds),
-            "--backoff-max", str(defaults.backoff_max_seconds),
-            "--progress-poll-interval", str(defaults.progress_poll_seconds),
-            "--start-timeout", str(defaults.start_timeout_seconds), "--workers", str(args.workers),
-        ]  # fmt: skip
+        extra = production_flags(args.workers)
         log_path = Path(tempfile.gettempdir()) / "pfo-bench-operator.log"
         args.out.parent.mkdir(parents=True, exist_ok=True)
         log_path.unlink(missing_ok=True)
