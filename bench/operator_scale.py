@@ -896,6 +896,17 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def production_flags(workers: int) -> list[str]:
+    """The operator's own defaults, over OperatorProcess's fast test flags."""
+    defaults = OperatorConfig()
+    return [
+        "--backoff-base", str(defaults.backoff_base_seconds),
+        "--backoff-max", str(defaults.backoff_max_seconds),
+        "--progress-poll-interval", str(defaults.progress_poll_seconds),
+        "--start-timeout", str(defaults.start_timeout_seconds), "--workers", str(workers),
+    ]  # fmt: skip
+
+
 def machine() -> str:
     return f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores available"
 
@@ -969,13 +980,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         try:
             cluster.install_crds(ROOT / "crds")
-            defaults = OperatorConfig()
-            flags = [
-                "--backoff-base", str(defaults.backoff_base_seconds),
-                "--backoff-max", str(defaults.backoff_max_seconds),
-                "--progress-poll-interval", str(defaults.progress_poll_seconds),
-                "--start-timeout", str(defaults.start_timeout_seconds), "--workers", str(args.workers),
-            ]  # fmt: skip
+            flags = production_flags(args.workers)
             report["operatorFlags"] = flags
             args.out.parent.mkdir(parents=True, exist_ok=True)
             for side in OPERATOR_SIDES:

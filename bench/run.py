@@ -1,11 +1,12 @@
 """`make bench`: every benchmark under bench/, one after the other, and a summary.
 
-    .venv/bin/python bench/run.py [--only operator,trainer,accuracy,failover] [--jobs 100,1000]
+    .venv/bin/python bench/run.py [--only operator,kueue,trainer,accuracy,failover] [--jobs 100,1000]
         [--nodes 128] [--idle-seconds 30] [--sides ...] [--baseline-ref COMMIT]
         [--running-jobs 5000 --burst-jobs 1000] [--full] [--kills 10]
 
 * operator: bench/operator_scale.py (the operator against the bare limit, today's operator and
   kube-controller-manager's Job controller at two client limits; issue 12's goals, pass/fail)
+* kueue: bench/kueue_admission.py (FineTuneJob admission latency with Kueue against without, N=100)
 * trainer: bench/trainer_step.py (our train step against PaddleClas 2.6.0's),
   bench/trainer_pipeline.py (the full loop against the bare step) and bench/input_pipeline.py
   (the input pipeline alone, per CPU core, against PaddleClas 2.6.0's transforms)
@@ -40,7 +41,7 @@ from bench import goals  # noqa: E402
 from bench.proc_sampler import cpu_model  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-GROUPS = ("operator", "trainer", "accuracy", "failover")
+GROUPS = ("operator", "kueue", "trainer", "accuracy", "failover")
 SIDE_NAMES = {
     "limit": "limit",
     "before": "before",
@@ -48,7 +49,7 @@ SIDE_NAMES = {
     "nativeFast": "Job controller 200 qps",
 }
 # Today's operator for the "before" side (main before issue 12's changes): measured beside ours.
-BASELINE_REF = "9056d9b"
+BASELINE_REF = "1908136"
 
 
 def machine() -> dict[str, Any]:
@@ -153,6 +154,15 @@ def summary_lines(groups: list[str]) -> list[str]:
                 "",
                 "Figures: " + ", ".join(f"[{Path(f).name}]({Path(f).name})" for f in op["figures"]),
             ]
+    if "kueue" in groups and (kq := load("kueue_admission.json")) and kq.get("ratios"):
+        for stage, label in (("podCreated", "pod created"), ("podRunning", "pod Running")):
+            st = kq["pooled"]
+            value = (
+                f"{kq['ratios'][f'{stage}.p50']} / {kq['ratios'][f'{stage}.p99']} (Kueue "
+                f"{st['kueue'][stage]['p50']} / {st['kueue'][stage]['p99']} s, without "
+                f"{st['plain'][stage]['p50']} / {st['plain'][stage]['p99']} s)"
+            )
+            rows.append((f"Kueue N={kq['n']}", f"job created -> {label} p50 / p99, Kueue/without", value))
     if "trainer" in groups:
         if step := load("trainer_step.json"):
             figure = (
@@ -219,7 +229,7 @@ def summary_lines(groups: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--only", default=",".join(GROUPS), help="comma-separated subset of operator,trainer,accuracy"
+        "--only", default=",".join(GROUPS), help="comma-separated subset of " + ",".join(GROUPS)
     )
     parser.add_argument("--jobs", default="100,1000", help="operator: N FineTuneJobs per round")
     parser.add_argument("--nodes", default="128", help="operator: fake 8-GPU nodes")
@@ -271,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
             operator_args += ["--baseline-ref", args.baseline_ref]
         operator_args += ["--running-jobs", args.running_jobs, "--burst-jobs", args.burst_jobs]
         ok &= run("operator", operator_args, log)
+    if "kueue" in groups:
+        ok &= run("kueue admission", ["kueue_admission.py"], log)
     if "trainer" in groups:
         ok &= run("trainer step", ["trainer_step.py"], log)
         ok &= run(

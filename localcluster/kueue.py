@@ -4,6 +4,7 @@
     python -m localcluster.kueue up     # the same beside `make cluster-up`'s cluster
     kueue.enable_namespace(ns)          # Kueue manages pods and Jobs there (kueue-config.yaml)
     kueue.apply(queue_objects("team-a", ns, gpus=8))   # ResourceFlavor, ClusterQueue, LocalQueue
+    with kueue.queues(ns, gpus=8) as queue: ...       # both, Active; deleted afterwards
 
 How it is wired, given that this cluster has no kube-proxy and no cluster DNS:
 
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -302,6 +304,43 @@ class Kueue:
             "apply", "--server-side", "--field-manager=pfo-tests", "-f", "-",
             input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}),
         )  # fmt: skip
+
+    def delete_cluster_scoped(self, objects: list[dict[str, Any]]) -> None:
+        """Delete the cluster-scoped ones of Kueue's `objects` (ResourceFlavors, ClusterQueues,
+        WorkloadPriorityClasses); namespaced ones go with their namespace."""
+        for o in objects:
+            if "namespace" not in o["metadata"]:
+                self.cluster.kubectl(
+                    "delete", f"{o['kind'].lower()}s.kueue.x-k8s.io", o["metadata"]["name"], "--wait=false",
+                    "--ignore-not-found", check=False,
+                )  # fmt: skip
+
+    @contextlib.contextmanager
+    def applied(self, objects: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+        """Kueue's `objects` applied for the duration (e.g. priority classes), then deleted."""
+        self.apply(objects)
+        try:
+            yield objects
+        finally:
+            self.delete_cluster_scoped(objects)
+
+    @contextlib.contextmanager
+    def queues(self, namespace: str, gpus: int) -> Iterator[str]:
+        """Kueue manages `namespace`, which gets a ClusterQueue and a LocalQueue named after it with
+        `gpus` GPUs of quota (queue_objects), Active when this yields the queue's name. Afterwards
+        the namespace's Workloads are deleted (which makes Kueue let go of their pods' finalizers,
+        so the namespace can go) and the cluster-scoped queue objects."""
+        self.enable_namespace(namespace)
+        objects = queue_objects(namespace, namespace, gpus=gpus)
+        with self.applied(objects):
+            self.wait_active(namespace, namespace)
+            try:
+                yield namespace
+            finally:
+                self.cluster.kubectl(
+                    "delete", "workloads.kueue.x-k8s.io", "--all", "--wait=false", namespace=namespace,
+                    check=False,
+                )  # fmt: skip
 
     def wait_active(self, name: str, namespace: str, timeout: float = 30.0) -> float:
         """Wait until ClusterQueue `name` and LocalQueue `namespace/name` say Active (a queue admits

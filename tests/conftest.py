@@ -23,7 +23,7 @@ import pytest
 
 import localcluster
 from localcluster import DEFAULT_STATE_DIR, Cluster
-from localcluster.kueue import Kueue, start_kueue
+from localcluster.kueue import Kueue, priority_class, start_kueue
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -82,3 +82,11 @@ def kueue(cluster: Cluster) -> Kueue:
     """Kueue started beside the session's cluster on first use (localcluster/kueue.py); it runs
     until the cluster stops."""
     return start_kueue(cluster)
+
+
+@pytest.fixture
+def priorities(kueue: Kueue, namespace: str) -> Iterator[tuple[str, str]]:
+    """Two WorkloadPriorityClasses of the test's own, low (100) and high (1000)."""
+    low, high = f"{namespace}-low", f"{namespace}-high"
+    with kueue.applied([priority_class(low, 100), priority_class(high, 1000)]):
+        yield low, high

@@ -100,6 +100,56 @@ class JobSettings:
     uid: str = ""
 
 
+# What a checkpoint depends on: a run continues only a checkpoint made with the same values of
+# these (the trainer records them in every checkpoint, with their sha256, and compares; the
+# sections and order are that record's). Every setting is in exactly one of the two tables
+# (tests/contract/test_settings.py checks it), so a new setting cannot go in undecided.
+CHECKPOINT_SETTINGS: dict[str, tuple[str, ...]] = {
+    "model": ("architecture", "pretrained"),
+    "dataset": (
+        "format",
+        "trainList",
+        "valList",
+        "labelList",
+        "trainDir",
+        "valDir",
+        "numClasses",
+        "imageSize",
+        "resizeShort",
+        "cropScaleMin",
+        "horizontalFlip",
+    ),
+    "finetune": ("stripMismatched", "freeze", "freezeStages", "lrMultList"),
+    "training": (
+        "epochs",
+        "batchSize",
+        "learningRate",
+        "warmupEpochs",
+        "momentum",
+        "weightDecay",
+        "labelSmoothing",
+        "seed",
+    ),
+}
+# Settings a checkpoint may be continued with other values of: where things are mounted, how
+# the run is executed and logged, not what it learns. The job's identity is recorded apart
+# (a checkpoint is never continued by another job).
+RUN_ONLY_SETTINGS: tuple[str, ...] = (
+    "job.namespace",
+    "job.name",
+    "job.uid",
+    "dataset.root",
+    "dataset.corruptImages",
+    "dataset.maxCorruptImages",
+    "training.amp",
+    "training.numWorkers",
+    "training.logEverySteps",
+    "output.dir",
+    "output.resultPath",
+    "cacheDir",
+)
+
+
 @dataclass
 class TrainerSettings:
     job: JobSettings = field(default_factory=JobSettings)

@@ -76,9 +76,9 @@ from .job_status import (
     success_message,
 )
 from .kube import KubeApi, KubeReads, api_status, is_status
-from .kueue import KueueStop, kueue_gated, kueue_managed, kueue_stop, workload_words
+from .kueue import KueueStop, kueue_gated, kueue_managed, kueue_stop, workload_stop, workload_words
 from .metrics import Metrics
-from .pod import pod_name, pod_selector, queue_name, render_pod
+from .pod import attempt_name, pod_name, pod_selector, queue_name, render_pod
 from .pod_state import PodOutcome, observe_pod
 from .progress_pace import Pace, line_time
 from .refusal import classify
@@ -365,6 +365,9 @@ class Reconciler:
             if current is None:
                 if not p.fresh:
                     raise _Stale(f"the cache does not show pod {name}")
+                missed = self._missed_kueue_stop(p, attempts)
+                if missed is not None:
+                    return self._kueue_stopped(p, None, missed)
                 message = f"pod {name} disappeared before it finished"
                 p.events.append(("Warning", Reason.POD_MISSING, message))
                 return self._attempt_failed(
@@ -544,7 +547,22 @@ class Reconciler:
         p.update.fields["waiting"] = waiting.Wait(Waiting.ADMISSION, reason, message, since, None).status()
         return QUEUED_POLL_SECONDS if words else QUEUED_FIRST_POLL_SECONDS
 
-    def _kueue_stopped(self, p: _Pass, pod: dict[str, Any], stop: KueueStop) -> float | None:
+    def _missed_kueue_stop(self, p: _Pass, attempt: int) -> KueueStop | None:
+        """The attempt's pod is gone unseen (the operator was down): Kueue stopped it if the
+        attempt's Workload, named after its pod group, is still there and says Evicted."""
+        if not queue_name(p.job):
+            return None
+        try:
+            return workload_stop(
+                self.kube.get_workload(p.meta["namespace"], attempt_name(p.meta["name"], attempt))
+            )
+        except Exception as exc:  # no permission, or Kueue's API not served: judged as missing
+            log.debug(
+                "%s/%s: no Workload for attempt %d: %s", p.meta["namespace"], p.meta["name"], attempt, exc
+            )
+            return None
+
+    def _kueue_stopped(self, p: _Pass, pod: dict[str, Any] | None, stop: KueueStop) -> float | None:
         """Kueue preempted (or evicted) the attempt and deletes its pod, whose trainer checkpoints on
         SIGTERM: the attempt ends without counting a failure, and the next one (a new pod group)
         is created once the pod is gone, queued until Kueue admits it again, and resumes from the
@@ -554,7 +572,7 @@ class Reconciler:
         fields = p.update.fields
         fields["nextAttemptTime"] = None
         fields["startTime"] = None  # the next admission starts the job's clock again
-        if _active(pod) and not _terminating(pod):
+        if pod is not None and _active(pod) and not _terminating(pod):
             p.delete(pod)
         self.metrics.retries.labels(reason=stop.reason).inc()
         p.transition(

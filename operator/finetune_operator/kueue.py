@@ -56,6 +56,22 @@ def kueue_stop(pod: dict[str, Any]) -> KueueStop | None:
 _KUEUE_EVICTED = "WorkloadEvictedDueTo"
 
 
+def workload_stop(workload: dict[str, Any] | None) -> KueueStop | None:
+    """Kueue evicted the attempt's group, as its Workload says (``Evicted=True``, reason
+    ``Preempted``, ``PodsReadyTimeout``, ...): what the pods' ``TerminationTarget`` condition said,
+    for an attempt whose pods are gone before the operator saw them. The Workload of a group
+    whose pods are unretriable goes with the pods (garbage collection), so it is only seen if the
+    operator looks shortly after."""
+    for cond in ((workload or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") != "Evicted" or cond.get("status") != "True":
+            continue
+        why = str(cond.get("reason") or "")
+        reason = Reason.PREEMPTED if why == "Preempted" else Reason.EVICTED
+        message = shorten(str(cond.get("message") or f"evicted by Kueue ({why})"))
+        return KueueStop(reason, f"{_KUEUE_EVICTED}{why}", message)
+    return None
+
+
 def _pod_condition(pod: dict[str, Any], kind: str) -> dict[str, Any]:
     for cond in (pod.get("status") or {}).get("conditions") or []:
         if cond.get("type") == kind:

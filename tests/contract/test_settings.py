@@ -3,10 +3,11 @@ error naming the field, and the same settings after a round trip through JSON.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
-from finetune_contract import SettingsError, TrainerSettings
+from finetune_contract import CHECKPOINT_SETTINGS, RUN_ONLY_SETTINGS, SettingsError, TrainerSettings
 
 
 def test_defaults_are_valid_and_round_trip_through_json():
@@ -121,3 +122,28 @@ def test_a_job_identity_is_whole_or_absent():
         }
     )
     assert len(settings.job.name) == 253
+
+
+def _settings_units() -> list[str]:
+    """Every setting as the checkpoint tables name it: `section.field` for the fields of a
+    section (a nested object such as model.pretrained is one setting), `field` at the top."""
+    units = []
+    for f in dataclasses.fields(TrainerSettings):
+        default = getattr(TrainerSettings(), f.name)
+        if dataclasses.is_dataclass(default):
+            units += [f"{f.name}.{g.name}" for g in dataclasses.fields(default)]
+        else:
+            units.append(f.name)
+    return units
+
+
+def test_every_setting_is_decided_for_checkpoints_once():
+    """A new setting must be put in CHECKPOINT_SETTINGS (a checkpoint depends on it) or in
+    RUN_ONLY_SETTINGS (it may change between a checkpoint and the run continuing it)."""
+    recorded = [f"{section}.{key}" for section, keys in CHECKPOINT_SETTINGS.items() for key in keys]
+    decided = recorded + list(RUN_ONLY_SETTINGS)
+    assert sorted(decided) == sorted(set(decided)), "a setting is named twice"
+    assert set(decided) == set(_settings_units()), (
+        f"undecided: {sorted(set(_settings_units()) - set(decided))}; "
+        f"not settings: {sorted(set(decided) - set(_settings_units()))}"
+    )

@@ -10,6 +10,7 @@ long admission takes. Run with `-s` to see the exact API words each test prints.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import threading
@@ -34,8 +35,6 @@ from localcluster.kueue import (
     Kueue,
     condition,
     is_gated,
-    priority_class,
-    queue_objects,
 )
 
 WORKLOADS = ("kueue.x-k8s.io", "v1beta2", "workloads")
@@ -246,31 +245,12 @@ def recorder(kueue: Kueue, kns: str) -> Iterator[Recorder]:
     rec.stop()
 
 
-def _delete_cluster_scoped(kueue: Kueue, objects: list[dict[str, Any]]) -> None:
-    for o in objects:
-        if "namespace" not in o["metadata"]:
-            kueue.cluster.kubectl(
-                "delete", f"{o['kind'].lower()}s.kueue.x-k8s.io", o["metadata"]["name"], "--wait=false",
-                "--ignore-not-found", check=False,
-            )  # fmt: skip
-
-
-def _queues(kueue: Kueue, namespace: str, gpus: int) -> Iterator[str]:
-    kueue.enable_namespace(namespace)
-    objects = queue_objects(namespace, namespace, gpus=gpus)
-    kueue.apply(objects)
-    kueue.wait_active(namespace, namespace)
-    yield namespace
-    # Deleting a group's Workload makes Kueue let go of the group's pods (their finalizers).
-    kueue.cluster.kubectl("delete", "workloads.kueue.x-k8s.io", "--all", "--wait=false", namespace=namespace)
-    _delete_cluster_scoped(kueue, objects)
-
-
 @pytest.fixture
 def kns(kueue: Kueue, namespace: str) -> Iterator[str]:
     """A namespace whose pods Kueue manages, with a ClusterQueue/LocalQueue named after it: 8 GPUs
     of quota over the fake GPU nodes."""
-    yield from _queues(kueue, namespace, 8)
+    with kueue.queues(namespace, 8) as queue:
+        yield queue
 
 
 def workload_of(kueue: Kueue, namespace: str, owner_uid: str) -> dict[str, Any] | None:
@@ -510,18 +490,10 @@ SIGTERM_AWARE = (
 
 
 @pytest.fixture
-def priorities(kueue: Kueue, namespace: str) -> Iterator[tuple[str, str]]:
-    low, high = f"{namespace}-low", f"{namespace}-high"
-    objects = [priority_class(low, 100), priority_class(high, 1000)]
-    kueue.apply(objects)
-    yield low, high
-    _delete_cluster_scoped(kueue, objects)
-
-
-@pytest.fixture
 def real_ns(kueue: Kueue, namespace: str) -> Iterator[str]:
     """Like kns, with 2 GPUs of quota: what the real node advertises."""
-    yield from _queues(kueue, namespace, 2)
+    with kueue.queues(namespace, 2) as queue:
+        yield queue
 
 
 def _preemption_message(preemptor_wl: dict[str, Any], cq: str) -> str:
@@ -928,6 +900,10 @@ def _plain_namespace(cluster: Cluster) -> str:
     return name
 
 
+def _delete_namespace(cluster: Cluster, name: str) -> None:
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
 @pytest.mark.slow
 def test_admission_latency_of_100_pods(kueue: Kueue, kns: str) -> None:
     """Not a benchmark (bench/ holds those): what one machine showed, with and without Kueue. The
@@ -935,19 +911,16 @@ def test_admission_latency_of_100_pods(kueue: Kueue, kns: str) -> None:
     cluster = kueue.cluster
     results: dict[str, Any] = {}
     for threads in (1, 10):  # one create at a time, then 10 at a time
-        managed = kns if threads == 1 else _plain_namespace(cluster)
-        queues = _queues(kueue, managed, 8)
-        if threads != 1:
-            next(queues)
-        plain = _plain_namespace(cluster)
-        try:
+        with contextlib.ExitStack() as cleanup:  # undone in reverse: queues, then namespaces
+            managed = kns
+            if threads != 1:
+                managed = _plain_namespace(cluster)
+                cleanup.callback(_delete_namespace, cluster, managed)
+                cleanup.enter_context(kueue.queues(managed, 8))
+            plain = _plain_namespace(cluster)
+            cleanup.callback(_delete_namespace, cluster, plain)
             results[f"with Kueue, {threads} at a time"] = _burst(cluster, managed, managed, 100, threads)
             results[f"without Kueue, {threads} at a time"] = _burst(cluster, plain, None, 100, threads)
-        finally:
-            for ns in {plain, managed} - {kns}:
-                if ns == managed:
-                    next(queues, None)  # the queues' cleanup
-                cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
     show("admission latency (seconds)", results)
     show("Kueue's resident memory after these pods (MiB)", round(kueue.rss_bytes() / 2**20, 1))
 
@@ -995,8 +968,8 @@ def test_a_gang_admitted_by_quota_that_the_nodes_cannot_place(
     """Quota is not placement: 16 GPUs of quota, two 8-GPU nodes, 4 GPUs of one taken by a pod
     outside Kueue. A 2 x 8 GPU gang is admitted; one rank runs, the other cannot be placed."""
     cluster = kueue.cluster
-    queues = _queues(kueue, namespace, 16)
-    next(queues)
+    queues = contextlib.ExitStack()
+    queues.enter_context(kueue.queues(namespace, 16))
     outside = _plain_namespace(cluster)
     if wait_for_pods_ready:
         kueue.restart({"waitForPodsReady": {
@@ -1048,4 +1021,4 @@ def test_a_gang_admitted_by_quota_that_the_nodes_cannot_place(
         if wait_for_pods_ready:
             kueue.restart()
         cluster.kubectl("delete", "namespace", outside, "--wait=false", check=False)
-        next(queues, None)
+        queues.close()

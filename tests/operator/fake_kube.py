@@ -443,6 +443,13 @@ def kueue_preempt(kube: FakeKube, namespace: str, name: str, message: str, hold:
     pod["metadata"]["resourceVersion"] = kube._next_rv()
 
 
+def kueue_evicted(kube: FakeKube, namespace: str, group: str, reason: str, message: str) -> None:
+    """The group's Workload after Kueue evicted it (``Evicted=True``, e.g. reason ``Preempted``),
+    before garbage collection removes it with its pods."""
+    cond = {"type": "Evicted", "status": "True", "reason": reason, "message": message}
+    kube.workloads[(namespace, group)] = {"metadata": {"name": group}, "status": {"conditions": [cond]}}
+
+
 HOLD = "pfo.dev/test-kubelet"  # the kubelet's graceful termination, as a finalizer: terminate() waits
 
 

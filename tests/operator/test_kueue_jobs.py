@@ -6,6 +6,7 @@ manages (its opt-in label) and which has a ClusterQueue and a LocalQueue of its 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,10 @@ import pytest
 import yaml
 from finetune_contract import encode_result
 
-from localcluster.kueue import Kueue, is_gated, priority_class, queue_objects
+from localcluster import install_chart
+from localcluster.kueue import Kueue, is_gated
 from tests.contract.sample import SAMPLE_RESULT
+from tests.operator.chart import release_name
 from tests.operator.cluster_jobs import apply, events, get_job, job_manifest, phase_is, wait_job
 from tests.operator.fake_jobs import wait_for
 
@@ -29,24 +32,11 @@ PRIORITY = "kueue.x-k8s.io/priority-class"
 HOLD = "pfo.dev/test-kubelet"
 
 
-def _delete_cluster_scoped(kueue: Kueue, objects: list[dict[str, Any]]) -> None:
-    for o in objects:
-        if "namespace" not in o["metadata"]:
-            kueue.cluster.kubectl(
-                "delete", f"{o['kind'].lower()}s.kueue.x-k8s.io", o["metadata"]["name"], "--wait=false",
-                "--ignore-not-found", check=False,
-            )  # fmt: skip
-
-
 def _queue(kueue: Kueue, namespace: str, gpus: int) -> Iterator[str]:
-    kueue.enable_namespace(namespace)
-    objects = queue_objects(namespace, namespace, gpus=gpus)
-    kueue.apply(objects)
-    kueue.wait_active(namespace, namespace)
-    yield namespace
-    kueue.cluster.kubectl("delete", "ftj", "--all", "--wait=false", namespace=namespace, check=False)
-    kueue.cluster.kubectl("delete", "workloads.kueue.x-k8s.io", "--all", "--wait=false", namespace=namespace)
-    _delete_cluster_scoped(kueue, objects)
+    with kueue.queues(namespace, gpus) as queue:
+        yield queue
+        # The jobs first: their pods would be recreated while the queue goes.
+        kueue.cluster.kubectl("delete", "ftj", "--all", "--wait=false", namespace=namespace, check=False)
 
 
 @pytest.fixture
@@ -130,8 +120,8 @@ def test_three_4_gpu_jobs_on_8_gpus_of_quota_two_run_the_third_queues(
     wait_job(cluster, operator, namespace, "d", phase_is("Running"), "Running", timeout=30)
 
 
-def _queued_message(cluster: Any, namespace: str) -> str:
-    for n in "abc":
+def _queued_message(cluster: Any, namespace: str, names: str = "abc") -> str:
+    for n in names:
         s = (get_job(cluster, namespace, n) or {}).get("status") or {}
         if s.get("phase") == "Queued":
             return s.get("message", "")
@@ -145,15 +135,6 @@ def _pod_set(cluster: Any, namespace: str, job: str) -> str:
         ).stdout
     )
     return wl["spec"]["podSets"][0]["name"]
-
-
-@pytest.fixture
-def priorities(kueue: Kueue, namespace: str) -> Iterator[tuple[str, str]]:
-    low, high = f"{namespace}-low", f"{namespace}-high"
-    objects = [priority_class(low, 100), priority_class(high, 1000)]
-    kueue.apply(objects)
-    yield low, high
-    _delete_cluster_scoped(kueue, objects)
 
 
 def test_a_higher_priority_job_preempts_and_the_preempted_job_resumes_without_a_failure(
@@ -266,3 +247,66 @@ def test_a_namespace_kueue_does_not_manage_runs_the_job_unqueued_and_says_so(
     assert "kueue.x-k8s.io/managed" not in pod["metadata"]["labels"]
     warned = [m for t, r, m in events(cluster, namespace, "free") if (t, r) == ("Warning", "NotQueued")]
     assert warned and f"does not manage namespace {namespace}" in warned[0], warned
+
+
+@pytest.mark.slow
+def test_the_charts_operator_pod_takes_jobs_through_kueue_with_the_charts_rbac(
+    cluster: Any, crd_installed: str, namespace: str, queue4: str
+) -> None:
+    """helm install: the operator's pod on the real node, as the chart's ServiceAccount (one
+    replica, watching the queue's namespace: the namespaced Role, whose rules are the ClusterRole's),
+    takes two 4-GPU jobs through Kueue on 4 GPUs of quota: one runs, the other is Queued with the
+    ClusterQueue's words, which it can only have read from the Workload (the chart's `get` on
+    workloads), is admitted when the first finishes, and succeeds. No request is refused."""
+    release_ns = f"{namespace}-op"
+    cluster.kubectl("create", "namespace", release_ns)
+    cluster.kubectl("label", "namespace", release_ns, "pod-security.kubernetes.io/enforce=restricted")
+    operator = None
+    try:
+        operator = install_chart(
+            cluster, release_ns, "--set", f"watchNamespaces={{{namespace}}}",
+            "--set", "replicaCount=1,leaderElection.enabled=false", release=release_name(release_ns),
+        )  # fmt: skip
+        assert operator.pod()["spec"]["nodeName"] == cluster.real_node
+        for name in ("x", "y"):
+            apply(cluster, namespace, queued_job(name, queue4, 4))
+        wait_for(
+            "one job Running, the other Queued with Kueue's words",
+            lambda: (
+                sorted(
+                    (get_job(cluster, namespace, n) or {}).get("status", {}).get("phase", "") for n in "xy"
+                )
+                == ["Queued", "Running"]
+                and "insufficient unused quota" in _queued_message(cluster, namespace, "xy")
+            ),
+            120,
+            lambda: operator.log_tail(60),
+        )
+        (waiting,) = [n for n in "xy" if get_job(cluster, namespace, n)["status"]["phase"] == "Queued"]
+        first = "x" if waiting == "y" else "y"
+        assert get_job(cluster, namespace, waiting)["status"]["message"] == (
+            f"waiting for admission by LocalQueue {queue4}: couldn't assign flavors to pod set "
+            f"{_pod_set(cluster, namespace, waiting)}: insufficient unused quota for nvidia.com/gpu in "
+            f"flavor {queue4}-flavor, 4 more needed"
+        )
+        succeed(cluster, namespace, f"{first}-attempt-1")
+        wait_job(cluster, operator, namespace, waiting, phase_is("Running"), "admitted, Running", timeout=60)
+        succeed(cluster, namespace, f"{waiting}-attempt-1")
+        for n in "xy":
+            status = wait_job(
+                cluster, operator, namespace, n, phase_is("Succeeded", "Failed"), "done", timeout=60
+            )
+            assert (status["phase"], status.get("failedAttempts", 0), status["attempts"]) == (
+                "Succeeded",
+                0,
+                1,
+            )
+        log = operator.log_tail(2000)
+        assert operator.restarts() == 0, log
+    finally:
+        if operator is not None:
+            operator.uninstall()
+        cluster.kubectl("delete", "namespace", release_ns, "--wait=false", check=False)
+    # An RBAC refusal reads 'User "system:serviceaccount:..." cannot <verb> resource ...'.
+    refused = re.findall(r'cannot [a-z]+ resource \\?"[^"\\]+\\?"[^)]*', log)
+    assert not refused, f"the ServiceAccount was refused: {refused}\n{log}"

@@ -11,10 +11,10 @@ from datetime import timedelta
 import pytest
 from finetune_operator.api import Phase, Reason, Waiting
 from finetune_operator.job_status import now_iso
-from finetune_operator.kueue import kueue_gated, kueue_managed, kueue_stop, workload_words
+from finetune_operator.kueue import kueue_gated, kueue_managed, kueue_stop, workload_stop, workload_words
 from finetune_operator.pod import render_pod
 
-from tests.operator.fake_kube import T0, kueue_admit, kueue_preempt, kueue_says
+from tests.operator.fake_kube import T0, kueue_admit, kueue_evicted, kueue_preempt, kueue_says
 from tests.operator.jobs import job
 from tests.operator.reconcile_kit import CONFIG, NAME, NS, World, pod
 
@@ -115,6 +115,35 @@ def test_kueue_stop(kind, status, reason, expected):
         assert stop.kueue_reason == reason and stop.message == PREEMPTED
 
 
+@pytest.mark.parametrize(
+    ("conditions", "expected"),
+    [
+        ([("Evicted", "True", "Preempted")], Reason.PREEMPTED),
+        ([("QuotaReserved", "False", "Pending"), ("Evicted", "True", "Preempted")], Reason.PREEMPTED),
+        ([("Evicted", "True", "PodsReadyTimeout")], Reason.EVICTED),
+        ([("Evicted", "True", "Deactivated")], Reason.EVICTED),
+        ([("Evicted", "False", "QuotaReserved")], None),  # requeued and admitted again
+        ([("Preempted", "True", "InClusterQueue")], None),  # Evicted says it; alone it is not enough
+        ([("Admitted", "True", "Admitted")], None),
+        ([], None),
+    ],
+)
+def test_workload_stop(conditions, expected):
+    wl = {
+        "status": {
+            "conditions": [
+                {"type": t, "status": st, "reason": r, "message": PREEMPTED} for t, st, r in conditions
+            ]
+        }
+    }
+    stop = workload_stop(wl)
+    assert (stop.reason if stop else None) == expected
+    if stop:
+        why = next(r for t, _, r in conditions if t == "Evicted")
+        assert stop.kueue_reason == f"WorkloadEvictedDueTo{why}" and stop.message == PREEMPTED
+    assert workload_stop(None) is None
+
+
 def test_workload_words():
     def wl(*conds):
         keys = ("type", "status", "reason", "message")
@@ -141,6 +170,17 @@ def queued_world(**spec):
     w = World(**spec)
     w.kube.kueue_namespaces.add(NS)
     w.kube.job(NS, NAME)["metadata"]["labels"] = {QUEUE: "team-a"}
+    return w
+
+
+def admitted_and_running():
+    """A queued job admitted and Running; backoffLimit 0: a single counted failure ends it."""
+    w = queued_world(runPolicy={"backoffLimit": 0})
+    w.reconcile()
+    kueue_admit(w.kube, NS, pod(1))
+    w.run(1)
+    w.reconcile()
+    assert w.status["phase"] == Phase.RUNNING
     return w
 
 
@@ -210,12 +250,7 @@ def test_time_in_the_queue_is_not_time_waiting_for_capacity():
 
 
 def test_preemption_ends_the_attempt_without_a_failure_and_the_next_resumes_queued():
-    w = queued_world(runPolicy={"backoffLimit": 0})  # a single counted failure would end the job
-    w.reconcile()
-    kueue_admit(w.kube, NS, pod(1))
-    w.run(1)
-    w.reconcile()
-    assert w.status["phase"] == Phase.RUNNING
+    w = admitted_and_running()
     kueue_preempt(w.kube, NS, pod(1), PREEMPTED)
     again = w.reconcile()
     s = w.status
@@ -251,16 +286,48 @@ def test_preemption_ends_the_attempt_without_a_failure_and_the_next_resumes_queu
 
 
 def test_a_preempted_pod_that_already_failed_is_not_a_failure_either():
-    w = queued_world(runPolicy={"backoffLimit": 0})
-    w.reconcile()
-    kueue_admit(w.kube, NS, pod(1))
-    w.run(1)
-    w.reconcile()
+    w = admitted_and_running()
     # SIGTERM, checkpoint, exit 143 before the operator looked: Failed, with Kueue's condition.
     w.fail(1, 143)
     kueue_preempt(w.kube, NS, pod(1), PREEMPTED)
     w.reconcile()
     assert (w.status["phase"], w.status.get("failedAttempts", 0)) == (Phase.QUEUED, 0)
+
+
+@pytest.mark.parametrize("workload_left", [True, False], ids=["workload-left", "workload-gone"])
+def test_a_preemption_missed_while_the_operator_was_down(workload_left):
+    """Kueue preempts the pod and the pod is gone before the operator looks again. With the
+    attempt's Workload still there (Evicted) it is a preemption, not counted; with the Workload
+    gone too, nothing tells it from a pod that vanished: PodMissing, counted."""
+    w = admitted_and_running()
+    # The operator is down: Kueue evicts the group, the trainer checkpoints, the pod is removed.
+    kueue_preempt(w.kube, NS, pod(1), PREEMPTED)
+    w.kube.terminate()
+    if workload_left:
+        kueue_evicted(w.kube, NS, pod(1), "Preempted", PREEMPTED)
+    w.reconcile()
+    s = w.status
+    if not workload_left:
+        assert (s["phase"], s["failedAttempts"]) == (Phase.FAILED, 1)
+        assert Reason.POD_MISSING in s["message"]
+        return
+    assert (s["phase"], s["reason"], s.get("failedAttempts", 0), s["endedAttempts"]) == (
+        Phase.QUEUED,
+        Reason.PREEMPTED,
+        0,
+        1,
+    )
+    assert PREEMPTED in s["message"] and "WorkloadEvictedDueToPreempted" in s["message"]
+    w.kube.workloads.clear()  # garbage-collected with its pods
+    w.reconcile()
+    assert w.kube.created == [pod(1), pod(2)]  # at once, no back-off, queued again
+    assert (w.status["phase"], w.status["attempts"]) == (Phase.QUEUED, 2)
+    kueue_admit(w.kube, NS, pod(2))
+    w.succeed(2)
+    w.settle()
+    s = w.status
+    assert (s["phase"], s.get("failedAttempts", 0), s["attempts"]) == (Phase.SUCCEEDED, 0, 2)
+    assert Reason.POD_MISSING not in w.reasons()
 
 
 def test_a_namespace_kueue_does_not_manage_gets_a_warning_and_the_pod_runs():
@@ -290,3 +357,6 @@ def test_an_unlabelled_job_reads_no_workload():
     w.reconcile()
     assert w.status["phase"] == Phase.RUNNING and reads == []
     assert "kueue.x-k8s.io/managed" not in w.kube.pod(NS, pod(1))["metadata"]["labels"]
+    w.kube.remove_pod(NS, pod(1))  # a vanished pod of an unqueued job: no Workload to ask about
+    w.reconcile()
+    assert Reason.POD_MISSING in w.reasons() and reads == []

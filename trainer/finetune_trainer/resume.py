@@ -24,38 +24,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from finetune_contract import EXIT_CHECKPOINT_REFUSED, TrainerSettings
+from finetune_contract import CHECKPOINT_SETTINGS, EXIT_CHECKPOINT_REFUSED, TrainerSettings
 
 from .state import TrainerFailure
-
-# The settings a checkpoint must share with the run that continues it, by section.
-RESUME_SETTINGS: dict[str, tuple[str, ...]] = {
-    "model": ("architecture", "pretrained"),
-    "dataset": (
-        "format",
-        "trainList",
-        "valList",
-        "labelList",
-        "trainDir",
-        "valDir",
-        "numClasses",
-        "imageSize",
-        "resizeShort",
-        "cropScaleMin",
-        "horizontalFlip",
-    ),
-    "finetune": ("stripMismatched", "freeze", "freezeStages", "lrMultList"),
-    "training": (
-        "epochs",
-        "batchSize",
-        "learningRate",
-        "warmupEpochs",
-        "momentum",
-        "weightDecay",
-        "labelSmoothing",
-        "seed",
-    ),
-}
 
 
 def job_identity(settings: TrainerSettings) -> dict[str, str]:
@@ -64,9 +35,12 @@ def job_identity(settings: TrainerSettings) -> dict[str, str]:
 
 
 def resume_settings(settings: TrainerSettings) -> dict[str, Any]:
-    """The settings a continuing run must share (``RESUME_SETTINGS``), as plain JSON."""
+    """The settings a continuing run must share (the contract's ``CHECKPOINT_SETTINGS``), as plain
+    JSON."""
     data = settings.to_dict()
-    return {section: {key: data[section][key] for key in keys} for section, keys in RESUME_SETTINGS.items()}
+    return {
+        section: {key: data[section][key] for key in keys} for section, keys in CHECKPOINT_SETTINGS.items()
+    }
 
 
 def fingerprint(record: dict[str, Any]) -> str:
