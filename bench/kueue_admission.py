@@ -43,6 +43,7 @@ from finetune_operator.config import OperatorConfig  # noqa: E402
 from finetune_operator.kueue import kueue_gated  # noqa: E402
 
 import localcluster  # noqa: E402
+from bench.goals import ratio  # noqa: E402
 from bench.kube_watch import Watcher, parallel  # noqa: E402
 from bench.operator_scale import (  # noqa: E402
     FTJ,
@@ -56,7 +57,6 @@ from bench.operator_scale import (  # noqa: E402
     machine,
     percentiles,
     production_flags,
-    ratio,
     wait_until,
 )
 from localcluster import GPUS_PER_NODE, Cluster, OperatorProcess  # noqa: E402

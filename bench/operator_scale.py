@@ -1,41 +1,55 @@
-"""Benchmark: the operator at scale against Kubernetes' own Job controller, on one local control
-plane with many fake (kwok) GPU nodes.
+"""Benchmark: the operator at scale against the physical limit and Kubernetes' own Job
+controller, on one local control plane with many fake (kwok) GPU nodes.
 
-For each N (--jobs), in the same cluster and run:
-* ours: N FineTuneJobs created at once (16 client threads) in namespace ours-N, watched by the
-  real operator (`python -m finetune_operator`, production defaults: --workers 4,
-  --progress-poll-interval 30). Per job: creation -> pod created, creation -> pod scheduled;
-  the time until all pods exist. Then every pod is finished at once (localcluster's kwok drive
-  annotations, with the trainer's result as termination message) and we time until each job
-  shows Succeeded with its metrics.
-* native: N batch/v1 Jobs with the same pod template (rendered by the operator's own
-  render_pod) in namespace native-N, handled by kube-controller-manager's Job controller
-  (default client limits: --kube-api-qps 20, --kube-api-burst 30). Same measurements; "done" is
-  the Job's Complete condition.
+For each N (--jobs), in the same cluster and run, one side after the other:
+* limit: the same N FineTuneJobs, handled by a bare controller (bench/bare_controller.py): on
+  each job's first watch event it POSTs the pod the operator would render, on the pod's
+  Succeeded event it PATCHes the operator's own Succeeded status patch; 16 threads, nothing
+  else. Beside it, `bareCreate`: the N pods alone POSTed from 16 threads (no jobs competing).
+* ours: N FineTuneJobs created at once (16 client threads), watched by the real operator
+  (`python -m finetune_operator`, production defaults: --workers 4, --progress-poll-interval 30).
+* before (with --baseline-ref): the same with the operator of that git commit (today's, for a
+  before/after in one run).
+* native / nativeFast: N batch/v1 Jobs with the same pod template, handled by
+  kube-controller-manager's Job controller with its default client limits (--kube-api-qps 20,
+  --kube-api-burst 30) and with production ones (200 / 300; the controller manager is
+  restarted between the two, bench/controller_manager.py).
+Per job: creation -> pod created, creation -> pod scheduled; the time until all pods exist.
+Then every pod is finished at once (localcluster's kwok drive annotations, with the trainer's
+result as termination message) and we time until each job shows Succeeded with its metrics
+(native: the Job's Complete condition).
+
+With --running-jobs R (the steady state): R jobs run and finish, R more run (2R jobs present);
+an idle window measures the operator's requests per running job per minute, its RSS and CPU;
+then --burst-jobs B new jobs arrive and we time their pods, against the bare controller's burst
+with R pods running.
 
 Times are arrivals of watch events in this process (monotonic clock, sub-millisecond) from the
-job's ADDED event; the API's own timestamps (creationTimestamp, PodScheduled's
-lastTransitionTime) have one-second granularity and are reported alongside for the scheduled
-time. The operator's footprint comes from /proc/<pid> (RSS, CPU seconds) and the API requests
-from the API server's apiserver_request_total before and after each phase, attributed by
-(verb, resource): only the operator issues those in its phase (see OURS_REQUESTS).
+job's ADDED event; the API's own timestamps are reported alongside for the scheduled time. The
+operator's footprint comes from /proc/<pid>, the API requests from the API server's
+apiserver_request_total before and after each phase, attributed by (verb, resource). The load
+average is recorded at the start and end of every phase. bench/goals.py turns the report into
+issue 12's goals (pass / fail), bench/plots.py into PNGs.
 
     .venv/bin/python bench/operator_scale.py [--jobs 100,1000] [--nodes 128] [--idle-seconds 30]
-        [--footprint-jobs 5000]
+        [--sides limit,ours,native,nativeFast,before] [--baseline-ref COMMIT]
+        [--running-jobs 5000 --burst-jobs 1000]
 
-Writes bench/results/operator_scale.json and prints markdown tables.
+Writes bench/results/operator_scale.json and the PNGs, and prints markdown tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,9 +62,11 @@ for extra in (ROOT, ROOT / "contract", ROOT / "operator", ROOT / "trainer"):
 from finetune_contract import TrainerResult, encode_result  # noqa: E402
 from finetune_operator.api import GROUP, LABEL_JOB, LABEL_MANAGED_BY, PLURAL, VERSION  # noqa: E402
 from finetune_operator.config import OperatorConfig  # noqa: E402
-from finetune_operator.pod import render_pod  # noqa: E402
+from finetune_operator.pod import pod_name, render_pod  # noqa: E402
 
 import localcluster  # noqa: E402
+from bench import controller_manager, goals, plots  # noqa: E402
+from bench.bare_controller import BareController, bare_create, orphan_pod  # noqa: E402
 from bench.kube_watch import SECONDS, Watcher, count_delta, parallel, request_counts  # noqa: E402
 from bench.proc_sampler import Sampler, cpu_model  # noqa: E402
 from localcluster import GPUS_PER_NODE, Cluster, KubeError, KubeRest, OperatorProcess, drive_annotations  # noqa: E402
@@ -59,17 +75,38 @@ FTJ = f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{PLURAL}"
 BATCH_JOBS = "/apis/batch/v1/namespaces/{ns}/jobs"
 PODS = "/api/v1/namespaces/{ns}/pods"
 NATIVE_JOB_LABEL = "batch.kubernetes.io/job-name"
+SIDES = ("limit", "ours", "before", "native", "nativeFast")
+OPERATOR_SIDES = ("ours", "before")
+SIDE_LABELS = {
+    "limit": "limit (bare controller)",
+    "ours": "ours",
+    "before": "before (baseline commit)",
+    "native": "Job controller, 20 qps",
+    "nativeFast": "Job controller, 200 qps",
+}
 
 # Requests only the operator makes while its phase runs (the benchmark's own are subtracted or
-# of other verbs; the scheduler posts events.k8s.io Events, kwok patches pods/status).
+# of other verbs; the scheduler posts events.k8s.io Events, kwok patches pods/status). Watches
+# are not counted: they are long-lived streams (kopf's restart every 5 minutes, the
+# benchmark's own every minute).
 OURS_REQUESTS = {
     ("GET", GROUP, PLURAL, ""): "get job",
+    ("LIST", GROUP, PLURAL, ""): "list jobs",
     ("PATCH", GROUP, PLURAL, "status"): "patch job status",
+    ("PUT", GROUP, PLURAL, "status"): "update job status",
     ("POST", "", "pods", ""): "create pod",
+    ("GET", "", "pods", ""): "get pod",
     ("LIST", "", "pods", ""): "list pods",
     ("CONNECT", "", "pods", "log"): "read pod log",  # the API server counts log reads as CONNECT
     ("DELETE", "", "pods", ""): "delete pod",
     ("POST", "", "events", ""): "create event",
+    ("POST", "authentication.k8s.io", "tokenreviews", ""): "token review",
+    ("POST", "authorization.k8s.io", "selfsubjectaccessreviews", ""): "access review",
+}
+# The bare controller's: exactly these two.
+LIMIT_REQUESTS = {
+    ("POST", "", "pods", ""): "create pod",
+    ("PATCH", GROUP, PLURAL, "status"): "patch job status",
 }
 # The Job controller's in its phase ("patch pod": removing its tracking finalizer; the
 # benchmark's own N drive patches are subtracted).
@@ -83,6 +120,10 @@ NATIVE_REQUESTS = {
 }
 
 
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
 # ------------------------------------------------------------------------------ recording
 @dataclass
 class Track:
@@ -94,6 +135,7 @@ class Track:
     pod_running: float | None = None
     pod_succeeded: float | None = None
     done: float | None = None
+    running: float | None = None  # the job's status says Running (or already Succeeded)
     # server timestamps (1 s granularity), seconds since the epoch
     created_ts: float | None = None
     scheduled_ts: float | None = None
@@ -105,6 +147,7 @@ class Recorder:
 
     pod_job_label: str
     job_done: Callable[[dict[str, Any]], bool]
+    only: frozenset[str] | None = None  # the jobs of this phase (others in the namespace: ignored)
     tracks: dict[str, Track] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -112,7 +155,7 @@ class Recorder:
         return self.tracks.setdefault(name, Track())
 
     def on_job(self, at: float, kind: str, obj: dict[str, Any]) -> None:
-        if kind == "DELETED":
+        if kind == "DELETED" or (self.only is not None and obj["metadata"]["name"] not in self.only):
             return
         with self.lock:
             t = self.track(obj["metadata"]["name"])
@@ -121,12 +164,15 @@ class Recorder:
                 t.created_ts = _epoch(obj["metadata"].get("creationTimestamp"))
             if t.done is None and self.job_done(obj):
                 t.done = at
+            phase = (obj.get("status") or {}).get("phase")
+            if t.running is None and phase in ("Running", "Succeeded"):
+                t.running = at
 
     def on_pod(self, at: float, kind: str, obj: dict[str, Any]) -> None:
         if kind == "DELETED":
             return
         job = (obj["metadata"].get("labels") or {}).get(self.pod_job_label)
-        if not job:
+        if not job or (self.only is not None and job not in self.only):
             return
         status = obj.get("status") or {}
         with self.lock:
@@ -182,6 +228,11 @@ def percentiles(values: list[float]) -> dict[str, float | int | None]:
     }
 
 
+def samples(values: list[float]) -> list[float]:
+    """The sorted values, in milliseconds' precision, for the plots."""
+    return [round(v, 3) for v in sorted(values)]
+
+
 def intervals(tracks: dict[str, Track], start: str, end: str) -> list[float]:
     out = []
     for t in tracks.values():
@@ -194,12 +245,20 @@ def intervals(tracks: dict[str, Track], start: str, end: str) -> list[float]:
 TIMED_OUT: list[str] = []  # the waits that gave up, reported in the JSON
 
 
-def wait_until(what: str, check: Callable[[], bool], timeout: float, watchers: list[Watcher]) -> bool:
+def wait_until(
+    what: str,
+    check: Callable[[], bool],
+    timeout: float,
+    watchers: list[Watcher],
+    bare: BareController | None = None,
+) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for w in watchers:
             if w.error is not None:
                 raise RuntimeError(f"watch of {w.path} failed: {w.error!r}")
+        if bare is not None and bare.errors:
+            raise RuntimeError(f"the bare controller failed: {bare.errors[0]}")
         if check():
             return True
         time.sleep(0.05)
@@ -271,24 +330,40 @@ def native_job(name: str, gpus: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ one phase
 @dataclass
 class Phase:
-    """One side (ours or native) at one N."""
+    """One side at one N."""
 
-    kind: str  # "ours" | "native" | "footprint"
+    kind: str  # one of SIDES
     n: int
     gpus: int
     namespace: str
+    first: int = 0  # the first job's number (the steady state adds jobs to a namespace)
+
+    @property
+    def native(self) -> bool:
+        return self.kind in ("native", "nativeFast")
 
     @property
     def jobs_path(self) -> str:
-        return (FTJ if self.kind != "native" else BATCH_JOBS).format(ns=self.namespace)
+        return (BATCH_JOBS if self.native else FTJ).format(ns=self.namespace)
+
+    @property
+    def names(self) -> list[str]:
+        return [f"job-{i:05d}" for i in range(self.first, self.first + self.n)]
 
     def manifest(self, name: str) -> dict[str, Any]:
-        return native_job(name, self.gpus) if self.kind == "native" else job_manifest(name, gpus=self.gpus)
+        return native_job(name, self.gpus) if self.native else job_manifest(name, gpus=self.gpus)
 
     def recorder(self) -> Recorder:
-        if self.kind == "native":
-            return Recorder(NATIVE_JOB_LABEL, native_done)
-        return Recorder(LABEL_JOB, ftj_done)
+        only = frozenset(self.names) if self.first else None
+        if self.native:
+            return Recorder(NATIVE_JOB_LABEL, native_done, only)
+        return Recorder(LABEL_JOB, ftj_done, only)
+
+    @property
+    def requests(self) -> dict[tuple[str, str, str, str], str]:
+        if self.native:
+            return NATIVE_REQUESTS
+        return LIMIT_REQUESTS if self.kind == "limit" else OURS_REQUESTS
 
 
 def run_phase(
@@ -297,26 +372,44 @@ def run_phase(
     sampler: Sampler | None,
     idle_seconds: float,
     finish: bool = True,
+    bare: BareController | None = None,
 ) -> dict[str, Any]:
+    """Create the phase's N jobs at once, time their pods; then (finish) drive every pod to
+    Succeeded and time the jobs. `bare`: the bare controller that handles them (the limit)."""
     kubeconfig = Path(cluster.kubeconfig)
     rest = KubeRest(kubeconfig)
     rec = phase.recorder()
+
+    def on_job(at: float, kind: str, obj: dict[str, Any]) -> None:
+        rec.on_job(at, kind, obj)
+        if bare is not None:
+            bare.on_job(at, kind, obj)
+
+    def on_pod(at: float, kind: str, obj: dict[str, Any]) -> None:
+        rec.on_pod(at, kind, obj)
+        if bare is not None:
+            bare.on_pod(at, kind, obj)
+
     watchers = [
-        Watcher(kubeconfig, phase.jobs_path, rec.on_job).start(),
-        Watcher(kubeconfig, PODS.format(ns=phase.namespace), rec.on_pod).start(),
+        Watcher(kubeconfig, phase.jobs_path, on_job).start(),
+        Watcher(kubeconfig, PODS.format(ns=phase.namespace), on_pod).start(),
     ]
-    n, names = phase.n, [f"job-{i:05d}" for i in range(phase.n)]
-    label = f"{phase.kind} N={n}"
+    n, names = phase.n, phase.names
+    label = f"{phase.kind} N={n} in {phase.namespace}"
     result: dict[str, Any] = {
         "side": phase.kind,
         "n": n,
         "gpusPerJob": phase.gpus,
         "namespace": phase.namespace,
+        "load": {"start": load_average()},
     }
     budget = 120 + n * 0.5  # generous: the native controller creates pods at about 20 requests/s
 
     def left(since: float) -> float:  # one budget for all the waits of a stage
         return max(1.0, since + budget - time.monotonic())
+
+    def wait(what: str, check: Callable[[], bool], since: float) -> bool:
+        return wait_until(f"{label}: {what}", check, left(since), watchers, bare)
 
     try:
         before = request_counts(rest)
@@ -325,21 +418,18 @@ def run_phase(
         parallel(lambda r, name: r.create(phase.jobs_path, phase.manifest(name)), names, kubeconfig)
         t_posted = time.monotonic()
         print(f"  {label}: {n} created in {t_posted - t0:.1f}s", file=sys.stderr)
-        wait_until(f"{label}: every pod created", lambda: rec.count("pod_created") >= n, left(t0), watchers)
+        wait("every pod created", lambda: rec.count("pod_created") >= n, t0)
         t_all_pods = max((t.pod_created for t in rec.tracks.values() if t.pod_created), default=t0)
-        wait_until(
-            f"{label}: every pod scheduled", lambda: rec.count("pod_scheduled") >= n, left(t0), watchers
-        )
-        wait_until(f"{label}: every pod running", lambda: rec.count("pod_running") >= n, left(t0), watchers)
-        if phase.kind != "native":  # the operator has seen them run: its burst is over
-            wait_until(
-                f"{label}: every job Running", lambda: _all_phase(rest, phase, "Running"), left(t0), watchers
-            )
+        wait("every pod scheduled", lambda: rec.count("pod_scheduled") >= n, t0)
+        wait("every pod running", lambda: rec.count("pod_running") >= n, t0)
+        if phase.kind in OPERATOR_SIDES:  # the operator has seen them run: its burst is over
+            wait("every job Running", lambda: rec.count("running") >= n, t0)
         burst_counts = count_delta(before, request_counts(rest))
+        created = intervals(rec.tracks, "created", "pod_created")
         result["burst"] = {
             "createSeconds": round(t_posted - t0, 3),
             "allPodsExistSeconds": round(t_all_pods - t0, 3),
-            "podCreated": percentiles(intervals(rec.tracks, "created", "pod_created")),
+            "podCreated": percentiles(created),
             "podScheduled": percentiles(intervals(rec.tracks, "created", "pod_scheduled")),
             "podScheduledServerTimestamps": percentiles(
                 [
@@ -350,10 +440,11 @@ def run_phase(
             ),
             "requests": _requests(burst_counts, phase, n, drives=0),
         }
+        result["samples"] = {"podCreated": samples(created)}
         if sampler and window:
             result["burst"]["operator"] = sampler.close(window)
         if sampler and idle_seconds > 0:
-            result["idleRunning"] = _idle(rest, sampler, phase, idle_seconds)
+            result["idleRunning"] = _idle(rest, sampler, phase, idle_seconds, running=n)
         if not finish:
             return result
 
@@ -361,38 +452,42 @@ def run_phase(
         message = encode_result(RESULT)
         patch = {"metadata": {"annotations": drive_annotations("Succeeded", 0, message)}}
         pods_path = PODS.format(ns=phase.namespace)
-        pods = [p["metadata"]["name"] for p in rest.get(pods_path)["items"]]
+        if phase.native:  # the Job controller names its pods itself
+            pods = [p["metadata"]["name"] for p in rest.get(pods_path)["items"]]
+        else:
+            pods = [pod_name(name, 1) for name in names]
         before = request_counts(rest)
         window = sampler.window() if sampler else None
         t_drive = time.monotonic()
         parallel(lambda r, pod: r.patch(f"{pods_path}/{pod}", patch, kind="merge-patch"), pods, kubeconfig)
         t_driven = time.monotonic()
-        wait_until(f"{label}: every job done", lambda: rec.count("done") >= n, left(t_drive), watchers)
+        wait("every job done", lambda: rec.count("done") >= n, t_drive)
         t_all_done = max((t.done for t in rec.tracks.values() if t.done), default=t_drive)
+        done = intervals(rec.tracks, "pod_succeeded", "done")
         result["propagation"] = {
             "driveSeconds": round(t_driven - t_drive, 3),
-            "podSucceededToJobDone": percentiles(intervals(rec.tracks, "pod_succeeded", "done")),
+            "podSucceededToJobDone": percentiles(done),
             "allDoneAfterDriveSeconds": round(t_all_done - t_drive, 3),
             "done": rec.count("done"),
             "requests": _requests(count_delta(before, request_counts(rest)), phase, n, drives=len(pods)),
         }
+        result["samples"]["propagation"] = samples(done)
         if sampler and window:
             result["propagation"]["operator"] = sampler.close(window)
         if sampler and idle_seconds > 0:
-            result["idleFinished"] = _idle(rest, sampler, phase, idle_seconds)
+            result["idleFinished"] = _idle(rest, sampler, phase, idle_seconds, running=0)
         return result
     finally:
         for w in watchers:
             w.stop()
-
-
-def _all_phase(rest: KubeRest, phase: Phase, want: str) -> bool:
-    items = rest.get(phase.jobs_path)["items"]
-    return len(items) >= phase.n and all((i.get("status") or {}).get("phase") == want for i in items)
+        if bare is not None:
+            bare.close()
+            result["bare"] = {"requests": dict(bare.requests), "errors": bare.errors[:5]}
+        result["load"]["end"] = load_average()
 
 
 def _requests(delta: dict[Any, float], phase: Phase, n: int, drives: int) -> dict[str, Any]:
-    wanted = NATIVE_REQUESTS if phase.kind == "native" else OURS_REQUESTS
+    wanted = phase.requests
     by_kind: dict[str, float] = {}
     for key, what in wanted.items():
         value = delta.get(key, 0.0)
@@ -437,17 +532,22 @@ def _settle(rest: KubeRest, phase: Phase, limit: float = 30.0) -> float:
     return round(time.monotonic() - t0, 1)
 
 
-def _idle(rest: KubeRest, sampler: Sampler, phase: Phase, seconds: float) -> dict[str, Any]:
+def _idle(rest: KubeRest, sampler: Sampler, phase: Phase, seconds: float, running: int) -> dict[str, Any]:
     """Nothing changes for `seconds`: what does the operator cost meanwhile?"""
     settled = _settle(rest, phase)
     before = request_counts(rest)
     window = sampler.window()
+    load0 = load_average()
     time.sleep(seconds)
     out = sampler.close(window)
     reqs = _requests(count_delta(before, request_counts(rest)), phase, phase.n, drives=0)
     out["requests"] = reqs
     out["settleSeconds"] = settled
     out["requestsPerMinute"] = round(reqs["total"] * 60 / seconds, 1)
+    out["running"] = running
+    if running:
+        out["requestsPerRunningJobPerMinute"] = round(reqs["total"] * 60 / seconds / running, 3)
+    out["load"] = {"start": load0, "end": load_average()}
     return out
 
 
@@ -473,31 +573,183 @@ def delete_all(cluster: Cluster, namespace: str, timeout: float = 300) -> float:
     return time.monotonic() - t0
 
 
+def create_namespace(cluster: Cluster, namespace: str) -> None:
+    KubeRest(Path(cluster.kubeconfig)).create(
+        "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
+    )
+
+
+# ------------------------------------------------------------------------------ the sides
+def gpus_for(n: int, capacity: int) -> int:
+    """1 GPU per job while the fake nodes have room for all N, else none (pods still schedule)."""
+    return 1 if n <= capacity else 0
+
+
+def run_bare_create(cluster: Cluster, n: int, gpus: int, namespace: str) -> dict[str, Any]:
+    create_namespace(cluster, namespace)
+    config = OperatorConfig()
+    pods = []
+    for name in (f"job-{i:05d}" for i in range(n)):
+        job = job_manifest(name, gpus=gpus)
+        job["metadata"].update(namespace=namespace, uid="00000000-0000-0000-0000-000000000000")
+        pods.append(orphan_pod(job, config))
+    load0 = load_average()
+    out = bare_create(Path(cluster.kubeconfig), namespace, pods)
+    out["load"] = {"start": load0, "end": load_average()}
+    return out
+
+
+def run_side(
+    cluster: Cluster,
+    side: str,
+    n: int,
+    gpus: int,
+    sampler: Sampler | None,
+    idle_seconds: float,
+) -> dict[str, Any]:
+    namespace = f"{side.lower()}-{n}"
+    if side not in OPERATOR_SIDES:
+        create_namespace(cluster, namespace)
+    phase = Phase(side, n, gpus, namespace)
+    extra: dict[str, Any] = {}
+    if side == "nativeFast":
+        extra["controllerManagerRestartSeconds"] = controller_manager.restart(
+            cluster, controller_manager.FULL_SPEED
+        )
+        extra["controllerManagerFlags"] = list(controller_manager.FULL_SPEED)
+    bare = BareController(Path(cluster.kubeconfig), namespace, OperatorConfig()) if side == "limit" else None
+    try:
+        out = run_phase(cluster, phase, sampler, idle_seconds, bare=bare)
+    finally:
+        if side == "nativeFast":
+            controller_manager.restart(cluster)  # back to the defaults
+    out.update(extra)
+    out["cleanupSeconds"] = round(delete_all(cluster, namespace), 1)
+    return out
+
+
+def run_limit_steady(cluster: Cluster, running: int, burst: int, capacity: int) -> dict[str, Any]:
+    """The bare controller's burst of `burst` jobs while `running` pods run (created bare: the
+    cluster holds as many running pods as in the operator's steady state, without its work)."""
+    background = "limit-steady"
+    out: dict[str, Any] = {"running": running}
+    out["background"] = run_bare_create(cluster, running, 0, background)
+    kubeconfig = Path(cluster.kubeconfig)
+    seen: set[str] = set()
+    lock = threading.Lock()
+
+    def on_pod(at: float, kind: str, obj: dict[str, Any]) -> None:
+        if (obj.get("status") or {}).get("phase") == "Running":
+            with lock:
+                seen.add(obj["metadata"]["name"])
+
+    watcher = Watcher(kubeconfig, PODS.format(ns=background), on_pod).start()
+    try:
+        wait_until("limit steady: background pods running", lambda: len(seen) >= running,
+                   120 + running * 0.1, [watcher])  # fmt: skip
+    finally:
+        watcher.stop()
+    namespace = "limit-steady-burst"
+    create_namespace(cluster, namespace)
+    bare = BareController(kubeconfig, namespace, OperatorConfig())
+    phase = Phase("limit", burst, gpus_for(burst, capacity), namespace)
+    out["burstWhileRunning"] = {"n": burst, **run_phase(cluster, phase, None, 0, finish=False, bare=bare)}
+    out["cleanupSeconds"] = round(
+        delete_all(cluster, namespace) + delete_all(cluster, background, timeout=900), 1
+    )
+    return out
+
+
+def run_operator_steady(
+    cluster: Cluster, side: str, sampler: Sampler, running: int, burst: int, capacity: int, idle: float
+) -> dict[str, Any]:
+    """`running` jobs run and finish, `running` more run (2 x running jobs present), an idle
+    window, then `burst` new jobs in another namespace while those run."""
+    namespace, burst_ns = f"{side}-steady", f"{side}-steady-burst"
+    out: dict[str, Any] = {"running": running, "finished": running}
+    print(f"== {side}, steady state: {running} finished + {running} running", file=sys.stderr)
+    out["finishedBatch"] = run_phase(cluster, Phase(side, running, 0, namespace), sampler, 0)
+    second = run_phase(
+        cluster, Phase(side, running, 0, namespace, first=running), sampler, idle, finish=False
+    )
+    out["runningBatch"] = {k: v for k, v in second.items() if k != "idleRunning"}
+    out["idleRunning"] = second.get("idleRunning")
+    print(f"== {side}, steady state: a burst of {burst}", file=sys.stderr)
+    phase = Phase(side, burst, gpus_for(burst, capacity), burst_ns)
+    out["burstWhileRunning"] = {"n": burst, **run_phase(cluster, phase, sampler, 0, finish=False)}
+    # The peak while 2 x running jobs were present: their creation, the idle window, the burst.
+    peaks = [
+        (second.get("burst") or {}).get("operator", {}).get("rssPeakMiB"),
+        (second.get("idleRunning") or {}).get("rssPeakMiB"),
+        (out["burstWhileRunning"].get("burst") or {}).get("operator", {}).get("rssPeakMiB"),
+    ]
+    out["rssPeakMiB"] = max((p for p in peaks if p is not None), default=None)
+    out["cleanupSeconds"] = round(
+        delete_all(cluster, burst_ns) + delete_all(cluster, namespace, timeout=1200), 1
+    )
+    return out
+
+
+@contextlib.contextmanager
+def baseline_source(ref: str) -> Iterator[Path]:
+    """The operator and contract packages of git commit `ref`, extracted into a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="pfo-baseline-") as tmp:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", ref, "operator", "contract"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        yield Path(tmp)
+
+
+def start_operator(
+    cluster: Cluster, side: str, namespaces: list[str], flags: list[str], source: Path | None
+) -> OperatorProcess:
+    """The operator of this tree (ours) or of the baseline commit's source (before)."""
+    log_path = Path(tempfile.gettempdir()) / f"pfo-bench-operator-{side}.log"
+    log_path.unlink(missing_ok=True)
+    operator = OperatorProcess(cluster, namespaces, log_path, extra=flags)
+    saved = os.environ.get("PYTHONPATH")
+    if source is not None:  # its packages ahead of this tree's editable install
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(source / "operator"), str(source / "contract")])
+    try:
+        operator.start()
+    finally:
+        if source is not None:
+            if saved is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = saved
+    return operator
+
+
 # ------------------------------------------------------------------------------ report
-def ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 2) if a is not None and b else None
-
-
 def summarise(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ratios ours / each other side, per N (below 1: ours is faster)."""
     out = []
     for r in rounds:
-        ours, native = r.get("ours"), r.get("native")
-        if not ours or not native:
+        ours = r.get("ours")
+        if not ours:
             continue
-        row: dict[str, Any] = {"n": r["n"]}
-        for metric in ("podCreated", "podScheduled"):
-            for q in ("p50", "p95", "p99"):
-                row[f"{metric}.{q}"] = ratio(ours["burst"][metric][q], native["burst"][metric][q])
-        row["allPodsExist"] = ratio(
-            ours["burst"]["allPodsExistSeconds"], native["burst"]["allPodsExistSeconds"]
-        )
-        if "propagation" in ours and "propagation" in native:
-            for q in ("p50", "p99"):
-                row[f"propagation.{q}"] = ratio(
-                    ours["propagation"]["podSucceededToJobDone"][q],
-                    native["propagation"]["podSucceededToJobDone"][q],
-                )
-        out.append(row)
+        for other in ("limit", "before", "native", "nativeFast"):
+            theirs = r.get(other)
+            if not theirs:
+                continue
+            row: dict[str, Any] = {"n": r["n"], "against": other}
+            for metric in ("podCreated", "podScheduled"):
+                for q in ("p50", "p95", "p99"):
+                    row[f"{metric}.{q}"] = goals.ratio(ours["burst"][metric][q], theirs["burst"][metric][q])
+            row["allPodsExist"] = goals.ratio(
+                ours["burst"]["allPodsExistSeconds"], theirs["burst"]["allPodsExistSeconds"]
+            )
+            if "propagation" in ours and "propagation" in theirs:
+                for q in ("p50", "p99"):
+                    row[f"propagation.{q}"] = goals.ratio(
+                        ours["propagation"]["podSucceededToJobDone"][q],
+                        theirs["propagation"]["podSucceededToJobDone"][q],
+                    )
+            out.append(row)
     return out
 
 
@@ -509,103 +761,138 @@ def _header(*cells: str) -> list[str]:
     return [_row(*cells), _row(*("---" for _ in cells))]
 
 
+def _load(part: dict[str, Any] | None) -> str:
+    load = (part or {}).get("load") or {}
+    return f"{load.get('start')}-{load.get('end')}"
+
+
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"### Operator at scale ({report['machine']}, {report['nodes']} fake GPU nodes)", ""]
+    load = report.get("loadAverage") or {}
+    lines = [
+        f"### Operator at scale ({report['machine']}, {report['nodes']} fake GPU nodes, load average "
+        f"{load.get('start')} at the start, {load.get('end')} at the end, commit {report.get('commit')})",
+        "",
+    ]
     lines += _header(
-        "N", "side", "create s", "pod created p50/p95/p99 s", "pod scheduled p50/p95/p99 s",
-        "scheduled (API stamps) p50/p99 s", "all pods exist s", "done p50/p99 s", "all done s",
-        "requests/job burst + finish",
+        "N", "side", "load 1m", "create s", "pod created p50/p95/p99 s", "pod scheduled p99 s",
+        "all pods exist s", "done p50/p99 s", "all done s", "requests/job burst + finish",
     )  # fmt: skip
     for r in report["rounds"]:
-        for side in ("ours", "native"):
+        if r.get("bareCreate"):
+            b = r["bareCreate"]
+            lines.append(_row(r["n"], "bare create (pods only)", _load(b), b["postSeconds"], "", "",
+                              b["allPodsExistSeconds"], "", "", "1 (create pod)"))  # fmt: skip
+        for side in SIDES:
             s = r.get(side)
             if not s:
                 continue
             b = s["burst"]
-            pc, ps, st = b["podCreated"], b["podScheduled"], b["podScheduledServerTimestamps"]
+            pc, ps = b["podCreated"], b["podScheduled"]
             p = s.get("propagation") or {}
             pd = p.get("podSucceededToJobDone") or {}
             lines.append(
                 _row(
                     r["n"],
-                    side,
+                    SIDE_LABELS[side],
+                    _load(s),
                     b["createSeconds"],
                     f"{pc['p50']} / {pc['p95']} / {pc['p99']}",
-                    f"{ps['p50']} / {ps['p95']} / {ps['p99']}",
-                    f"{st['p50']} / {st['p99']}",
+                    ps["p99"],
                     b["allPodsExistSeconds"],
                     f"{pd.get('p50')} / {pd.get('p99')}",
                     p.get("allDoneAfterDriveSeconds"),
                     f"{b['requests']['perJob']} + {(p.get('requests') or {}).get('perJob')}",
                 )  # fmt: skip
             )
-    lines += ["", "Ratios ours / native (same run; below 1 means ours is faster):", ""]
+    lines += ["", "Ratios ours / the other side (same run; below 1 means ours is faster):", ""]
     lines += _header(
-        "N",
-        "pod created p50 / p95 / p99",
-        "pod scheduled p50 / p95 / p99",
-        "all pods exist",
-        "done p50 / p99",
+        "N", "against", "pod created p50 / p95 / p99", "pod scheduled p99", "all pods exist", "done p50 / p99"
     )
     for row in report["ratios"]:
         lines.append(
             _row(
                 row["n"],
+                SIDE_LABELS[row["against"]],
                 " / ".join(str(row[f"podCreated.{q}"]) for q in ("p50", "p95", "p99")),
-                " / ".join(str(row[f"podScheduled.{q}"]) for q in ("p50", "p95", "p99")),
+                row["podScheduled.p99"],
                 row["allPodsExist"],
                 f"{row.get('propagation.p50')} / {row.get('propagation.p99')}",
             )  # fmt: skip
         )
     lines += ["", "Operator footprint (RSS from /proc; CPU seconds of the operator process):", ""]
     lines += _header(
-        "jobs present", "state", "seconds", "CPU s", "CPU share", "RSS peak MiB", "RSS end MiB",
-        "operator requests/min",
+        "side", "jobs present", "state", "load 1m", "seconds", "CPU s", "CPU share", "RSS peak MiB",
+        "RSS end MiB", "operator requests/min", "per running job/min",
     )  # fmt: skip
-    fp = report.get("footprint", {})
-    if "empty" in fp:
-        e = fp["empty"]
-        lines.append(
-            _row(
-                0,
-                "idle",
-                e["seconds"],
-                e["cpuSeconds"],
-                e["cpuFraction"],
-                e["rssPeakMiB"],
-                e["rssEndMiB"],
-                e["requestsPerMinute"],
-            )  # fmt: skip
+    for side in OPERATOR_SIDES:
+        e = (report.get("footprint", {}).get(side) or {}).get("empty")
+        if e:
+            lines.append(_row(side, 0, "idle", _load(e), e["seconds"], e["cpuSeconds"], e["cpuFraction"],
+                              e["rssPeakMiB"], e["rssEndMiB"], e["requestsPerMinute"], ""))  # fmt: skip
+        states = (
+            ("burst", "burst"),
+            ("idleRunning", "idle, pods running"),
+            ("propagation", "all finish"),
+            ("idleFinished", "idle, all Succeeded"),
         )
-    states = (
-        ("burst", "burst"),
-        ("idleRunning", "idle, pods running"),
-        ("propagation", "all finish"),
-        ("idleFinished", "idle, all Succeeded"),
-    )
-    for r in report["rounds"] + report.get("footprintRounds", []):
-        s = r.get("ours") or r.get("footprint")
-        if not s:
-            continue
-        for key, state in states:
-            part = s.get(key)
-            if not part:
+        for r in report["rounds"]:
+            s = r.get(side)
+            if not s:
                 continue
-            o = part.get("operator", part)
-            if "cpuSeconds" not in o:
-                continue
+            for key, state in states:
+                part = s.get(key)
+                if not part:
+                    continue
+                o = part.get("operator", part)
+                if "cpuSeconds" not in o:
+                    continue
+                lines.append(
+                    _row(
+                        side,
+                        r["n"],
+                        state,
+                        _load(part if "load" in part else s),
+                        o["seconds"],
+                        o["cpuSeconds"],
+                        o["cpuFraction"],
+                        o["rssPeakMiB"],
+                        o["rssEndMiB"],
+                        part.get("requestsPerMinute", ""),
+                        part.get("requestsPerRunningJobPerMinute", ""),
+                    )  # fmt: skip
+                )
+        st = (report.get("steady") or {}).get(side)
+        if st and st.get("idleRunning"):
+            i = st["idleRunning"]
             lines.append(
                 _row(
-                    r["n"],
-                    state,
-                    o["seconds"],
-                    o["cpuSeconds"],
-                    o["cpuFraction"],
-                    o["rssPeakMiB"],
-                    o["rssEndMiB"],
-                    part.get("requestsPerMinute", ""),
+                    side,
+                    f"{st['finished']} finished + {st['running']} running",
+                    "idle, steady state",
+                    _load(i),
+                    i["seconds"],
+                    i["cpuSeconds"],
+                    i["cpuFraction"],
+                    i["rssPeakMiB"],
+                    i["rssEndMiB"],
+                    i["requestsPerMinute"],
+                    i.get("requestsPerRunningJobPerMinute", ""),
                 )  # fmt: skip
             )
+    steady = report.get("steady") or {}
+    if steady:
+        lines += ["", f"Steady state: a burst of new jobs while {steady.get('running')} run:", ""]
+        lines += _header("side", "load 1m", "pod created p50 / p95 / p99 s", "all pods exist s")
+        for side in ("limit", *OPERATOR_SIDES):
+            b = ((steady.get(side) or {}).get("burstWhileRunning") or {}).get("burst")
+            if b:
+                pc = b["podCreated"]
+                lines.append(_row(SIDE_LABELS[side], _load(steady[side]["burstWhileRunning"]),
+                                  f"{pc['p50']} / {pc['p95']} / {pc['p99']}",
+                                  b["allPodsExistSeconds"]))  # fmt: skip
+    lines += ["", "Issue 12's goals (bench/goals.py):", "", *goals.markdown(goals.evaluate(report))]
+    if report.get("figures"):
+        lines += ["", "Figures: " + ", ".join(report["figures"])]
     return "\n".join(lines)
 
 
@@ -624,6 +911,12 @@ def machine() -> str:
     return f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores available"
 
 
+def git_commit() -> str:
+    proc = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    return proc.stdout.strip() or "unknown"
+
+
 # ------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -631,9 +924,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=128, help=f"fake GPU nodes, {GPUS_PER_NODE} GPUs each")
     parser.add_argument("--idle-seconds", type=float, default=30, help="idle window per state (0: skip)")
     parser.add_argument(
-        "--footprint-jobs", default="", help="extra N for footprint only (e.g. 5000; pods use no GPU)"
+        "--sides",
+        default="limit,ours,native,nativeFast",
+        help=f"comma-separated, of {','.join(SIDES)} (before needs --baseline-ref)",
     )
-    parser.add_argument("--sides", default="ours,native", help="ours, native or both")
+    parser.add_argument("--baseline-ref", default="", help="git commit whose operator is the 'before' side")
+    parser.add_argument("--running-jobs", type=int, default=0, help="steady state: R finished + R running")
+    parser.add_argument(
+        "--steady-idle-seconds", type=float, default=60, help="steady state: the idle window (s)"
+    )
+    parser.add_argument("--burst-jobs", type=int, default=1000, help="steady state: new jobs while R run")
+    parser.add_argument(
+        "--native-max", type=int, default=1000, help="the Job controller's rounds up to this N"
+    )
     parser.add_argument(
         "--workers", type=int, default=OperatorConfig().workers, help="the operator's --workers"
     )
@@ -641,81 +944,109 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "operator_scale.json")
     args = parser.parse_args(argv)
     ns_list = [int(x) for x in args.jobs.split(",") if x.strip()]
-    footprint_ns = [int(x) for x in args.footprint_jobs.split(",") if x.strip()]
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    unknown = sorted(set(sides) - set(SIDES))
+    if unknown:
+        parser.error(f"--sides: unknown {unknown}; choose from {', '.join(SIDES)}")
+    if "before" in sides and not args.baseline_ref:
+        parser.error("--sides before needs --baseline-ref COMMIT (the operator to compare with)")
+    if args.baseline_ref and "before" not in sides:
+        sides.append("before")
+    sides = [s for s in SIDES if s in sides]  # a fixed order: limit, ours, before, native, nativeFast
     capacity = args.nodes * GPUS_PER_NODE
-    too_big = [n for n in ns_list if n > capacity]
-    if too_big:
-        parser.error(
-            f"--jobs {too_big} need more GPUs than --nodes {args.nodes} x {GPUS_PER_NODE} = {capacity}"
-        )
 
     t_start = time.monotonic()
-    print(
-        f"starting a local control plane with {args.nodes} fake GPU nodes in {args.state_dir}",
-        file=sys.stderr,
-    )
-    # Fake nodes only: the real node (a kubelet with containerd) adds nothing to this measurement.
-    cluster = localcluster.start(args.state_dir, gpu_nodes=args.nodes, owner_pid=os.getpid(), real_node=False)
+    print(f"starting a local control plane with {args.nodes} fake GPU nodes in {args.state_dir}",
+          file=sys.stderr)  # fmt: skip
     report: dict[str, Any] = {
-        "benchmark": "operator at scale vs kube-controller-manager's Job controller",
+        "benchmark": "operator at scale vs the bare limit and kube-controller-manager's Job controller",
         "command": "bench/operator_scale.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "commit": git_commit(),
+        "baselineRef": args.baseline_ref or None,
         "machine": machine(),
+        "loadAverage": {"start": load_average()},
+        "startedAt": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "nodes": args.nodes,
         "gpusPerNode": GPUS_PER_NODE,
-        "clusterStartSeconds": cluster.state.get("start_seconds"),
+        "sides": sides,
         "rounds": [],
-        "footprintRounds": [],
+        "footprint": {},
     }
-    operator = None
-    try:
-        cluster.install_crds(ROOT / "crds")
-        namespaces = [f"ours-{n}" for n in ns_list] + [f"footprint-{n}" for n in footprint_ns]
-        for ns in namespaces + [f"native-{n}" for n in ns_list]:
-            cluster.kubectl("create", "namespace", ns)
-        extra = production_flags(args.workers)
-        log_path = Path(tempfile.gettempdir()) / "pfo-bench-operator.log"
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        log_path.unlink(missing_ok=True)
-        report["operatorLog"] = str(log_path)
-        operator = OperatorProcess(cluster, namespaces, log_path, extra=extra)
-        operator.start()
-        assert operator.proc is not None
-        sampler = Sampler(operator.proc.pid)
-        report["operatorFlags"] = extra
-        if args.idle_seconds > 0:
-            rest = KubeRest(Path(cluster.kubeconfig))
-            empty = Phase("ours", 1, 1, "ours-empty")
-            report.setdefault("footprint", {})["empty"] = _idle(
-                rest, sampler, empty, min(args.idle_seconds, 30)
-            )
+    # Fake nodes only: the real node (a kubelet with containerd) adds nothing to this measurement.
+    cluster = localcluster.start(args.state_dir, gpu_nodes=args.nodes, owner_pid=os.getpid(), real_node=False)
+    report["clusterStartSeconds"] = cluster.state.get("start_seconds")
+    operators: dict[str, OperatorProcess] = {}
+    samplers: dict[str, Sampler] = {}
+    with contextlib.ExitStack() as stack:
+        try:
+            cluster.install_crds(ROOT / "crds")
+            flags = production_flags(args.workers)
+            report["operatorFlags"] = flags
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            for side in OPERATOR_SIDES:
+                if side not in sides:
+                    continue
+                namespaces = [f"{side}-{n}" for n in ns_list]
+                if args.running_jobs:
+                    namespaces += [f"{side}-steady", f"{side}-steady-burst"]
+                for ns in namespaces:
+                    create_namespace(cluster, ns)
+                source = stack.enter_context(baseline_source(args.baseline_ref)) if side == "before" else None
+                operators[side] = start_operator(cluster, side, namespaces, flags, source)
+                assert operators[side].proc is not None
+                samplers[side] = Sampler(operators[side].proc.pid)
+                if args.idle_seconds > 0:
+                    rest = KubeRest(Path(cluster.kubeconfig))
+                    empty = Phase(side, 1, 1, f"{side}-empty")
+                    report["footprint"].setdefault(side, {})["empty"] = _idle(
+                        rest, samplers[side], empty, min(args.idle_seconds, 30), running=0
+                    )
 
-        for n in ns_list:
-            rnd: dict[str, Any] = {"n": n}
-            report["rounds"].append(rnd)
-            for side in sides:
-                print(f"== {side}, N={n}", file=sys.stderr)
-                phase = Phase(side, n, 1, f"{side}-{n}")
-                rnd[side] = run_phase(cluster, phase, sampler if side == "ours" else None, args.idle_seconds)
-                rnd[side]["cleanupSeconds"] = round(delete_all(cluster, phase.namespace), 1)
-                _save(args.out, report)
-        for n in footprint_ns:
-            print(f"== footprint, N={n} (pods without GPUs)", file=sys.stderr)
-            phase = Phase("footprint", n, 0, f"footprint-{n}")
-            rnd = {"n": n, "footprint": run_phase(cluster, phase, sampler, args.idle_seconds, finish=False)}
-            report["footprintRounds"].append(rnd)
-            rnd["footprint"]["cleanupSeconds"] = round(delete_all(cluster, phase.namespace, timeout=600), 1)
+            for n in ns_list:
+                rnd: dict[str, Any] = {"n": n}
+                report["rounds"].append(rnd)
+                gpus = gpus_for(n, capacity)
+                if "limit" in sides:
+                    print(f"== bare create, N={n}", file=sys.stderr)
+                    rnd["bareCreate"] = run_bare_create(cluster, n, gpus, f"bare-{n}")
+                    rnd["bareCreate"]["cleanupSeconds"] = round(delete_all(cluster, f"bare-{n}"), 1)
+                for side in sides:
+                    if side in ("native", "nativeFast") and n > args.native_max:
+                        continue
+                    print(f"== {side}, N={n}", file=sys.stderr)
+                    rnd[side] = run_side(cluster, side, n, gpus, samplers.get(side), args.idle_seconds)
+                    _save(args.out, report)
+            if args.running_jobs:
+                r, b = args.running_jobs, args.burst_jobs
+                steady: dict[str, Any] = {"running": r, "finished": r, "burst": b}
+                report["steady"] = steady
+                if "limit" in sides:
+                    print(f"== limit, steady state: {r} pods running, a burst of {b}", file=sys.stderr)
+                    steady["limit"] = run_limit_steady(cluster, r, b, capacity)
+                    _save(args.out, report)
+                for side in OPERATOR_SIDES:
+                    if side in operators:
+                        steady[side] = run_operator_steady(
+                            cluster, side, samplers[side], r, b, capacity, args.steady_idle_seconds
+                        )
+                        _save(args.out, report)
+            report["operatorReconcileErrors"] = {
+                side: _reconcile_errors(op) for side, op in operators.items()
+            }
+        finally:
+            for operator in operators.values():
+                operator.stop()
+            cluster.stop()
+            report["loadAverage"]["end"] = load_average()
+            report["totalSeconds"] = round(time.monotonic() - t_start, 1)
+            report["timedOut"] = TIMED_OUT
+            report["ratios"] = summarise(report["rounds"])
+            report["goals"] = [g.as_dict() for g in goals.evaluate(report)]
+            try:
+                report["figures"] = [os.path.relpath(p, ROOT) for p in plots.write(report, args.out.parent)]
+            except Exception as exc:  # a figure must not cost the measurements
+                print(f"  !! figures failed: {exc!r}", file=sys.stderr)
             _save(args.out, report)
-        report["ratios"] = summarise(report["rounds"])
-        report["operatorReconcileErrors"] = _reconcile_errors(operator)
-    finally:
-        if operator is not None:
-            operator.stop()
-        cluster.stop()
-        report["totalSeconds"] = round(time.monotonic() - t_start, 1)
-        report["timedOut"] = TIMED_OUT
-        report.setdefault("ratios", summarise(report["rounds"]))
-        _save(args.out, report)
     print(markdown(report))
     print(f"\nwrote {args.out} in {report['totalSeconds']}s")
     return 0

@@ -1,9 +1,11 @@
 """`make bench`: every benchmark under bench/, one after the other, and a summary.
 
     .venv/bin/python bench/run.py [--only operator,kueue,trainer,accuracy,failover] [--jobs 100,1000]
-        [--nodes 128] [--idle-seconds 30] [--footprint-jobs 5000] [--kills 10]
+        [--nodes 128] [--idle-seconds 30] [--sides ...] [--baseline-ref COMMIT]
+        [--running-jobs 5000 --burst-jobs 1000] [--full] [--kills 10]
 
-* operator: bench/operator_scale.py (the operator against kube-controller-manager's Job controller)
+* operator: bench/operator_scale.py (the operator against the bare limit, today's operator and
+  kube-controller-manager's Job controller at two client limits; issue 12's goals, pass/fail)
 * kueue: bench/kueue_admission.py (FineTuneJob admission latency with Kueue against without, N=100)
 * trainer: bench/trainer_step.py (our train step against PaddleClas 2.6.0's),
   bench/trainer_pipeline.py (the full loop against the bare step) and bench/input_pipeline.py
@@ -35,10 +37,19 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import goals  # noqa: E402
 from bench.proc_sampler import cpu_model  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 GROUPS = ("operator", "kueue", "trainer", "accuracy", "failover")
+SIDE_NAMES = {
+    "limit": "limit",
+    "before": "before",
+    "native": "Job controller 20 qps",
+    "nativeFast": "Job controller 200 qps",
+}
+# Today's operator for the "before" side (main before issue 12's changes): measured beside ours.
+BASELINE_REF = "1908136"
 
 
 def machine() -> dict[str, Any]:
@@ -81,29 +92,29 @@ def load(name: str) -> dict[str, Any] | None:
 
 def summary_lines(groups: list[str]) -> list[str]:
     rows: list[tuple[str, str, str]] = []  # (benchmark, figure, value)
+    goal_lines: list[str] = []
     if "operator" in groups and (op := load("operator_scale.json")):
         for r in op.get("rounds", []):
             n = r["n"]
-            ratios = next((x for x in op.get("ratios", []) if x["n"] == n), {})
             ours = r.get("ours") or {}
-            native = r.get("native") or {}
-            if ratios:
+            for row in (x for x in op.get("ratios", []) if x["n"] == n):
+                against = SIDE_NAMES.get(row["against"], row["against"])
+                rows.append((f"operator N={n}", f"pod created p50 / p99, ours / {against}",
+                             f"{row.get('podCreated.p50')} / {row.get('podCreated.p99')}"))  # fmt: skip
                 rows.append(
-                    (f"operator N={n}", "pod created p99, ours/native", str(ratios.get("podCreated.p99")))
+                    (f"operator N={n}", f"all pods exist, ours / {against}", str(row.get("allPodsExist")))
                 )
-                rows.append((f"operator N={n}", "pod scheduled p99, ours/native (goal <= 1.5 at N=1000)",
-                             str(ratios.get("podScheduled.p99"))))  # fmt: skip
-                rows.append(
-                    (f"operator N={n}", "all pods exist, ours/native", str(ratios.get("allPodsExist")))
-                )
+                if row.get("propagation.p99") is not None:
+                    rows.append((f"operator N={n}", f"pod Succeeded -> job Succeeded p99, ours / {against}",
+                                 str(row.get("propagation.p99"))))  # fmt: skip
+            if r.get("bareCreate"):
+                b = r["bareCreate"]
+                rows.append((f"operator N={n}", "bare create: N pods alone from 16 threads, s (pods/s)",
+                             f"{b['allPodsExistSeconds']} ({b['podsPerSecond']})"))  # fmt: skip
             prop = ours.get("propagation", {}).get("podSucceededToJobDone")
             if prop:
-                nat = native.get("propagation", {}).get("podSucceededToJobDone", {})
-                figure = "pod Succeeded -> job Succeeded p50 / p99 s, ours (goal p99 < 2 s at N=100)"
-                value = (
-                    f"{prop['p50']} / {prop['p99']} (native Complete: {nat.get('p50')} / {nat.get('p99')})"
-                )
-                rows.append((f"operator N={n}", figure, value))
+                rows.append((f"operator N={n}", "pod Succeeded -> job Succeeded p50 / p99 s, ours",
+                             f"{prop['p50']} / {prop['p99']}"))  # fmt: skip
             for key, label in (("burst", "burst"), ("idleFinished", "idle, all Succeeded")):
                 part = ours.get(key)
                 if part:
@@ -115,17 +126,34 @@ def summary_lines(groups: list[str]) -> list[str]:
                 done = (ours.get("propagation") or {}).get("requests", {})
                 rows.append((f"operator N={n}", "API requests per job, ours (create+run / finish)",
                              f"{reqs['perJob']} / {done.get('perJob')}"))  # fmt: skip
-            for key, label in (("idleRunning", "pods running"), ("idleFinished", "all Succeeded")):
-                if ours.get(key):
-                    rows.append((f"operator N={n}", f"operator requests per idle minute ({label})",
-                                 str(ours[key]["requestsPerMinute"])))  # fmt: skip
-        for r in op.get("footprintRounds", []):
-            f = r["footprint"]
-            for key, label in (("burst", "burst"), ("idleRunning", "idle")):
-                if f.get(key):
-                    o = f[key].get("operator", f[key])
-                    rows.append((f"operator N={r['n']} (footprint)", f"operator RSS peak MiB ({label})",
-                                 str(o["rssPeakMiB"])))  # fmt: skip
+            idle = ours.get("idleRunning")
+            if idle:
+                per_job = idle.get("requestsPerRunningJobPerMinute")
+                value = f"{per_job} ({idle['requestsPerMinute']}/min)"
+                rows.append((f"operator N={n}", "operator requests per minute per running job (idle)", value))
+        steady = op.get("steady") or {}
+        for side in ("ours", "before"):
+            st = steady.get(side) or {}
+            if st.get("idleRunning"):
+                i = st["idleRunning"]
+                figure = f"{st['finished']} finished + {st['running']} running: requests/min per running job"
+                rows.append(
+                    (f"operator steady ({side})", figure, str(i.get("requestsPerRunningJobPerMinute")))
+                )
+                rows.append((f"operator steady ({side})", "operator RSS peak MiB", str(st.get("rssPeakMiB"))))
+        avg = op.get("loadAverage") or {}
+        goal_lines = [
+            "",
+            f"Issue 12's goals (bench/goals.py; {op.get('machine')}, load average {avg.get('start')} "
+            f"at the start, {avg.get('end')} at the end):",
+            "",
+            *goals.markdown([goals.Goal.from_dict(g) for g in op.get("goals", [])]),
+        ]
+        if op.get("figures"):
+            goal_lines += [
+                "",
+                "Figures: " + ", ".join(f"[{Path(f).name}]({Path(f).name})" for f in op["figures"]),
+            ]
     if "kueue" in groups and (kq := load("kueue_admission.json")) and kq.get("ratios"):
         for stage, label in (("podCreated", "pod created"), ("podRunning", "pod Running")):
             st = kq["pooled"]
@@ -195,7 +223,7 @@ def summary_lines(groups: list[str]) -> list[str]:
             rows.append(("failover control", figure, str(c["transitionsReportedTwice"])))
     lines = ["| benchmark | figure | value |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    return lines
+    return lines + goal_lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,7 +235,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", default="128", help="operator: fake 8-GPU nodes")
     parser.add_argument("--idle-seconds", default="30", help="operator: idle window per state")
     parser.add_argument(
-        "--footprint-jobs", default="", help="operator: extra N for footprint only (e.g. 5000)"
+        "--sides",
+        default="limit,ours,before,native,nativeFast",
+        help="operator: the sides to measure (see bench/operator_scale.py)",
+    )
+    parser.add_argument(
+        "--baseline-ref", default=BASELINE_REF, help="operator: the commit whose operator is 'before'"
+    )
+    parser.add_argument("--running-jobs", default="0", help="operator: steady state, R finished + R running")
+    parser.add_argument("--burst-jobs", default="1000", help="operator: new jobs while R run")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="operator: every goal of issue 12 (--jobs 100,1000,5000 --running-jobs 5000); an hour or more",
     )
     parser.add_argument("--kills", default="10", help="failover: times the leader is SIGKILLed")
     args = parser.parse_args(argv)
@@ -230,8 +270,16 @@ def main(argv: list[str] | None = None) -> int:
             "--idle-seconds",
             args.idle_seconds,
         ]
-        if args.footprint_jobs:
-            operator_args += ["--footprint-jobs", args.footprint_jobs]
+        if args.full:
+            args.jobs, args.running_jobs = "100,1000,5000", "5000"
+            operator_args[2] = args.jobs
+        sides = [x for x in args.sides.split(",") if x.strip()]
+        if "before" not in sides:
+            args.baseline_ref = ""
+        operator_args += ["--sides", ",".join(x for x in sides if x != "before")]
+        if args.baseline_ref:
+            operator_args += ["--baseline-ref", args.baseline_ref]
+        operator_args += ["--running-jobs", args.running_jobs, "--burst-jobs", args.burst_jobs]
         ok &= run("operator", operator_args, log)
     if "kueue" in groups:
         ok &= run("kueue admission", ["kueue_admission.py"], log)

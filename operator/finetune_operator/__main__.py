@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import kopf
 from kubernetes.client import ApiClient
 
+from .cache import CachedKube
 from .config import ConfigError, OperatorConfig, parse_config
 from .controller import Reconciler
 from .handlers import ReconcileQueue, build_registry
@@ -24,7 +25,16 @@ from .metrics import Metrics
 
 async def operate(config: OperatorConfig, metrics: Metrics, api_client: Callable[[], ApiClient]) -> None:
     """kopf's watches, the work queue and the reconciler, until kopf stops (SIGTERM, SIGINT)."""
-    queue = ReconcileQueue(config, metrics, lambda: Reconciler(Kube(api_client()), config, metrics))
+
+    def reconciler() -> Reconciler:
+        # Reads from the watch cache the handlers feed; `live` for what the cache must not decide.
+        live = Kube(api_client(), on_request=lambda verb, resource: count(verb, resource))
+        return Reconciler(CachedKube(live), config, metrics, live=live)
+
+    def count(verb: str, resource: str) -> None:
+        metrics.api_requests.labels(verb=verb, resource=resource).inc()
+
+    queue = ReconcileQueue(config, metrics, reconciler)
     await kopf.operator(
         registry=build_registry(queue),
         standalone=True,  # no kopf peering: one replica acts, chosen by the Lease (leadership.py)

@@ -30,8 +30,14 @@ write of each pass):
 * At most one attempt's pod runs: pods of ended attempts are deleted, and the next attempt waits
   until they are gone (their trainer may still be writing its checkpoint).
 
-The only in-process state is a throttle for log reads and the metrics, which a restart merely
-resets.
+The only in-process state is when to read each running trainer's log (progress_pace.py) and the
+metrics, which a restart merely resets, and, when `kube` reads from the watch cache (cache.py),
+that cache. A cache may lag behind the API server, so a pass trusts it for what it shows and
+never for an absence or an old status: a pod it does not show is confirmed with the API server
+before it counts as missing and before a retry's pod is created; a pod is deleted only on what
+the API server shows; a creation refused for a name in use and a status write refused for a
+stale resourceVersion (the write's precondition) send the pass back to the API server
+(`_Stale`), which repeats it on fresh reads.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ from .api import (
     Reason,
     Waiting,
 )
+from .cache import CachedKube
 from .config import OperatorConfig
 from .job_status import (
     StatusUpdate,
@@ -68,11 +75,12 @@ from .job_status import (
     same_progress,
     success_message,
 )
-from .kube import KubeApi, api_status, is_status
+from .kube import KubeApi, KubeReads, api_status, is_status
 from .kueue import KueueStop, kueue_gated, kueue_managed, kueue_stop, workload_stop, workload_words
 from .metrics import Metrics
 from .pod import attempt_name, pod_name, pod_selector, queue_name, render_pod
 from .pod_state import PodOutcome, observe_pod
+from .progress_pace import Pace, line_time
 from .refusal import classify
 from .trainer_settings import trainer_settings
 
@@ -80,6 +88,7 @@ log = logging.getLogger("finetune_operator")
 
 LOG_LIMIT_BYTES = 256 * 1024  # the most a progress poll reads, whatever the line lengths
 WAIT_FOR_TERMINATION = 2.0  # seconds between looks at a pod that is being deleted
+OVERDUE_SECONDS = 10.0  # a pod still shown this long after its deletion deadline is checked
 # The longest a job that is not finished goes without a timed look (a safety net under the
 # watches, for waits that have no deadline of their own).
 RESYNC_SECONDS = 300.0
@@ -92,12 +101,18 @@ _REPORTED = ("metrics", "finetune", "progress")  # status parts that come from t
 _ROUTINE = (Reason.POD_PENDING, "ContainerCreating", "PodInitializing")
 
 
+class _Stale(Exception):
+    """The watch cache contradicted the API server, or cannot be trusted for a decision: redo the
+    pass on fresh reads."""
+
+
 @dataclass
 class _Pass:
     """What one reconcile pass knows and has decided."""
 
     job: dict[str, Any]
     now: datetime
+    fresh: bool = True  # read from the API server (False: from the watch cache)
     update: StatusUpdate = field(default_factory=StatusUpdate)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     deletes: list[tuple[str, str]] = field(default_factory=list)  # pods (name, uid), after the status
@@ -142,6 +157,8 @@ class _Pass:
             self.events.append((event_type, reason, message))
 
     def delete(self, pod: dict[str, Any]) -> None:
+        if not self.fresh:  # the cache may show a pod running that has ended (its log matters)
+            raise _Stale(f"pod {pod['metadata']['name']} is to be deleted")
         item = (pod["metadata"]["name"], pod["metadata"]["uid"])
         if item not in self.deletes:
             self.deletes.append(item)
@@ -154,18 +171,23 @@ class Reconciler:
         config: OperatorConfig,
         metrics: Metrics,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        live: KubeReads | None = None,
     ) -> None:
+        """`live`: the API server's reads when `kube` reads from a watch cache (cache.py), for
+        the decisions an absence in the cache must not make; None when `kube` reads fresh."""
         self.kube = kube
+        self.live = live
+        self.stale_passes = 0  # passes redone on fresh reads (the cache lagged)
         self.config = config
         self.metrics = metrics
         self.clock = clock
-        self._last_poll: dict[tuple[str, str], datetime] = {}
+        self._paces: dict[tuple[str, str], Pace] = {}  # per running job: when to read its log
         self._lock = threading.Lock()
 
     def forget(self, namespace: str, name: str, uid: str | None = None) -> None:
         """The job (`uid`, or whichever job had that name) was deleted."""
         with self._lock:
-            self._last_poll.pop((namespace, name), None)
+            self._paces.pop((namespace, name), None)
         self.metrics.forget_job(namespace, name, uid)
 
     def sweep(self) -> None:
@@ -173,8 +195,10 @@ class Reconciler:
         deletion between two passes): what an informer's relist does for its cache."""
         mark = self.metrics.mark()
         present: set[tuple[str, str, str]] = set()
+        # On the watch cache, the same lists also drop what it holds of objects deleted unseen.
+        relist = getattr(self.kube, "relist", self.kube.list_jobs)
         for namespace in self.config.namespaces or (None,):
-            for job in self.kube.list_jobs(namespace):
+            for job in relist(namespace):
                 meta = job["metadata"]
                 present.add((meta["namespace"], meta["name"], meta["uid"]))
         for namespace, name, uid in self.metrics.seen_before(mark):
@@ -201,8 +225,23 @@ class Reconciler:
     def reconcile(self, namespace: str, name: str) -> float | None:
         """Converge one job; returns the seconds until it should be looked at again (None: only
         when something changes)."""
+        if self.live is None:
+            return self._reconcile(namespace, name, fresh=True)
         try:
-            job = self.kube.get_job(namespace, name)
+            return self._reconcile(namespace, name, fresh=False)
+        except _Stale as why:
+            self.stale_passes += 1
+            log.debug("%s/%s: the watch cache lags (%s): reading from the API server", namespace, name, why)
+            return self._reconcile(namespace, name, fresh=True)
+
+    def _reads(self, p: _Pass) -> KubeReads:
+        return self.live if p.fresh and self.live is not None else self.kube
+
+    def _reconcile(self, namespace: str, name: str, fresh: bool) -> float | None:
+        reads = self.live if fresh and self.live is not None else self.kube
+        self.metrics.passes.labels(reads="fresh" if fresh else "cache").inc()
+        try:
+            job = reads.get_job(namespace, name)
         except Exception as exc:
             if is_status(exc, 404):
                 self.forget(namespace, name)
@@ -211,7 +250,7 @@ class Reconciler:
         meta = job["metadata"]
         if meta.get("deletionTimestamp"):
             return None  # the garbage collector removes the pods
-        p = _Pass(job=job, now=self.clock())
+        p = _Pass(job=job, now=self.clock(), fresh=fresh)
         requeue = self._decide(p)
         self._commit(p)
         if p.gone:
@@ -230,13 +269,17 @@ class Reconciler:
                 log.warning("could not post the %s event for %s: %s", reason, where, exc)
             log.info("%s: %s: %s", where, reason, message)
         changes = p.update.changes(p.status)
+        # A status decided from the watch cache is written only onto the job it was read from.
+        version = None if p.fresh else meta.get("resourceVersion")
         if changes:
             try:
-                self.kube.patch_job_status(meta["namespace"], meta["name"], changes)
+                self.kube.patch_job_status(meta["namespace"], meta["name"], changes, version)
             except Exception as exc:
                 if is_status(exc, 404):  # deleted under us: nothing left to converge
                     p.gone = True
                     return
+                if is_status(exc, 409) and not p.fresh:
+                    raise _Stale("the job changed since the cache showed it") from exc
                 if not is_status(exc, 422) or not set(changes) & set(_REPORTED):
                     raise
                 # The trainer reported something the status schema refuses: keep the lifecycle
@@ -247,7 +290,7 @@ class Reconciler:
                 )
                 trimmed = {k: v for k, v in changes.items() if k not in _REPORTED}
                 if trimmed:
-                    self.kube.patch_job_status(meta["namespace"], meta["name"], trimmed)
+                    self.kube.patch_job_status(meta["namespace"], meta["name"], trimmed, version)
         for name, uid in p.deletes:
             self.kube.delete_pod(meta["namespace"], name, uid)
         if p.delete_job:
@@ -261,7 +304,11 @@ class Reconciler:
     def _owned_pods(self, p: _Pass) -> dict[int, dict[str, Any]]:
         uid = p.meta["uid"]
         pods = {}
-        for pod in self.kube.list_pods(p.meta["namespace"], pod_selector(p.meta["name"])):
+        selector = pod_selector(p.meta["name"])
+        listed = self._reads(p).list_pods(p.meta["namespace"], selector)
+        if p.fresh and isinstance(self.kube, CachedKube):  # the cache lagged: catch it up
+            self.kube.refresh(p.meta["namespace"], selector, p.job, listed)
+        for pod in listed:
             owners = pod["metadata"].get("ownerReferences") or []
             if not any(o.get("uid") == uid and o.get("controller") for o in owners):
                 continue  # a pod of an earlier job with the same name, on its way out
@@ -316,6 +363,8 @@ class Reconciler:
         if in_flight:
             name = pod_name(p.meta["name"], attempts)
             if current is None:
+                if not p.fresh:
+                    raise _Stale(f"the cache does not show pod {name}")
                 missed = self._missed_kueue_stop(p, attempts)
                 if missed is not None:
                     return self._kueue_stopped(p, None, missed)
@@ -328,6 +377,7 @@ class Reconciler:
             if stop is not None:
                 return self._kueue_stopped(p, current, stop)
             if outcome is None:
+                self._check_gone_in_time(p, [current])
                 return WAIT_FOR_TERMINATION  # someone deletes it: judge it once it has terminated
             if outcome.phase == "Failed":
                 return self._attempt_failed(p, outcome)
@@ -341,21 +391,34 @@ class Reconciler:
             if outcome.phase == "Pending":
                 return self._pending(p, current, outcome, remaining)
             p.transition(Phase.RUNNING, Reason.RUNNING, f"attempt {attempts}: pod {name} is running")
-            self._poll_progress(p, name)
-            return _soonest(self.config.progress_poll_seconds, remaining)
+            return _soonest(self._poll_progress(p, name), remaining)
 
         # No attempt in flight: start the next once the last one's pods are gone and its back-off
         # is over.
         if any(_active(pod) for pod in pods.values()):
+            self._check_gone_in_time(p, [pod for pod in pods.values() if _active(pod)])
             return WAIT_FOR_TERMINATION
         next_at = parse_time(p.get("nextAttemptTime"))
         if next_at and p.now < next_at:
             return _soonest((next_at - p.now).total_seconds(), remaining)
         # After a suspension, or a preemption by Kueue, the next attempt resumes (from the checkpoint).
         resumed = p.status.get("phase") in (Phase.SUSPENDED, Phase.QUEUED)
+        if attempts and not p.fresh:
+            raise _Stale("an earlier attempt's pod may still run where the cache does not show it")
         return self._start_attempt(p, attempts + 1, resumed=resumed)
 
     # ------------------------------------------------------------------------------------------
+    def _check_gone_in_time(self, p: _Pass, pods: list[dict[str, Any]]) -> None:
+        """Waiting for pods to go, on the watch cache: one past its deletion deadline (its grace
+        period) by more than a few seconds may have gone while the watch was down (kopf reports
+        no deletions after a relist): ask the API server."""
+        if p.fresh:
+            return
+        for pod in pods:
+            deadline = parse_time(pod["metadata"].get("deletionTimestamp"))
+            if deadline is not None and (p.now - deadline).total_seconds() > OVERDUE_SECONDS:
+                raise _Stale(f"pod {pod['metadata']['name']} should be gone by now")
+
     def _deadline_remaining(self, p: _Pass) -> float | None:
         deadline = p.policy.get("activeDeadlineSeconds")
         start = parse_time(p.get("startTime"))
@@ -399,6 +462,8 @@ class Reconciler:
             status = api_status(exc)
             if status is None or status.code not in (403, 409, 422):
                 raise
+            if status.code == 409 and not p.fresh:
+                raise _Stale(f"pod {name} exists where the cache shows none") from exc
             if status.code == 409:
                 # Not ours (ours would have been adopted): a pod of a deleted job of the same
                 # name on its way out, or one a concurrent pass just created. Look again soon.
@@ -665,34 +730,43 @@ class Reconciler:
         p.delete_job = True
         return None
 
-    def _poll_progress(self, p: _Pass, pod: str) -> None:
-        """Read the trainer's latest progress line from the tail of its log, at most once per
-        poll interval per job, and patch only when it changed."""
+    def _poll_progress(self, p: _Pass, pod: str) -> float:
+        """Read the trainer's latest progress line from the tail of its log when its pace says a
+        new one is due (progress_pace.py: about once per epoch), and patch only when it changed.
+        Returns the seconds until the next read."""
         key = (p.meta["namespace"], p.meta["name"])
         with self._lock:
-            last = self._last_poll.get(key)
-            if last is not None and (p.now - last).total_seconds() < self.config.progress_poll_seconds * 0.9:
-                return
-            self._last_poll[key] = p.now
-        # Only what was written since about the last poll: a progress line older than that is in
+            pace = self._paces.setdefault(key, Pace(self.config.progress_poll_seconds))
+            if not pace.due(p.now):
+                return pace.seconds_to_next(p.now)
+            since = pace.window(p.now)
+            pace.last_read = p.now  # a concurrent pass of the same job does not read too
+        # Only what was written since about the last read: a progress line older than that is in
         # the status already, and the window keeps a long progress-bar line from filling the
         # byte limit before the newest lines.
-        since = int(self.config.progress_poll_seconds * 2) + 10
+        record, text = None, ""
         try:
             text = self.kube.pod_log_tail(
                 key[0], pod, CONTAINER, self.config.log_tail_lines, LOG_LIMIT_BYTES, since
             )
+            record = parse_last_progress(text)
         except Exception as exc:  # no log yet, or a node that serves none
+            if is_status(exc, 404) and not p.fresh:  # the pod is gone where the cache shows it
+                raise _Stale(f"pod {pod} has no log") from exc
             log.debug("%s/%s: no log for progress: %s", key[0], key[1], exc)
-            return
-        record = parse_last_progress(text)
+        with self._lock:
+            pace.read(
+                p.now, record["epoch"] if record is not None else None, line_time(text) if record else None
+            )
+            wait = pace.seconds_to_next(p.now)
         if record is None:
-            return
+            return wait
         progress = progress_from_record(record, p.stamp)
         if not same_progress(p.status.get("progress"), progress):
             p.update.fields["progress"] = progress
         if "top1" in progress:
             p.top1 = progress["top1"]
+        return wait
 
 
 def _active(pod: dict[str, Any]) -> bool:

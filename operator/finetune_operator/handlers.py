@@ -10,7 +10,14 @@ Why event handlers and a work queue instead of kopf's create/update handlers, ti
   reconcile per job at a time and `--workers` jobs in parallel, which bounds the load on the
   API server however many jobs there are.
 kopf still provides the watch streams (with reconnects and resourceVersion bookkeeping), the
-startup/cleanup lifecycle and the liveness endpoint.
+startup/cleanup lifecycle and the liveness endpoint. The same events feed the reconciler's watch
+cache (cache.py), so passes read no job and no pods from the API server; an event that brings
+nothing the cache did not hold (the operator's own status write, written through already, or a
+repeat after a watch reconnect) costs no pass.
+
+Event-driven passes go before timed ones (progress reads, resyncs): new jobs and finished pods
+never wait behind a backlog of looks at running jobs. The passes run on an executor of exactly
+`--workers` threads (the kubernetes client is synchronous).
 
 A reconcile that raises (the API server unreachable, a conflict, a bug) is retried with a per-key
 exponential back-off, 1 s doubling to 5 minutes, reset by the next success (as client-go's
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -42,6 +50,7 @@ log = logging.getLogger("finetune_operator")
 ERROR_BACKOFF_BASE = 1.0  # a reconcile that raised is tried again after 1, 2, 4, ... seconds
 ERROR_BACKOFF_MAX = 300.0
 SWEEP_SECONDS = 600.0  # how often jobs deleted during a watch gap are looked for
+EVENT, TIMED = 0, 1  # work queue priorities: what a watch event reported, a timed look
 
 
 def _report_now(failures: int) -> bool:
@@ -61,10 +70,12 @@ class ReconcileQueue:
         self.queue: WorkQueue | None = None
         self.backoff = ExponentialBackoff(ERROR_BACKOFF_BASE, ERROR_BACKOFF_MAX)
         self._workers: list[asyncio.Task[None]] = []
+        self._executor: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
         self.reconciler = self._reconciler_factory()
         self.queue = WorkQueue()
+        self._executor = ThreadPoolExecutor(self.config.workers, thread_name_prefix="reconcile")
         self._workers = [
             asyncio.create_task(self._work(), name=f"reconcile-{i}") for i in range(self.config.workers)
         ]
@@ -74,10 +85,20 @@ class ReconcileQueue:
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def enqueue(self, namespace: str, name: str, delay: float = 0.0) -> None:
+    def observe(self, kind: str, event: dict[str, Any], body: dict[str, Any]) -> bool:
+        """A watch event of a job or pod: into the reconciler's watch cache, if it has one.
+        Whether it brought anything new (False: no pass needed)."""
+        observe = getattr(self.reconciler.kube if self.reconciler else None, "observe", None)
+        new = True if observe is None else bool(observe(kind, event.get("type"), event.get("object") or body))
+        self.metrics.watch_events.labels(kind=kind, new=str(new).lower()).inc()
+        return new
+
+    def enqueue(self, namespace: str, name: str, delay: float = 0.0, priority: int = EVENT) -> None:
         if self.queue is not None:
-            self.queue.add((namespace, name), delay)
+            self.queue.add((namespace, name), delay, priority)
 
     def deleted(self, namespace: str, name: str, uid: str | None = None) -> None:
         if self.queue is not None:
@@ -94,7 +115,8 @@ class ReconcileQueue:
             namespace, name = key  # type: ignore[misc]
             try:
                 # The kubernetes client is synchronous: run it off the event loop.
-                again = await asyncio.to_thread(self.reconciler.reconcile, namespace, name)
+                loop = asyncio.get_running_loop()
+                again = await loop.run_in_executor(self._executor, self.reconciler.reconcile, namespace, name)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -105,7 +127,7 @@ class ReconcileQueue:
             finally:
                 self.queue.done(key)
             if again is not None:
-                self.queue.add(key, again)
+                self.queue.add(key, again, TIMED)
 
     async def _failed(self, namespace: str, name: str, exc: Exception) -> float:
         """A reconcile raised: when to try again, and make a job that keeps failing visible."""
@@ -170,15 +192,20 @@ def build_registry(queue: ReconcileQueue) -> kopf.OperatorRegistry:
     # Coroutines, so kopf calls them on the event loop: it runs sync handlers in a thread pool,
     # and the work queue (a dict and an asyncio.Event) is not thread-safe.
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    async def job_event(event: dict[str, Any], namespace: str, name: str, **_: Any) -> None:
+    async def job_event(
+        event: dict[str, Any], body: dict[str, Any], namespace: str, name: str, **_: Any
+    ) -> None:
+        new = queue.observe("job", event, body)
         if event.get("type") == "DELETED":
             uid = ((event.get("object") or {}).get("metadata") or {}).get("uid")
             queue.deleted(namespace, name, uid)
-        else:
+        elif new:
             queue.enqueue(namespace, name)
 
     @kopf.on.event("v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY}, registry=registry)
-    async def pod_event(body: dict[str, Any], namespace: str, **_: Any) -> None:
+    async def pod_event(event: dict[str, Any], body: dict[str, Any], namespace: str, **_: Any) -> None:
+        if not queue.observe("pod", event, body):
+            return
         for owner in body.get("metadata", {}).get("ownerReferences") or []:
             if owner.get("kind") == KIND and owner.get("apiVersion", "").startswith(GROUP + "/"):
                 queue.enqueue(namespace, owner["name"])

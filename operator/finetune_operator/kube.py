@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -147,9 +148,16 @@ class KubeApi(KubeReads, KubeWrites, Protocol):
 class Kube:
     """KubeApi on the API server. Synchronous calls (the controller runs them in worker threads)."""
 
-    def __init__(self, api_client: kubernetes.client.ApiClient, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        api_client: kubernetes.client.ApiClient,
+        timeout: float = 30.0,
+        on_request: Callable[[str, str], None] | None = None,
+    ) -> None:
+        """`on_request(verb, resource)` is told of every request (the request counter)."""
         self.api = api_client
         self.timeout = timeout
+        self.on_request = on_request
 
     def _request(
         self,
@@ -160,6 +168,8 @@ class Kube:
         content_type: str = "application/json",
         raw: bool = False,
     ) -> Any:
+        if self.on_request is not None:
+            self.on_request(*request_kind(method, path))
         headers = {"Accept": "application/json", "Content-Type": content_type}
         request = self.api.param_serialize(
             method,
@@ -206,10 +216,10 @@ class Kube:
         self._request("DELETE", f"{_JOBS.format(ns=namespace)}/{quote(name)}", body=body)
 
     # Pods -----------------------------------------------------------------------------------
-    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        data = self._request(
-            "GET", f"/api/v1/namespaces/{namespace}/pods", query=[("labelSelector", selector)]
-        )
+    def list_pods(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+        """The pods matching `selector` in a namespace, or in all of them (None)."""
+        path = "/api/v1/pods" if namespace is None else f"/api/v1/namespaces/{namespace}/pods"
+        data = self._request("GET", path, query=[("labelSelector", selector)])
         return data.get("items") or []
 
     def create_pod(self, pod: dict[str, Any]) -> dict[str, Any]:
@@ -229,9 +239,12 @@ class Kube:
     def pod_log_tail(
         self, namespace: str, name: str, container: str, lines: int, limit_bytes: int, since_seconds: int
     ) -> str:
-        """The last `lines` lines written in the last `since_seconds`, at most `limit_bytes`."""
+        """The last `lines` lines written in the last `since_seconds`, at most `limit_bytes`, each
+        after the kubelet's RFC 3339 timestamp and a space."""
         query = [("container", container), ("tailLines", lines), ("limitBytes", limit_bytes)]
-        query.append(("sinceSeconds", since_seconds))
+        # With the kubelet's timestamp of each line: when the trainer printed its progress
+        # (progress_pace.py times the next read by it).
+        query += [("sinceSeconds", since_seconds), ("timestamps", "true")]
         return self._request(
             "GET", f"/api/v1/namespaces/{namespace}/pods/{quote(name)}/log", query=query, raw=True
         )
@@ -297,6 +310,23 @@ class Kube:
                 raise
             # AlreadyExists: a pass that died after posting it and before the status write
             # posted this very Event; the pass that repeats it after the restart adds nothing.
+
+
+def request_kind(method: str, path: str) -> tuple[str, str]:
+    """(verb, resource) of a request, as the API server's metrics name them: ("list", "pods"),
+    ("get", "pods/log"), ("patch", "finetunejobs/status")."""
+    parts = [p for p in path.split("?")[0].split("/") if p]
+    if "namespaces" in parts:
+        parts = parts[parts.index("namespaces") + 2 :]
+    else:
+        parts = parts[3:] if parts[:1] == ["apis"] else parts[2:]
+    resource = parts[0] if parts else ""
+    if len(parts) > 2:
+        resource += "/" + parts[2]
+    verb = {"POST": "create", "PATCH": "patch", "DELETE": "delete", "PUT": "update"}.get(method, "")
+    if not verb:
+        verb = "get" if len(parts) > 1 else "list"
+    return verb, resource
 
 
 def event_name(job: dict[str, Any], event_type: str, reason: str, message: str, seq: int = 0) -> str:

@@ -68,6 +68,25 @@ class Metrics:
         self.reconcile_errors = Counter(
             "finetune_reconcile_errors", "Reconciles that raised (retried later)", ["kind"], registry=r
         )
+        self.api_requests = Counter(
+            "finetune_api_requests",
+            "Requests the reconciler sent to the API server (kopf's watches aside)",
+            ["verb", "resource"],
+            registry=r,
+        )
+        self.passes = Counter(
+            "finetune_reconcile_passes",
+            "Reconcile passes: 'cache' read from the watch cache, 'fresh' redone on the API server's reads",
+            ["reads"],
+            registry=r,
+        )
+        self.watch_events = Counter(
+            "finetune_watch_events",
+            "Watch events by kind and whether they brought anything new (new='false': the operator's "
+            "own write or a repeat, no pass)",
+            ["kind", "new"],
+            registry=r,
+        )
         self.failing = Gauge(
             "finetune_reconcile_failing_jobs",
             "Jobs whose latest reconcile raised (retried with exponential back-off until one succeeds)",

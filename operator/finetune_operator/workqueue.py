@@ -4,6 +4,10 @@ exponential back-off for keys whose processing fails.
 A key is processed by one worker at a time; adding a key that is already waiting keeps the
 earlier due time; adding a key while it is being processed runs it again afterwards. This is
 what serialises the reconciles of one job while different jobs proceed in parallel.
+
+Of the keys that are due, the most urgent goes first (`priority`: 0 for a change a watch event
+reported, such as a new job or a finished pod; higher for a timed look such as a progress read),
+then the one due longest: a backlog of timed looks never delays new work.
 """
 
 from __future__ import annotations
@@ -18,21 +22,25 @@ class WorkQueue:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._due: dict[Hashable, float] = {}
+        self._priority: dict[Hashable, int] = {}
         self._active: set[Hashable] = set()
         self._changed = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._due)
 
-    def add(self, key: Hashable, delay: float = 0.0) -> None:
-        """Process ``key`` after ``delay`` seconds (or sooner, if it is already due sooner)."""
+    def add(self, key: Hashable, delay: float = 0.0, priority: int = 0) -> None:
+        """Process ``key`` after ``delay`` seconds (or sooner, if it is already due sooner), with
+        the more urgent (lower) of its priorities."""
         due = self._clock() + max(0.0, delay)
         if key not in self._due or due < self._due[key]:
             self._due[key] = due
             self._changed.set()
+        self._priority[key] = min(priority, self._priority.get(key, priority))
 
     def discard(self, key: Hashable) -> None:
         self._due.pop(key, None)
+        self._priority.pop(key, None)
 
     async def get(self) -> Hashable:
         """Wait for the next due key that no other worker holds; call done(key) after."""
@@ -41,8 +49,9 @@ class WorkQueue:
             waiting = [(due, key) for key, due in self._due.items() if key not in self._active]
             ready = [item for item in waiting if item[0] <= now]
             if ready:
-                _, key = min(ready, key=lambda item: item[0])
+                _, key = min(ready, key=lambda item: (self._priority.get(item[1], 0), item[0]))
                 del self._due[key]
+                self._priority.pop(key, None)
                 self._active.add(key)
                 return key
             timeout = min(due for due, _ in waiting) - now if waiting else None

@@ -19,3 +19,75 @@ def test_every_event_handler_is_a_coroutine_so_kopf_runs_it_on_the_loop() -> Non
     assert handlers, "no event handlers registered"
     sync = [h.id for h in handlers if not inspect.iscoroutinefunction(h.fn)]
     assert not sync, f"sync handlers run in kopf's thread pool and race the work queue: {sync}"
+
+
+def test_the_executor_runs_exactly_workers_passes_at_once() -> None:
+    """--workers bounds the passes that run at once, and is not itself bounded by the default
+    executor's min(32, CPUs + 4) threads."""
+    import asyncio
+    import threading
+    import time
+
+    workers = 40
+    running = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    class Slow:
+        kube = None
+
+        def reconcile(self, namespace: str, name: str) -> None:
+            with lock:
+                running["now"] += 1
+                running["most"] = max(running["most"], running["now"])
+            time.sleep(0.2)
+            with lock:
+                running["now"] -= 1
+
+    queue = ReconcileQueue(OperatorConfig(workers=workers), Metrics(), Slow)
+
+    async def scenario() -> None:
+        await queue.start()
+        for i in range(workers * 2):
+            queue.enqueue("ns", f"job-{i}")
+        await asyncio.sleep(1.0)
+        await queue.stop()
+
+    asyncio.run(scenario())
+    assert running["most"] == workers
+
+
+def test_an_event_the_cache_held_already_costs_no_pass() -> None:
+    """The watch event of the operator's own write (written through into the cache, or a change
+    of nothing but the status) enqueues nothing; someone else's change does."""
+    import asyncio
+
+    from finetune_operator.cache import CachedKube
+
+    from tests.operator.fake_kube import FakeKube
+
+    class Holder:
+        def __init__(self) -> None:
+            self.kube = CachedKube(FakeKube())
+
+    queue = ReconcileQueue(OperatorConfig(), Metrics(), Holder)
+    job = {"metadata": {"namespace": "ns", "name": "j", "uid": "u", "resourceVersion": "5"}}
+
+    async def scenario() -> list[bool]:
+        await queue.start()
+        seen = [queue.observe("job", {"type": None, "object": job}, job)]
+        seen.append(queue.observe("job", {"type": "MODIFIED", "object": job}, job))  # a repeat
+        newer = {"metadata": {**job["metadata"], "resourceVersion": "6"}, "status": {"phase": "Running"}}
+        seen.append(queue.observe("job", {"type": "MODIFIED", "object": newer}, newer))  # ours
+        newer = {**newer, "metadata": {**job["metadata"], "resourceVersion": "7"}, "spec": {"x": 1}}
+        seen.append(queue.observe("job", {"type": "MODIFIED", "object": newer}, newer))
+        await queue.stop()
+        return seen
+
+    assert asyncio.run(scenario()) == [True, False, False, True]
+    samples = {
+        new: queue.metrics.registry.get_sample_value(
+            "finetune_watch_events_total", {"kind": "job", "new": new}
+        )
+        for new in ("true", "false")
+    }
+    assert samples == {"true": 2.0, "false": 2.0}

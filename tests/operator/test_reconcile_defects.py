@@ -155,9 +155,9 @@ class RecordingQueue(WorkQueue):
 
     delays: list[float] = []
 
-    def add(self, key: Any, delay: float = 0.0) -> None:
+    def add(self, key: Any, delay: float = 0.0, priority: int = 0) -> None:
         RecordingQueue.delays.append(delay)
-        super().add(key, 0.0)
+        super().add(key, 0.0, priority)
 
 
 def test_a_failing_reconcile_backs_off_exponentially_and_is_visible(monkeypatch):
