@@ -23,6 +23,7 @@ from finetune_contract import EXIT_NON_FINITE_LOSS
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
+from . import ranks
 from .data import CORRUPT_LABEL, CorruptImageCounter, ImageDataset, make_loader
 from .export import LABELS_FILE, export_inference, write_labels
 from .freeze import freeze_batchnorm_stats
@@ -66,17 +67,21 @@ def train_step(
     labels: paddle.Tensor,
     amp_dtype: str | None,
     label_smoothing: float,
+    weight: float = 1.0,
 ) -> paddle.Tensor:
-    """One forward/backward/update; returns the (unscaled) loss tensor."""
+    """One forward/backward/update; returns the (unscaled) loss tensor. ``weight`` 0 makes a
+    step that contributes nothing (a rank whose batch was all corrupt images must still take
+    part in the gradient all-reduce)."""
     with paddle.amp.auto_cast(enable=amp_dtype is not None, level="O1", dtype=amp_dtype or "float16"):
         logits = model(images)
     loss = F.cross_entropy(logits.astype("float32"), labels, label_smoothing=label_smoothing)
+    objective = loss * weight if weight != 1.0 else loss
     if scaler is not None:
-        scaler.scale(loss).backward()
+        scaler.scale(objective).backward()
         scaler.step(optimizer)
         scaler.update()
     else:
-        loss.backward()
+        objective.backward()
         optimizer.step()
     optimizer.clear_grad()
     return loss
@@ -155,16 +160,23 @@ def train(s: Session, guard: SigtermGuard) -> None:
             s.net, s.val_loader, s.val_set, s.index.num_classes, s.amp_dtype, s.counter, s.dist
         )
         end_epoch(s, trained, metrics)
-        if guard.requested:  # arrived during evaluation or saving: this epoch's checkpoint is complete
+        if stop_agreed(s, guard):  # arrived during evaluation or saving: this epoch's checkpoint is complete
             raise Interrupted(f"received SIGTERM; stopped after epoch {s.state.epoch} (checkpoint saved)")
     guard.in_loop = False
     if s.dist.is_main:
         export_best(s)
 
 
+def stop_agreed(s: Session, guard: SigtermGuard) -> bool:
+    """Whether any rank received SIGTERM: every rank asks at the same points and stops at the
+    same step (one rank stopping alone would leave the others blocked in a collective)."""
+    (requested,) = ranks.sum_over_ranks([1.0 if guard.requested else 0.0], s.dist)
+    return requested > 0
+
+
 @dataclass
 class EpochTraining:
-    """What one epoch of training saw (this rank)."""
+    """What one epoch of training saw (all ranks)."""
 
     images: int = 0
     loss_sum: float = 0.0
@@ -188,33 +200,39 @@ def train_epoch(s: Session, guard: SigtermGuard) -> EpochTraining:
     bar = _progress_bar(s)
     try:
         for images, labels, indices in loader:
-            if guard.requested:
-                raise Interrupted()
             batch = split_corrupt(images, labels, indices, s.train_set, s.counter)
+            loss_sum, count = 0.0, 0
             if batch is not None:
                 loss = train_step(
                     s.net, s.optimizer, s.scaler, batch[0], batch[1], s.amp_dtype, t.labelSmoothing
                 )
-                loss_value = _finite_loss(s, float(loss))
                 count = int(batch[1].shape[0])
-                seen.images += count
-                seen.loss_sum += loss_value * count
+                loss_sum = float(loss) * count
+            elif s.dist.world_size > 1:  # nothing usable here, but the other ranks all-reduce
+                blank = paddle.zeros_like(labels)
+                train_step(s.net, s.optimizer, s.scaler, images, blank, s.amp_dtype, 0.0, weight=0.0)
+            # The step's loss over all ranks, and whether any rank received SIGTERM.
+            loss_sum, count, stop = ranks.sum_over_ranks([loss_sum, count, float(guard.requested)], s.dist)
+            if count:
+                _finite_loss(s, loss_sum / count)
+                seen.images += int(count)
+                seen.loss_sum += loss_sum
             s.scheduler.step()
             state.stepInEpoch += 1
             state.globalStep += 1
             bar.update(1)
             if state.stepInEpoch % t.logEverySteps == 0 and seen.images:
-                rate = seen.images * s.dist.world_size / max(time.perf_counter() - tick, 1e-9)
+                rate = seen.images / max(time.perf_counter() - tick, 1e-9)
                 bar.set_postfix(loss=f"{seen.mean_loss:.4f}", img_s=f"{rate:.1f}", refresh=False)
-        if guard.requested:
-            raise Interrupted()
+            if stop:
+                raise Interrupted()
     except Interrupted:
         save_interrupted(s)
         raise
     finally:
         bar.close()
     seen.seconds = time.perf_counter() - tick
-    state.trainImages += seen.images * s.dist.world_size
+    state.trainImages += seen.images
     state.trainSeconds += seen.seconds
     return seen
 
@@ -245,7 +263,7 @@ def _finite_loss(s: Session, value: float) -> float:
 
 def end_epoch(s: Session, trained: EpochTraining, metrics: dict[str, float]) -> None:
     """Book the finished epoch: history, best model, checkpoint, log and progress lines."""
-    state, world = s.state, s.dist.world_size
+    state = s.state
     state.epoch += 1
     state.stepInEpoch = 0
     record = {
@@ -255,7 +273,7 @@ def end_epoch(s: Session, trained: EpochTraining, metrics: dict[str, float]) -> 
         "valLoss": round(metrics["loss"], 6),
         "valImages": metrics["count"],  # evaluated, over all ranks (corrupt ones skipped)
         "trainLoss": round(trained.mean_loss, 6),
-        "imagesPerSecond": round(trained.images * world / max(trained.seconds, 1e-9), 2),
+        "imagesPerSecond": round(trained.images / max(trained.seconds, 1e-9), 2),
         "learningRate": s.scheduler.get_lr(),
     }
     state.history.append(record)
