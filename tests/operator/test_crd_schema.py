@@ -132,6 +132,7 @@ def test_printer_columns() -> None:
     wide = [(c["name"].upper(), c["jsonPath"]) for c in columns if c.get("priority", 0) == 1]
     assert wide == [
         ("ATTEMPTS", ".status.attempts"),
+        ("NODES", ".spec.resources.nodes"),
         ("MODEL", ".spec.model.architecture"),
         ("MESSAGE", ".status.message"),
     ]
