@@ -38,6 +38,7 @@ def test_name_labels_and_owner_reference():
     assert meta["labels"] == {
         "finetune.paddle.dev/job-name": "flowers",
         "finetune.paddle.dev/attempt": "2",
+        "finetune.paddle.dev/rank": "0",
         "app.kubernetes.io/managed-by": "paddle-finetune-operator",
     }
     assert meta["ownerReferences"] == [
