@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PFO_CACHE ?= $(HOME)/.cache/paddle-finetune-operator
 export PFO_CACHE
 
-.PHONY: help venv binaries prometheus operator-wheels image-tools images images-docker test test-unit test-images test-cluster lint demo bench cluster-up cluster-down clean
+.PHONY: help venv binaries prometheus node-runtime operator-wheels image-tools images images-docker test test-unit test-images test-cluster lint demo bench cluster-up cluster-down clean
 
 help:
 	@echo "make demo          run the demo (see README)"
@@ -42,6 +42,20 @@ prometheus:
 	  echo "make prometheus: installing Debian's prometheus package needs root; run as root:" >&2; \
 	  echo "  apt-get update && apt-get install -y --no-install-recommends prometheus" >&2; exit 1; fi; \
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+
+# The real node's container runtime (localcluster/realnode/): containerd, runc and the CNI
+# plugins from Debian's packages, iproute2 for its bridge and nftables for its route to the API
+# server (apiservice.py), installed once (a no-op when all are there). Needs root, like
+# `prometheus`. Its pause image comes from `make images`.
+NODE_PACKAGES := containerd runc containernetworking-plugins iproute2 nftables
+node-runtime:
+	@if command -v containerd >/dev/null && command -v runc >/dev/null && command -v ctr >/dev/null \
+	  && [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && command -v ip >/dev/null && command -v nft >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "make node-runtime: installing Debian's $(NODE_PACKAGES) needs root; run as root:" >&2; \
+	  echo "  apt-get update && apt-get install -y --no-install-recommends $(NODE_PACKAGES)" >&2; exit 1; fi; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  $(NODE_PACKAGES) >/dev/null
 
 # A wheelhouse of the operator extra's dependencies, so tests/operator/test_images.py installs
 # `.[operator]` into a fresh virtual environment without reaching PyPI at test time.
@@ -91,7 +105,7 @@ lint: venv
 test-unit: venv operator-wheels
 	$(PY) -m pytest -m "not cluster and not images" tests
 
-test: venv binaries prometheus operator-wheels images
+test: venv binaries prometheus node-runtime operator-wheels images
 	$(PY) -m pytest tests
 
 # The locally built images, read, unpacked and run with skopeo, umoci and runc.
@@ -99,12 +113,12 @@ test-images: venv images
 	$(PY) -m pytest -m images tests
 
 # Only the tests against the local control plane (each pytest session starts and stops its own).
-test-cluster: venv binaries prometheus
+test-cluster: venv binaries prometheus node-runtime images
 	$(PY) -m pytest -m cluster tests
 
 # A local control plane left running for people and the demo: .cluster/kubeconfig (see
 # localcluster/README.md). `make test` does not need it.
-cluster-up: venv binaries
+cluster-up: venv binaries node-runtime images
 	$(PY) -m localcluster up
 
 cluster-down:
@@ -112,7 +126,7 @@ cluster-down:
 
 # The demo (demo/README.md): cluster, chart, operator, weights and data, one FineTuneJob to
 # Succeeded. Everything stays running; `make cluster-down` stops it.
-demo: venv binaries
+demo: venv binaries node-runtime images
 	$(PY) -m demo
 
 bench: venv

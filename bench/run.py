@@ -4,8 +4,9 @@
         [--nodes 128] [--idle-seconds 30] [--footprint-jobs 5000] [--kills 10]
 
 * operator: bench/operator_scale.py (the operator against kube-controller-manager's Job controller)
-* trainer: bench/trainer_step.py (our train step against PaddleClas 2.6.0's) and
-  bench/trainer_pipeline.py (the full loop against the bare step)
+* trainer: bench/trainer_step.py (our train step against PaddleClas 2.6.0's),
+  bench/trainer_pipeline.py (the full loop against the bare step) and bench/input_pipeline.py
+  (the input pipeline alone, per CPU core, against PaddleClas 2.6.0's transforms)
 * accuracy: bench/time_to_accuracy.py (finetune against from scratch on the digits)
 * failover: bench/failover.py (two replicas with leader election, the leader SIGKILLed --kills
   times; against one replica restarted at once)
@@ -135,6 +136,12 @@ def summary_lines(groups: list[str]) -> list[str]:
             rows.append(("trainer pipeline", "loop overhead vs bare step, 2 workers (goal < 0.10)",
                          f"{pipe['overheadFraction']} ({pipe['fullLoopImagesPerSecond']} vs "
                          f"{pipe['bareStepImagesPerSecond']} img/s)"))  # fmt: skip
+        if inp := load("input_pipeline.json"):
+            rates = inp["imagesPerSecondPerCore"]
+            figure = "PaddleClas 2.6.0's transforms / ours, CPU time per image (goal >= 1.5)"
+            speedup = inp["speedupOfOurs"]["paddleclas"]
+            value = f"{speedup} ({rates['ours']} vs {rates['paddleclas']} images/s per core)"
+            rows.append(("input pipeline", figure, value))
     if "accuracy" in groups and (acc := load("time_to_accuracy.json")):
         runs = acc["runs"]
         for mode in ("finetune", "scratch"):
@@ -221,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         ok &= run(
             "trainer pipeline", ["trainer_pipeline.py", "--out", str(RESULTS / "trainer_pipeline.json")], log
         )
+        ok &= run("input pipeline", ["input_pipeline.py", "--out", str(RESULTS / "input_pipeline.json")], log)
     if "accuracy" in groups:
         ok &= run("time to accuracy", ["time_to_accuracy.py"], log)
     if "failover" in groups:

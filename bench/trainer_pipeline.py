@@ -82,10 +82,10 @@ def bare_step_rate(root: Path, steps: int) -> tuple[float, float]:
     optimizer = build_optimizer(model.parameters(), scheduler, 0.9, 1e-5)
     model.train()
     for images, labels in batches[:2]:  # warm-up, like the full loop's first epoch
-        float(loop.train_step(model, optimizer, None, images, labels, None, 0.0))
+        float(loop.train_step(model, optimizer, None, images, labels, None, 0.0)[0])
     tick, cpu = time.perf_counter(), time.process_time()
     for images, labels in batches:
-        float(loop.train_step(model, optimizer, None, images, labels, None, 0.0))
+        float(loop.train_step(model, optimizer, None, images, labels, None, 0.0)[0])
         scheduler.step()
     images = BATCH * len(batches)
     return images / (time.perf_counter() - tick), (time.process_time() - cpu) / images

@@ -1,8 +1,10 @@
 """`make demo` (`python -m demo`): a FineTuneJob end to end on the local control plane.
 
-Starts (or reuses) the local cluster in .cluster/, applies the CRD, installs the chart and runs
-the operator as a local process with the chart's ServiceAccount, makes pretrained weights and
-serves them over HTTPS, writes the finetune data, applies examples/demo-digits.yaml, shows
+Starts (or reuses) the local cluster in .cluster/ (with its real node: a kubelet with
+containerd), imports the operator and trainer images into the node, applies the CRD, installs
+the chart (the operator's pod runs on the node from its image), makes pretrained weights and
+serves them over HTTPS, writes the finetune data into the node's volumes, applies
+examples/demo-digits.yaml (the trainer runs in a container of the trainer image), shows
 `kubectl get ftj -w` until the job finishes, and prints its top-1 and what to try next. The
 cluster, the operator and the HTTPS server stay running; `make cluster-down` stops them all.
 """
@@ -23,14 +25,15 @@ import yaml
 
 import localcluster
 from demo import assets
-from localcluster import DEFAULT_STATE_DIR, Cluster, OperatorProcess, install_chart
+from localcluster import DEFAULT_STATE_DIR, ChartOperator, Cluster, install_chart
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD_DIR = ROOT / "crds"
 EXAMPLE = ROOT / "examples" / "demo-digits.yaml"
 NAMESPACE = "default"  # the example names none: `kubectl get ftj` shows it without -n
 OPERATOR_NAMESPACE = "pfo-system"
-OPERATOR_NAME = "demo-operator"
+RELEASE = "pfo"
+CA_FILE = "weights-ca.pem"  # the weights server's certificate, in the dataset volume (/data)
 DATA_CLAIM, OUTPUT_CLAIM = "demo-digits", "demo-output"  # the claims the example names
 STARTED = time.monotonic()
 
@@ -44,36 +47,25 @@ def ensure_cluster(state_dir: Path) -> Cluster:
     if running is not None and running.healthy():
         say(f"reusing the local cluster in {state_dir}")
         return running
-    say("starting the local cluster (etcd, kube-apiserver, controllers, scheduler, kwok, process runner) ...")
+    say("starting the local cluster (etcd, kube-apiserver, controllers, scheduler, kwok, a real node) ...")
     cluster = localcluster.start(state_dir)  # no owner: it stays up for exploration
     say(f"cluster ready in {cluster.state['start_seconds']}s")
     return cluster
 
 
-def start_operator(cluster: Cluster, ca_bundle: Path) -> OperatorProcess:
-    """Install the chart and (re)start the operator with its ServiceAccount's token (a fresh one
-    each run: the token lasts an hour)."""
-    if cluster.kubectl("get", "namespace", OPERATOR_NAMESPACE, check=False).returncode != 0:
-        cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE)
-    # Only the demo's namespace: RBAC granted there alone, and tests run with PFO_REUSE_CLUSTER=1
-    # in their own namespaces are not picked up by this operator too.
-    kubeconfig = install_chart(
-        cluster, OPERATOR_NAMESPACE, cluster.state_dir / "operator-sa.kubeconfig",
+def start_operator(cluster: Cluster) -> ChartOperator:
+    """`helm upgrade --install` the chart: its Deployment runs the operator image on the real node
+    with the chart's ServiceAccount. It watches only the demo's namespace (RBAC granted there
+    alone; tests run with PFO_REUSE_CLUSTER=1 in their own namespaces are not picked up), reads
+    the trainer's progress every second (the chart's default is 30 s) and hands trainers the
+    weights server's certificate from the dataset volume."""
+    return install_chart(
+        cluster, OPERATOR_NAMESPACE,
         "--set", f"watchNamespaces={{{NAMESPACE}}}",
+        "--set", "operator.progressPollSeconds=1",
+        "--set-string", f"operator.trainerEnv.REQUESTS_CA_BUNDLE=/data/{CA_FILE}",
+        release=RELEASE,
     )  # fmt: skip
-    cluster.stop_companion(OPERATOR_NAME)  # the one a previous run left
-    operator = OperatorProcess(
-        cluster,
-        [NAMESPACE],
-        cluster.state_dir / "operator.log",
-        extra=["--trainer-env", f"REQUESTS_CA_BUNDLE={ca_bundle}"],
-        kubeconfig=str(kubeconfig),
-    )
-    operator.start()
-    assert operator.proc is not None
-    # The trailing space makes the marker exact (more flags follow the port in its argv).
-    cluster.add_companion(OPERATOR_NAME, operator.proc.pid, f"--health-port {operator.health_port} ")
-    return operator
 
 
 def job_manifest(url: str, sha256: str) -> dict[str, Any]:
@@ -90,8 +82,8 @@ def get_job(cluster: Cluster, name: str) -> dict[str, Any] | None:
 
 
 def remove_previous_run(cluster: Cluster, name: str, output: Path) -> None:
-    """A second `make demo` runs the job afresh: delete the old job (the operator removes its
-    finalizer and pods) and its output folder, which the trainer would otherwise resume from."""
+    """A second `make demo` runs the job afresh: delete the old job (the garbage collector removes
+    its pods) and what its trainer wrote to the output volume."""
     if get_job(cluster, name) is not None:
         say(f"deleting the previous ftj/{name}")
         cluster.kubectl("delete", "ftj", name, "--wait=true", "--timeout=60s", namespace=NAMESPACE)
@@ -99,7 +91,8 @@ def remove_previous_run(cluster: Cluster, name: str, output: Path) -> None:
             "wait", "--for=delete", "pod", "-l", f"finetune.paddle.dev/job-name={name}",
             "--timeout=60s", namespace=NAMESPACE, check=False,
         )  # fmt: skip
-    shutil.rmtree(output / f"{NAMESPACE}-{name}", ignore_errors=True)
+    for child in output.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
 def watch_until_finished(cluster: Cluster, name: str, timeout: float) -> dict[str, Any]:
@@ -123,7 +116,7 @@ def watch_until_finished(cluster: Cluster, name: str, timeout: float) -> dict[st
     return status
 
 
-def explain_failure(cluster: Cluster, name: str, status: dict[str, Any], operator: OperatorProcess) -> None:
+def explain_failure(cluster: Cluster, name: str, status: dict[str, Any], operator: ChartOperator) -> None:
     print(f"ftj/{name} did not succeed: phase {status.get('phase', '(none yet)')}, reason "
           f"{status.get('reason')}: {status.get('message')}\n", file=sys.stderr)  # fmt: skip
     print(cluster.kubectl("describe", "ftj", name, namespace=NAMESPACE, check=False).stdout, file=sys.stderr)
@@ -131,17 +124,16 @@ def explain_failure(cluster: Cluster, name: str, status: dict[str, Any], operato
         logs = cluster.kubectl("logs", status["podName"], "--tail=30", namespace=NAMESPACE, check=False)
         print(f"--- last lines of the trainer's log ({status['podName']}):\n{logs.stdout}{logs.stderr}",
               file=sys.stderr)  # fmt: skip
-    print(
-        f"--- last lines of the operator's log ({operator.log_path}):\n{operator.log_tail(30)}",
-        file=sys.stderr,
-    )
+    print(f"--- last lines of the operator's log:\n{operator.log_tail(30)}", file=sys.stderr)
 
 
-def next_steps(cluster: Cluster, name: str, operator: OperatorProcess, output: Path) -> str:
+def next_steps(cluster: Cluster, name: str, operator: ChartOperator, output: Path) -> str:
     def rel(path: Path | str) -> str:
         return os.path.relpath(path, Path.cwd())
 
     k = f"kubectl --kubeconfig {rel(cluster.kubeconfig)}"
+    job_output, venv_bin = f"{rel(output)}/{NAMESPACE}-{name}", rel(Path(sys.executable).parent)
+    val_list = f"{rel(output.parent)}/{DATA_CLAIM}/val_list.txt"
     steps = [
         ("the pinned kubectl and helm", f"export PATH={cluster.bin_dir}:$PATH"),
         ("the job: spec, status, freeze decision and evidence, conditions, events",
@@ -149,11 +141,19 @@ def next_steps(cluster: Cluster, name: str, operator: OperatorProcess, output: P
         ("every job with attempts, model and message", f"{k} get ftj -o wide"),
         ("the FineTuneJob fields, documented by the CRD", f"{k} explain ftj.spec.training"),
         ("the trainer's log", f"{k} logs {name}-attempt-1"),
-        ("the operator's Prometheus metrics",
-         f"curl -s http://127.0.0.1:{operator.metrics_port}/metrics | grep '^finetune'"),
-        ("the trainer's output (inference model, result.json)", f"ls {rel(output)}/{NAMESPACE}-{name}/"),
-        ("the operator's log", f"tail -f {rel(operator.log_path)}"),
-        ("stop the cluster, the operator and the weights server", "make cluster-down"),
+        ("the pods: the operator's on the real node, the trainer's", f"{k} get pods -A -o wide"),
+        ("the operator's Prometheus metrics (at its pod's IP)",
+         f"curl -s {operator.metrics_url()} | grep '^finetune'"),
+        ("the trainer's output: training_curves.png, confusion_matrix.png, per_class.json, vdl/, inference/",
+         f"ls {job_output}/"),
+        ("the run in VisualDL (http://127.0.0.1:8040)",
+         f"{venv_bin}/visualdl --logdir {job_output}/vdl --host 127.0.0.1 --port 8040"),
+        ("classify digits with the exported model",
+         f"{venv_bin}/finetune-predict {job_output}/inference --list {val_list}"),
+        ("the operator's log", f"{k} -n {OPERATOR_NAMESPACE} logs -f deploy/{operator.name}"),
+        ("the images in the node's containerd",
+         f"ctr --address {rel(cluster.state_dir)}/node/containerd/containerd.sock -n k8s.io images ls"),
+        ("stop the cluster (and everything on it) and the weights server", "make cluster-down"),
     ]  # fmt: skip
     lines = "".join(f"\n  # {why}\n  {command}" for why, command in steps)
     return f"\nWhat to try next (the cluster, the operator and the weights server keep running):{lines}\n"
@@ -182,25 +182,32 @@ def run(state_dir: Path, timeout: float) -> int:
         pretraining = assets.start_pretraining(weights, pretrain_log)
     try:
         cluster = ensure_cluster(state_dir)
+        t0 = time.monotonic()
+        images = cluster.load_images(["operator", "trainer"])
+        refs = ", ".join(i.reference for i in images)
+        say(f"images in the real node's containerd ({time.monotonic() - t0:.0f}s): {refs}")
         (crd,) = cluster.install_crds(CRD_DIR)
         say(f"CRD {crd} established")
 
         weights.parent.mkdir(parents=True, exist_ok=True)
         port, cert = assets.https_server(cluster, weights.parent)
-        url = f"https://127.0.0.1:{port}/{weights.name}"
+        url = f"https://{cluster.pod_host_ip()}:{port}/{weights.name}"
         say(f"serving the weights at {url} (self-signed certificate {cert})")
 
-        operator = start_operator(cluster, cert)
-        say(f"operator running with the chart's ServiceAccount (log: {operator.log_path})")
+        operator = start_operator(cluster)
+        pod = operator.pod()
+        say(f"operator pod {OPERATOR_NAMESPACE}/{pod['metadata']['name']} running on node "
+            f"{pod['spec']['nodeName']} (helm release {RELEASE}, the chart's ServiceAccount)")  # fmt: skip
 
         cluster.kubectl(
             "label", "namespace", NAMESPACE, "--overwrite", "pod-security.kubernetes.io/enforce=restricted"
         )
-        data = cluster.create_runner_pvc(NAMESPACE, DATA_CLAIM)
-        output = cluster.create_runner_pvc(NAMESPACE, OUTPUT_CLAIM)
+        data = cluster.create_node_pvc(NAMESPACE, DATA_CLAIM)
+        output = cluster.create_node_pvc(NAMESPACE, OUTPUT_CLAIM)
         name = yaml.safe_load(EXAMPLE.read_text())["metadata"]["name"]
         remove_previous_run(cluster, name, output)
         info = assets.write_finetune_data(data)
+        shutil.copy(cert, data / CA_FILE)
         say(f"finetune data: digits {info['classes']}, {info['train']} train / {info['val']} val images "
             f"in PVC {DATA_CLAIM} ({os.path.relpath(data, Path.cwd())})")  # fmt: skip
         finish_pretraining(pretraining, weights, pretrain_log)

@@ -1,5 +1,5 @@
 """What the demo job needs besides the cluster: pretrained weights it makes itself (cached), the
-finetune data on the runner's volume, and an HTTPS server for the weights."""
+finetune data on the node's volume, and an HTTPS server for the weights."""
 
 from __future__ import annotations
 
@@ -81,20 +81,20 @@ def write_finetune_data(folder: Path) -> dict[str, Any]:
 
 
 def https_server(cluster: Cluster, folder: Path) -> tuple[int, Path]:
-    """An HTTPS server for `folder` on 127.0.0.1 with a self-signed certificate, started as a
-    companion of the cluster (make cluster-down stops it), or the one a previous run left.
-    Returns (port, certificate). The certificate lives in the cluster's state directory, outside
-    /root, so the trainer's non-root user can read it."""
+    """An HTTPS server for `folder` with a self-signed certificate, on the address pods reach the
+    host at (the real node's bridge: only pods and this host reach it), started as a companion of
+    the cluster (make cluster-down stops it), or the one a previous run left. Returns (port,
+    certificate); the trainer gets a copy of the certificate in its dataset volume."""
+    host = cluster.pod_host_ip()
     tls = cluster.state_dir / "demo"
     cert, key, port_file = tls / "cert.pem", tls / "key.pem", tls / "https.port"
     if cluster.companion(HTTPS_NAME) is not None and port_file.is_file():
         return int(port_file.read_text()), cert
     tls.mkdir(mode=0o755, parents=True, exist_ok=True)
     port_file.unlink(missing_ok=True)
-    if not cert.is_file():
-        make_self_signed(cert, key)
+    make_self_signed(cert, key, ip=host)
     argv = [sys.executable, "-m", "localcluster.https_files", "--dir", str(folder), "--cert", str(cert),
-            "--key", str(key), "--port-file", str(port_file)]  # fmt: skip
+            "--key", str(key), "--host", host, "--port-file", str(port_file)]  # fmt: skip
     with open(cluster.state_dir / "logs" / f"{HTTPS_NAME}.log", "ab") as log:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

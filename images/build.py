@@ -8,7 +8,7 @@ cached under a hash of their inputs, so only what changed is rebuilt:
 
     base   Debian bookworm (mmdebstrap) + python3        key: suite, package list, options
     deps   the extra's wheels, installed by pip          key: base + the resolved wheels (sha256)
-    app    the project itself (pip install .)            key: base + the project's source files
+    app    the project itself (pip install .)            key: base + the source files the Dockerfile COPYs
 
 Entrypoint, Cmd, Env, User, WorkingDir and ports come from the image's Dockerfile
 (images/<name>/Dockerfile), which remains the route for registries (see images/README.md).
@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_PREFIX = "ghcr.io/paddle-finetune-operator"
 PAUSE_REFERENCE = "localhost/pfo/pause:3.10-local"
 # Bump when the way a layer kind is built changes, so cached layers of the old way are not reused.
-FORMAT = {"base": 2, "deps": 3, "app": 2, "pause": 1}
+FORMAT = {"base": 2, "deps": 3, "app": 3, "pause": 1}
 # The PATH and locale of Debian's and the official Python images; the Dockerfile's ENV follows.
 BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 # Build tools run from their wheels inside the build root; neither ends up in an image.
@@ -215,10 +215,13 @@ class Builder:
 
     def app(self, image: PythonImage, base: Layer) -> tuple[Layer, bool]:
         tools = self.tools()
+        # Exactly what the Dockerfile copies into its build (the contract and this image's own
+        # program), so a change to the other program neither rebuilds nor enters this layer.
+        copied = dockerfile.parse(image.dockerfile).copied
         key = _key(
             "app",
             base=base.digest,
-            source=project.source_hash(self.project_root),
+            source=project.source_hash(self.project_root, copied),
             tools=wheels.lock(tools),
             folders=sorted(image.folders.items()),
         )
@@ -227,7 +230,7 @@ class Builder:
             src = Path(tempfile.mkdtemp(dir=self.work, prefix="src-"))
             stage = Path(tempfile.mkdtemp(dir=self.work, prefix="stage-")) / "tree"
             try:
-                for rel in project.source_files(self.project_root):
+                for rel in project.source_files(self.project_root, copied):
                     (src / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(self.project_root / rel, src / rel)
                 pip_install(self.build_root(base), tools, [src], stage)

@@ -1,10 +1,12 @@
 """The runtime settings a Dockerfile gives its image, read from the Dockerfile itself.
 
 The local build takes Entrypoint, Cmd, Env, User, WorkingDir and exposed ports from the same
-Dockerfile a Docker engine builds, so the two routes cannot drift apart. Only the final stage
-counts, and only the forms our Dockerfiles use: JSON (exec) form ENTRYPOINT/CMD, ``ENV k=v``
-(several per line, line continuations), literal values without ``$`` expansion. Anything else is
-an error naming the line, not a silent guess.
+Dockerfile a Docker engine builds, and the project files its top layer installs from the
+Dockerfile's COPY lines, so the two routes cannot drift apart. Only the final stage counts, and
+only the forms our Dockerfiles use: JSON (exec) form ENTRYPOINT/CMD, ``ENV k=v`` (several per
+line, line continuations), literal values without ``$`` expansion, ``COPY <paths in the build
+context> <dest>`` without flags or wildcards. Anything else is an error naming the line, not a
+silent guess.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Settings:
     user: str | None = None
     workdir: str = "/"
     expose: list[str] = field(default_factory=list)  # "8080/tcp"
+    copied: list[str] = field(default_factory=list)  # COPY sources: paths in the build context
 
 
 def _logical_lines(text: str) -> list[tuple[int, str]]:
@@ -66,6 +69,19 @@ def _exec_form(where: str, args: str) -> list[str]:
     return value
 
 
+def _copy_sources(where: str, args: str) -> list[str]:
+    """The build-context paths of one COPY line (the last word is the destination)."""
+    words = shlex.split(args)
+    if not words or words[0].startswith(("--", "[")) or len(words) < 2:
+        raise DockerfileError(f"{where}: only `COPY <source>... <destination>` is supported: {args!r}")
+    sources = words[:-1]
+    for source in sources:
+        parts = posixpath.normpath(source).split("/")
+        if any(c in source for c in "$*?[") or source.startswith("/") or ".." in parts or parts == ["."]:
+            raise DockerfileError(f"{where}: COPY source {source!r} must name a path inside the context")
+    return [posixpath.normpath(source) for source in sources]
+
+
 def parse(path: Path) -> Settings:
     """The final stage's runtime settings of the Dockerfile at ``path``."""
     settings = Settings()
@@ -95,6 +111,10 @@ def parse(path: Path) -> Settings:
             settings.workdir = posixpath.normpath(posixpath.join(settings.workdir, args))
         elif instruction == "EXPOSE":
             settings.expose += [p if "/" in p else f"{p}/tcp" for p in args.split()]
+        elif instruction == "ADD":
+            raise DockerfileError(f"{where}: use COPY (ADD fetches and unpacks): {line!r}")
+        elif instruction == "COPY":
+            settings.copied += _copy_sources(where, args)
     if not settings.base:
         raise DockerfileError(f"{path}: no FROM line")
     return settings

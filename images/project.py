@@ -1,10 +1,12 @@
 """What the images take from the project: its extras' requirements and its own source files,
-both read from ``pyproject.toml`` so that a moved or added package folder needs no change here."""
+read from ``pyproject.toml`` so that a moved or added package folder needs no change here, and
+narrowed to what an image's Dockerfile copies."""
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,29 +60,47 @@ def source_folders(root: Path = ROOT) -> list[Path]:
     return [root / folder for folder in where]
 
 
-def source_files(root: Path = ROOT) -> list[str]:
+def source_files(root: Path = ROOT, copied: Sequence[str] | None = None) -> list[str]:
     """Paths (relative to ``root``) of everything a wheel build of the project reads: the
-    package folders, pyproject.toml and the readme."""
+    package folders, pyproject.toml and the readme. With ``copied`` (the paths a Dockerfile's
+    COPY lines take from the build context), only the files under those paths: an image's top
+    layer is built from exactly what its Dockerfile copies."""
     files = ["pyproject.toml"]
     readme = pyproject(root)["project"].get("readme")
     if isinstance(readme, str):
         files.append(readme)
     for folder in source_folders(root):
-        for path in folder.rglob("*"):
-            rel = path.relative_to(root)
-            if (
-                path.is_file()
-                and not any(part in _SKIP_PARTS or part.endswith(".egg-info") for part in rel.parts)
-                and not path.name.endswith(_SKIP_SUFFIXES)
-            ):
-                files.append(rel.as_posix())
-    return sorted(set(files))
+        files += _files_under(root, folder)
+    if copied is None:
+        return sorted(set(files))
+    missing = [path for path in copied if not (root / path).exists()]
+    if missing:
+        raise ValueError(f"COPY of {missing}: not in {root}")
+    chosen = []
+    for path in copied:
+        chosen += [path] if (root / path).is_file() else _files_under(root, root / path)
+    return sorted(set(chosen))
 
 
-def source_hash(root: Path = ROOT) -> str:
+def _files_under(root: Path, folder: Path) -> list[str]:
+    """Files under ``folder`` as paths relative to ``root``, without bytecode, build output and
+    editable-install metadata."""
+    found = []
+    for path in folder.rglob("*"):
+        rel = path.relative_to(root)
+        if (
+            path.is_file()
+            and not any(part in _SKIP_PARTS or part.endswith(".egg-info") for part in rel.parts)
+            and not path.name.endswith(_SKIP_SUFFIXES)
+        ):
+            found.append(rel.as_posix())
+    return found
+
+
+def source_hash(root: Path = ROOT, copied: Sequence[str] | None = None) -> str:
     """A hash of the names and contents of :func:`source_files`."""
     h = hashlib.sha256()
-    for rel in source_files(root):
+    for rel in source_files(root, copied):
         data = (root / rel).read_bytes()
         h.update(f"{rel}\0{len(data)}\0".encode())
         h.update(data)

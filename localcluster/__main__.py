@@ -2,11 +2,11 @@
 
 python -m localcluster ACTION [--state-dir DIR]:
     up             start a cluster in --state-dir (default .cluster/) unless one runs there; print
-                   its kubeconfig path
+                   its kubeconfig path (--no-real-node: without the real kubelet node)
     down           stop it and remove its state
     status         exit 0 if it runs and answers, 1 if not
-    install-chart  install the Helm chart into the running cluster and print a kubeconfig path for
-                   its ServiceAccount:  KUBECONFIG=$(python -m localcluster install-chart) finetune-operator
+    install-chart  install the Helm chart into the running cluster with the locally built operator
+                   image, its pod on the real node; wait until it runs and print the pod's name
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     parser.add_argument("--namespace", default="pfo-system", help="install-chart: the operator's namespace")
     parser.add_argument("--release", default="pfo", help="install-chart: the Helm release")
+    parser.add_argument("--no-real-node", action="store_true", help="up: without the real kubelet node")
     parser.add_argument("--owner-pid", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--owner-start", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -54,16 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         if running is None:
             print(f"no running cluster in {state_dir}: run `make cluster-up` first", file=sys.stderr)
             return 1
-        if running.kubectl("get", "namespace", args.namespace, check=False).returncode != 0:
-            running.kubectl("create", "namespace", args.namespace)
-        path = running.state_dir / f"{args.release}-operator.kubeconfig"
-        print(install_chart(running, args.namespace, path, release=args.release))
+        operator = install_chart(running, args.namespace, release=args.release)
+        print(f"{args.namespace}/{operator.pod()['metadata']['name']}")
         return 0
     if running is not None:
         print(f"a cluster already runs from {state_dir}", file=sys.stderr)
         print(running.kubeconfig)
         return 0
-    cluster = start(state_dir)
+    cluster = start(state_dir, real_node=not args.no_real_node)
     print(f"cluster ready in {cluster.state['start_seconds']}s; API server {cluster.server}", file=sys.stderr)
     print(f"  export KUBECONFIG={cluster.kubeconfig}", file=sys.stderr)
     print(cluster.kubeconfig)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the local control plane (kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, etcd, kwok, helm) and Kueue from the Go module proxy, once, into a cache outside the
-# repository keyed by version. A warm cache makes this a no-op. There is no Docker engine
-# and no release-download host here, so building from source is the only way.
+# kubectl, etcd, kwok, helm), the real node's kubelet and Kueue from the Go module proxy, once,
+# into a cache outside the repository keyed by version. A warm cache makes this a no-op. There is
+# no Docker engine and no release-download host here, so building from source is the only way.
 #
 #   localcluster/build-binaries.sh            # prints the bin directory on the last line
 #   localcluster/build-binaries.sh kueue      # prints Kueue's directory (binary + chart) instead
@@ -24,7 +24,7 @@ work="$cache/build"
 logs="$cache/logs"
 # Warm cache: every binary is there, nothing to check against the network.
 all_there=1
-for b in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm; do
+for b in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet etcd kwok helm; do
   [[ -x $bin/$b ]] || all_there=0
 done
 [[ -x $kueue_dir/kueue && -f $kueue_dir/chart/Chart.yaml ]] || all_there=0
@@ -93,7 +93,7 @@ build_in() {  # build_in DIR OUT PKG [ldflags]
 
 t_all=$SECONDS
 k8s_module
-for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+for c in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet; do
   step "$c" "$bin/$c" build_k8s "$c"
 done
 
@@ -130,7 +130,7 @@ verify() {  # verify NAME EXPECTED CMD...
     exit 1
   fi
 }
-for c in kube-apiserver kube-controller-manager kube-scheduler; do
+for c in kube-apiserver kube-controller-manager kube-scheduler kubelet; do
   verify "$c" "Kubernetes $K8S_VERSION" "$bin/$c" --version
 done
 verify kubectl "$K8S_VERSION" "$bin/kubectl" version --client

@@ -1,26 +1,29 @@
 """A handle on a running local cluster: kubectl and API clients with its identities, waiting for
-pods, finishing fake pods on kwok nodes, the runner node's volumes, installing CRDs, and the
-processes recorded beside it (companions). start.py starts one, stop.py stops one; the state
+pods, finishing fake pods on kwok nodes, the real node's images, volumes and kubelet, installing
+CRDs, and the processes recorded beside it (companions). start.py starts one, stop.py stops one; the state
 (certificates, etcd data, logs, pids) lives in one directory, described by its state.json."""
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from images.build import Built
+from images.build import build as build_images
+from localcluster import realnode
 from localcluster.errors import ClusterError
 from localcluster.kwok import drive_annotations
 from localcluster.processes import pid_alive
-from localcluster.runner import RUNNER_LABEL
 from localcluster.stop import stop
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -58,11 +61,11 @@ class Cluster:
         self.bin_dir = Path(state["bin_dir"])
         self.kubeconfig = str(state_dir / "kubeconfig")
         self.server: str = state["server"]
-        self.runner_node: str = state["runner_node"]
-        self.runner_root = Path(state["runner_root"])
         self.gpu_nodes: tuple[str, ...] = tuple(state["gpu_nodes"])
         self.cpu_nodes: tuple[str, ...] = tuple(state["cpu_nodes"])
         self.ca_file = state_dir / "pki" / "ca.crt"
+        # The real node (realnode/): a kubelet with containerd; None when started without it.
+        self.real_node: str | None = state.get("real_node")
 
     # ----------------------------------------------------------------- lifecycle
     def healthy(self) -> bool:
@@ -212,7 +215,7 @@ class Cluster:
 
         return self.wait_pod(namespace, name, reached, f"in phase {phases}", timeout)
 
-    # ----------------------------------------------------------------- fake pods and the runner
+    # ----------------------------------------------------------------- fake pods
     def drive_pod(
         self,
         namespace: str,
@@ -262,27 +265,77 @@ class Cluster:
         self.kubectl("apply", "-f", "-", input=json.dumps(logs))
         return path
 
-    def runner_volume_dir(self, claim_name: str) -> Path:
-        """The local folder that stands for PersistentVolumeClaim `claim_name` on the runner node."""
-        path = self.runner_root / "volumes" / claim_name
+    # ----------------------------------------------------------------- the real node
+    def _node(self) -> realnode.RealNode:
+        node = realnode.RealNode.load(self.state_dir)
+        if node is None or self.real_node is None:
+            raise ClusterError("this cluster runs no real node (start(real_node=True))")
+        return node
+
+    def real_node_pod_spec_extras(self) -> dict[str, Any]:
+        """The nodeSelector and toleration a pod needs to land on the real node."""
+        return realnode.pod_spec_extras()
+
+    def import_image(self, archive: Path) -> None:
+        """Load an OCI/docker image archive into the real node's containerd (the kubelet's namespace)."""
+        self._node().import_image(archive)
+
+    def load_images(self, names: Sequence[str]) -> list[Built]:
+        """Build (or find cached) the project's images `names` (images.build: "operator",
+        "trainer", "pause") and import each into the real node unless it holds that very image
+        already (same reference and manifest digest); returns what images.build returned."""
+        node = self._node()
+        built = build_images(list(names))
+        for image in built:
+            if node.containerd.image_digest(image.reference) != image.digest:
+                node.import_image(image.archive)
+        return built
+
+    def pod_host_ip(self) -> str:
+        """The host's address as pods on the real node see it (the node's bridge): a server the
+        pods should reach listens there (nothing else reaches it: pods and this host only)."""
+        return str(next(ipaddress.ip_network(self._node().info["subnet"]).hosts()))
+
+    def kubelet_get(self, path: str) -> str:
+        """GET `path` (e.g. /metrics/probes) from the real node's kubelet, as the admin (the
+        kubelet authenticates client certificates of the cluster CA and asks the API server
+        whether the caller may). The API server's node proxy would refuse the loopback address."""
+        import requests
+
+        url = f"https://{self._node().name}:{self.state['ports']['kubelet']}{path}"
+        pki = self.state_dir / "pki"
+        session = requests.Session()
+        session.trust_env = False  # no proxy from the environment for a loopback address
+        response = session.get(
+            url, cert=(str(pki / "admin.crt"), str(pki / "admin.key")), verify=str(self.ca_file), timeout=10
+        )
+        response.raise_for_status()
+        return response.text
+
+    def node_volume_dir(self, namespace: str, claim_name: str) -> Path:
+        """The real node's folder that backs PersistentVolumeClaim `namespace/claim_name`."""
+        path = self.state_dir / "volumes" / namespace / claim_name
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def create_runner_pvc(self, namespace: str, claim_name: str, size: str = "1Gi") -> Path:
-        """A Bound PersistentVolumeClaim backed by runner_volume_dir(claim_name), so a pod using it
-        can be scheduled; returns the folder."""
-        folder = self.runner_volume_dir(claim_name)
-        pv_name = f"runner-{namespace}-{claim_name}"[:253]
+    def create_node_pvc(self, namespace: str, claim_name: str, size: str = "1Gi") -> Path:
+        """A Bound PersistentVolumeClaim backed by a `local` PersistentVolume on the real node
+        (node_volume_dir; the kubelet bind-mounts it and applies the pod's fsGroup), so a pod
+        using it is scheduled there; returns the folder."""
+        folder = self.node_volume_dir(namespace, claim_name)
+        pv_name = f"local-{namespace}-{claim_name}"[:253]
+        on_node = {"key": "kubernetes.io/hostname", "operator": "In", "values": [self._node().name]}
         pv = {
             "apiVersion": "v1",
             "kind": "PersistentVolume",
-            "metadata": {"name": pv_name, "labels": {RUNNER_LABEL: "true"}},
+            "metadata": {"name": pv_name},
             "spec": {
                 "capacity": {"storage": size},
-                "accessModes": ["ReadWriteOnce", "ReadOnlyMany"],
+                "accessModes": ["ReadWriteOnce"],
                 "persistentVolumeReclaimPolicy": "Retain",
                 "storageClassName": "",
-                "hostPath": {"path": str(folder), "type": "Directory"},
+                "local": {"path": str(folder)},
+                "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [on_node]}]}},
                 "claimRef": {"namespace": namespace, "name": claim_name},
             },
         }
@@ -293,7 +346,7 @@ class Cluster:
             "spec": {
                 "accessModes": ["ReadWriteOnce"],
                 "storageClassName": "",
-                "volumeName": pv_name,
+                "volumeName": pv["metadata"]["name"],
                 "resources": {"requests": {"storage": size}},
             },
         }
@@ -309,12 +362,3 @@ class Cluster:
 
         wait_until(f"PersistentVolumeClaim {namespace}/{claim_name} to be Bound", bound, 60)
         return folder
-
-    def runner_pod_spec_extras(self) -> dict[str, Any]:
-        """The nodeSelector and toleration a pod needs to land on the runner node."""
-        return {
-            "nodeSelector": {RUNNER_LABEL: "true"},
-            "tolerations": [
-                {"key": RUNNER_LABEL, "operator": "Equal", "value": "true", "effect": "NoSchedule"}
-            ],
-        }

@@ -1,7 +1,7 @@
-"""A small JSON client for the Kubernetes REST API, used by the process runner.
+"""A small JSON client for the Kubernetes REST API, used by the benchmarks.
 
-The runner acts as a kubelet: it needs raw objects (dicts with the API's own field names), watch
-streams and strategic-merge patches of pod status, which plain HTTP gives directly.
+It drives many fake pods at once: raw objects (dicts with the API's own field names), watch
+streams and merge patches, which plain HTTP gives directly.
 """
 
 from __future__ import annotations

@@ -286,7 +286,11 @@ class Kueue:
         config = kueue_configuration(st["webhook_port"], st["metrics_port"], st["health_port"], cert_dir)
         config.update(overrides or {})
         Path(st["config"]).write_text(yaml.safe_dump(config, sort_keys=False))
-        kueue = _run(self.cluster, st, timeout)
+        try:
+            kueue = _run(self.cluster, st, timeout)
+        except KueueExited as exc:  # once more: the same ports, which the manifests name
+            print(f"localcluster: {exc}\nstarting Kueue again", file=sys.stderr)
+            kueue = _run(self.cluster, st, timeout)
         self.pid = kueue.pid
         return kueue
 
@@ -350,12 +354,30 @@ def _mount_certificate(cluster: Cluster, cert_dir: Path) -> bool:
     return True
 
 
-def start_kueue(cluster: Cluster, *, timeout: float = 90.0) -> Kueue:
+class KueueExited(ClusterError):
+    """Kueue's process ended while it was starting."""
+
+
+def start_kueue(cluster: Cluster, *, timeout: float = 90.0, attempts: int = 2) -> Kueue:
     """Install Kueue's CRDs, RBAC and webhooks into `cluster` and start Kueue (or return the one
-    already running there). Stopping the cluster stops it."""
+    already running there). Stopping the cluster stops it.
+
+    A Kueue that exits while starting is started once more on fresh ports: its ports are picked
+    free beforehand, and on a busy host another process can take one before Kueue binds it."""
     existing = Kueue.attach(cluster)
     if existing is not None and existing.running():
         return existing
+    for attempt in range(1, attempts + 1):
+        try:
+            return _install_and_run(cluster, timeout)
+        except KueueExited as exc:
+            if attempt == attempts:
+                raise
+            print(f"localcluster: {exc}\nstarting Kueue again", file=sys.stderr)
+    raise AssertionError("unreachable")
+
+
+def _install_and_run(cluster: Cluster, timeout: float) -> Kueue:
     t0 = time.monotonic()
     home = kueue_dir()
     d = cluster.state_dir / "kueue"
@@ -394,6 +416,13 @@ def start_kueue(cluster: Cluster, *, timeout: float = 90.0) -> Kueue:
     return _run(cluster, state, timeout)
 
 
+def _tail(log: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"(unreadable: {exc})"
+
+
 def _run(cluster: Cluster, state: dict[str, Any], timeout: float) -> Kueue:
     """Start the Kueue process `state` describes and wait until the API server reaches its webhooks."""
     t0 = time.monotonic()
@@ -410,7 +439,7 @@ def _run(cluster: Cluster, state: dict[str, Any], timeout: float) -> Kueue:
 
     def webhooks_answer() -> bool:
         if not kueue.running():
-            raise ClusterError(f"Kueue exited; see {state['log']}")
+            raise KueueExited(f"Kueue exited; {state['log']} ends with:\n{_tail(Path(state['log']))}")
         if not (cert_dir / "tls.crt").exists() and not _mount_certificate(cluster, cert_dir):
             return False
         if not kueue.ready():

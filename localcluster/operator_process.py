@@ -22,7 +22,7 @@ FAST_FLAGS = (
     "--backoff-base", "1",
     "--backoff-max", "2",
     "--progress-poll-interval", "1",
-    "--pending-timeout", "120",
+    "--start-timeout", "120",
     "--workers", "2",
 )  # fmt: skip
 

@@ -1,18 +1,39 @@
-"""Small process utilities shared by the cluster, its runner and the processes started beside it:
+"""Small process utilities shared by the cluster and the processes started beside it:
 free ports, telling our own processes from recycled pids, and collecting children."""
 
 from __future__ import annotations
 
 import os
+import random
 import socket
 import time
 from pathlib import Path
 from typing import Any
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
+    """A TCP port on 127.0.0.1 that nothing listens on right now, picked below the ephemeral range:
+    a port from that range (what binding port 0 gives) can be taken as the source port of any
+    outgoing connection before the process it is meant for binds it."""
+    low, _ = _ephemeral_ports()
+    first = 20000 if low > 21000 else 1024
+    for _ in range(200):
+        port = random.randrange(first, low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # all tried were taken: fall back to the kernel's choice
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 

@@ -1,22 +1,23 @@
 """Starting a local cluster: etcd, kube-apiserver (RBAC + Node authorization, ServiceAccount
 tokens, client-certificate identities), kube-controller-manager, kube-scheduler, kwok (fake nodes
-and scripted pod lifecycles) and the local process runner (runner/, one node that really runs
-pods), from the binaries build-binaries.sh built. Every port is picked free, so clusters coexist."""
+and scripted pod lifecycles) and a real node (realnode/: kubelet, containerd, runc), from the
+binaries build-binaries.sh built and Debian's packages (make node-runtime). Every port is picked
+free, so clusters coexist."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from images.build import build as build_images
+from localcluster import realnode
 from localcluster.binaries import bin_dir
-from localcluster.cluster import DEFAULT_STATE_DIR, REPO_ROOT, Cluster, attach, wait_until
+from localcluster.cluster import DEFAULT_STATE_DIR, Cluster, attach, wait_until
 from localcluster.errors import ClusterError
 from localcluster.kwok import (
     CPU_NODES,
@@ -28,8 +29,11 @@ from localcluster.kwok import (
 )
 from localcluster.pki import PKI
 from localcluster.processes import free_port, pid_alive
-from localcluster.runner import RUNNER_NODE
+from localcluster.realnode import RealNode
 from localcluster.stop import start_watchdog, stop
+
+# The real node's extended resource: pods that ask for GPUs can be placed there and run on CPU.
+REAL_NODE_GPUS = 2
 
 # What kube-controller-manager runs: the garbage collector and namespace controller the issue asks
 # for, the token/ServiceAccount controllers, the workload controllers a Helm chart and the Job
@@ -50,13 +54,16 @@ CONTROLLERS = ",".join(
 def start(
     state_dir: Path = DEFAULT_STATE_DIR,
     *,
-    runner_gpus: int = 2,
     owner_pid: int | None = None,
     gpu_nodes: int = DEFAULT_GPU_NODES,
+    real_node: bool = True,
+    real_node_gpus: int = REAL_NODE_GPUS,
 ) -> Cluster:
     """Start every process; on any failure stop what was started and raise. With `owner_pid`,
     a watchdog stops the cluster when that process ends, even if it is killed (SIGKILL).
-    `gpu_nodes`: how many fake 8-GPU nodes (kwok-gpu-0, ...); the benchmark asks for many."""
+    `gpu_nodes`: how many fake 8-GPU nodes (kwok-gpu-0, ...); the benchmark asks for many.
+    `real_node`: also run a real kubelet with containerd (realnode/; needs root and
+    `make node-runtime`), advertising `real_node_gpus` nvidia.com/gpu that its pods run on CPU."""
     state_dir = state_dir.resolve()
     if (state_dir / "state.json").exists():
         existing = attach(state_dir)
@@ -66,7 +73,7 @@ def start(
     state_dir.mkdir(parents=True, exist_ok=True)
     if owner_pid is not None:
         start_watchdog(state_dir, owner_pid)
-    starter = _Starter(state_dir, bin_dir(), runner_gpus, gpu_nodes)
+    starter = _Starter(state_dir, bin_dir(), gpu_nodes, real_node, real_node_gpus)
     try:
         return starter.run()
     except BaseException:
@@ -92,20 +99,25 @@ class _Starter:
     half-way stops exactly those."""
 
     def __init__(
-        self, state_dir: Path, bins: Path, runner_gpus: int, gpu_nodes: int = DEFAULT_GPU_NODES
+        self,
+        state_dir: Path,
+        bins: Path,
+        gpu_nodes: int = DEFAULT_GPU_NODES,
+        real_node: bool = True,
+        real_node_gpus: int = REAL_NODE_GPUS,
     ) -> None:
         self.dir = state_dir
+        self.real_node = real_node
+        self.real_node_gpus = real_node_gpus
         self.bins = bins
-        self.runner_gpus = runner_gpus
         self.logs = state_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.state: dict[str, Any] = {
             "bin_dir": str(bins),
             "processes": [],
-            "runner_node": RUNNER_NODE,
-            "runner_root": str(state_dir / "runner"),
             "gpu_nodes": gpu_node_names(gpu_nodes),
             "cpu_nodes": list(CPU_NODES),
+            "real_node": realnode.NODE_NAME if real_node else None,
             "ready": False,
         }
 
@@ -156,21 +168,22 @@ class _Starter:
             "apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",)
         )
         kwok_tls = pki.issue("kwok", "kwok", server_names=("localhost",), server_ips=("127.0.0.1",))
-        runner_id = pki.issue("runner", f"system:node:{RUNNER_NODE}", ("system:nodes",))
-        runner_tls = pki.issue(
-            "runner-serving", RUNNER_NODE, server_names=("localhost",), server_ips=("127.0.0.1",)
-        )
         sa = pki.service_account_keys()
 
-        ports = {k: free_port() for k in ("etcd", "etcd_peer", "apiserver", "kwok", "runner")}
+        ports = {k: free_port() for k in ("etcd", "etcd_peer", "apiserver", "kwok", "kubelet")}
         self.state["ports"] = ports
         server = f"https://127.0.0.1:{ports['apiserver']}"
         self.state["server"] = server
         kubeconfigs = {}
-        for name, pair in (("kubeconfig", admin), ("kcm.kubeconfig", kcm), ("scheduler.kubeconfig", sched),
-                           ("runner.kubeconfig", runner_id)):  # fmt: skip
+        for name, pair in (("kubeconfig", admin), ("kcm.kubeconfig", kcm), ("scheduler.kubeconfig", sched)):
             kubeconfigs[name] = d / name
             write_kubeconfig(d / name, server, ca, pair.cert, pair.key, name.split(".")[0])
+
+        # The real node's containerd starts first; it is ready long before the API server.
+        real = RealNode.prepare(d, pki, ports["apiserver"]) if self.real_node else None
+        if real is not None:
+            (pause,) = build_images(["pause"])
+            containerd = self.spawn("containerd", real.containerd_argv(pause.reference))
 
         etcd_url = f"http://127.0.0.1:{ports['etcd']}"
         peer_url = f"http://127.0.0.1:{ports['etcd_peer']}"
@@ -200,6 +213,9 @@ class _Starter:
             "--profiling=false", "--v=1",
         ])  # fmt: skip
         self.check_alive("etcd", etcd)
+        if real is not None:
+            real.wait_containerd(lambda: self.check_alive("containerd", containerd))
+            real.import_image(pause.archive)
 
         def api_ready() -> bool:
             self.check_alive("kube-apiserver", apiserver)
@@ -215,6 +231,8 @@ class _Starter:
             return proc.returncode == 0
 
         wait_until("kube-apiserver /readyz", api_ready, 60, f"see {self.logs}/kube-apiserver.log")
+        if real is not None:
+            self.spawn("kubelet", real.kubelet_argv(b / "kubelet", server, ports["kubelet"]))
 
         self.spawn("kube-controller-manager", [
             str(b / "kube-controller-manager"), "--kubeconfig", str(kubeconfigs["kcm.kubeconfig"]),
@@ -247,13 +265,6 @@ class _Starter:
             "--tls-cert-file", str(kwok_tls.cert), "--tls-private-key-file", str(kwok_tls.key),
             "--node-lease-duration-seconds", "40", "--cidr", "10.244.0.0/16", "--enable-crds", "Logs",
         ])  # fmt: skip
-        self.spawn("runner", [
-            sys.executable, "-m", "localcluster.runner",
-            "--kubeconfig", str(kubeconfigs["runner.kubeconfig"]), "--node", RUNNER_NODE,
-            "--root", self.state["runner_root"], "--port", str(ports["runner"]),
-            "--tls-cert", str(runner_tls.cert), "--tls-key", str(runner_tls.key), "--client-ca", str(ca),
-            "--gpus", str(self.runner_gpus),
-        ], env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})  # fmt: skip
 
         cluster.kubectl("apply", "-f", "-", input=json.dumps(fake_nodes_manifest(self.state["gpu_nodes"])))
 
@@ -271,9 +282,12 @@ class _Starter:
                 # node-lifecycle lifts the not-ready taint; until then nothing schedules there
                 if conditions.get("Ready") == "True" and "node.kubernetes.io/not-ready" not in taints:
                     ready.add(node["metadata"]["name"])
-            return ready >= {*self.state["gpu_nodes"], *CPU_NODES, RUNNER_NODE}
+            real_node = [real.name] if real else []
+            return ready >= {*self.state["gpu_nodes"], *CPU_NODES, *real_node}
 
-        wait_until("all nodes Ready", nodes_ready, 60, f"see {self.logs}/kwok.log and runner.log")
+        wait_until("all nodes Ready", nodes_ready, 60, f"see {self.logs}/kwok.log and kubelet.log")
+        if real is not None and self.real_node_gpus:
+            real.advertise_gpus(cluster, self.real_node_gpus)
 
         def default_sa() -> bool:  # the controllers run once the default ServiceAccount exists
             return (

@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from localcluster import realnode
 from localcluster.processes import pid_alive, proc_start_time, reap
-from localcluster.runner.pod_worker import kill_leftover_pods
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,6 +26,11 @@ def stop(state_dir: Path, *, remove: bool = True, grace: float = 10.0) -> None:
         state = json.loads((state_dir / "state.json").read_text())
     except (OSError, ValueError):
         state = {"processes": []}
+    # The real node's pods go first, while the API server and kubelet still run (stopping the
+    # kubelet would leave them running).
+    admin = state_dir / "kubeconfig"
+    kubectl = [str(Path(state.get("bin_dir", "")) / "kubectl"), "--kubeconfig", str(admin)]
+    realnode.drain(state_dir, state, kubectl if admin.exists() and "bin_dir" in state else None)
     # Companions (Cluster.add_companion) go first: they talk to the API server.
     recorded = state.get("processes", []) + state.get("companions", [])
     procs = [p for p in reversed(recorded) if pid_alive(p["pid"], p["marker"])]
@@ -40,8 +45,7 @@ def stop(state_dir: Path, *, remove: bool = True, grace: float = 10.0) -> None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(p["pid"], signal.SIGKILL)
     reap(procs)
-    # Pod processes the runner started run in sessions of their own: stop any it left behind.
-    kill_leftover_pods(Path(state.get("runner_root", state_dir / "runner")))
+    realnode.cleanup_host(state_dir)  # mounts, bridge, nftables table, cgroups, links, sysctls
     if remove and state_dir.exists():
         shutil.rmtree(state_dir, ignore_errors=True)
 

@@ -30,6 +30,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.cluster)
+    # Tests that check the host is restored exactly go first, before the session's cluster (and
+    # its real node) changes the host-wide sysctls.
+    items.sort(key=lambda item: item.get_closest_marker("pristine_host") is None)
 
 
 def _interrupt(signum: int, frame: object) -> None:

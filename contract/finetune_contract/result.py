@@ -5,7 +5,8 @@ to the container's termination-message file, which Kubernetes caps at 4096 bytes
 reads the latter back with ``decode_result`` and maps the typed fields into the job's status.
 
 The wire format is camelCase JSON, as the FineTuneJob status: the load summary's three lists are
-top-level keys (``strippedParameters``, ...), the freeze decision is the object ``freeze``.
+top-level keys (``strippedParameters``, ...), the freeze decision is the object ``freeze``, the
+best epoch's worst classes the list ``worstClasses`` (at most five, ``ClassScore``).
 ``decode_result`` is written for hostile input (the file is the pod's to write): wrong types,
 non-finite or out-of-range numbers and unknown keys are dropped, strings and lists are bounded,
 so every value it yields has the documented type and range.
@@ -30,6 +31,8 @@ MAX_TEXT = 32768  # characters kept of the message (a condition message's maxLen
 MAX_NAME = 1024  # characters kept of a parameter name, the reason, a string in the evidence
 MAX_ITEMS = 10_000  # entries kept of a list or object
 MAX_DEPTH = 8  # nesting kept in the freeze evidence
+MAX_WORST_CLASSES = 5  # classes named in worstClasses (the status stays small)
+MAX_CLASS_NAME = 64  # characters kept of a class name there
 
 
 @dataclass
@@ -101,6 +104,42 @@ class FreezeDecision:
 
 
 @dataclass
+class ClassScore:
+    """How one class fared on the validation set at the best epoch (``per_class.json`` in the
+    output folder has every class; the result names the few worst)."""
+
+    name: str  # from dataset.labelList or the folder name; the label number otherwise
+    label: int
+    accuracy: float  # the share of its validation images predicted as it (its recall), 0..1
+    images: int  # its validation images
+    precision: float | None = None  # the share of predictions of it that were right; None: never predicted
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "label": self.label,
+            "accuracy": self.accuracy,
+            "images": self.images,
+        }
+        if self.precision is not None:
+            out["precision"] = self.precision
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ClassScore | None:
+        """A class score from JSON; None unless name, label, accuracy and images are all valid."""
+        if not isinstance(data, dict):
+            return None
+        name = _text(data.get("name"), MAX_CLASS_NAME)
+        label = _count(data.get("label"))
+        accuracy = _number(data.get("accuracy"), 0.0, 1.0)
+        images = _count(data.get("images"))
+        if name is None or label is None or accuracy is None or images is None:
+            return None
+        return cls(name, label, accuracy, images, _number(data.get("precision"), 0.0, 1.0))
+
+
+@dataclass
 class TrainerResult:
     """One attempt's outcome. Every field may be None (not known, or not reported): a failure
     reports what the attempt had established before it stopped."""
@@ -125,6 +164,8 @@ class TrainerResult:
     outputDir: str | None = None
     load: LoadSummary | None = None
     freeze: FreezeDecision | None = None
+    # The best epoch's worst classes on the validation set, worst first (at most MAX_WORST_CLASSES).
+    worstClasses: list[ClassScore] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The full result as JSON-ready data. None fields are left out, and so are values
@@ -138,6 +179,8 @@ class TrainerResult:
             out.update(self.load.to_dict())
         if self.freeze is not None:
             out["freeze"] = self.freeze.to_dict()
+        if self.worstClasses is not None:
+            out["worstClasses"] = [c.to_dict() for c in self.worstClasses[:MAX_WORST_CLASSES]]
         return out
 
     @classmethod
@@ -145,7 +188,10 @@ class TrainerResult:
         """Every well-typed, in-range field of ``data``; anything else is left out."""
         scalars = {name: check(data.get(name)) for name, check in FIELD_CHECKS.items()}
         return cls(
-            **scalars, load=LoadSummary.from_dict(data), freeze=FreezeDecision.from_dict(data.get("freeze"))
+            **scalars,
+            load=LoadSummary.from_dict(data),
+            freeze=FreezeDecision.from_dict(data.get("freeze")),
+            worstClasses=_class_scores(data.get("worstClasses")),
         )
 
 
@@ -153,9 +199,9 @@ def encode_result(result: TrainerResult, limit: int = RESULT_MAX_BYTES) -> str:
     """The result as JSON of at most ``limit`` bytes.
 
     Long parameter lists are truncated (their full length is kept in ``<key>Count``); if that is
-    not enough, the message is shortened, then the freeze evidence dropped, and as a last resort
-    only the numbers are kept, with the reason and the message if there is room. ``limit`` should
-    leave room for the numbers (1024 bytes do).
+    not enough, the message is shortened, then the freeze evidence dropped, then the worst classes
+    halved until they fit, and as a last resort only the numbers are kept, with the reason and the
+    message if there is room. ``limit`` should leave room for the numbers (1024 bytes do).
     """
     data = result.to_dict()
     for key in LOAD_LISTS:
@@ -172,6 +218,8 @@ def encode_result(result: TrainerResult, limit: int = RESULT_MAX_BYTES) -> str:
     _shorten_message(data, limit)
     if _size(data) > limit and isinstance(data.get("freeze"), dict):
         data["freeze"].pop("evidence", None)
+    while _size(data) > limit and data.get("worstClasses"):
+        data["worstClasses"] = data["worstClasses"][: len(data["worstClasses"]) // 2]
     if _size(data) > limit:
         # Last resort (a huge reason or outputDir): the numbers, a bounded set of keys that always
         # fits, then the reason and the message if there is room.
@@ -223,6 +271,13 @@ def _count(value: Any) -> int | None:
 
 def _text(value: Any, limit: int) -> str | None:
     return value[:limit] if isinstance(value, str) else None
+
+
+def _class_scores(value: Any) -> list[ClassScore] | None:
+    if not isinstance(value, list):
+        return None
+    scores = (ClassScore.from_dict(item) for item in value[:MAX_ITEMS])
+    return [score for score in scores if score is not None][:MAX_WORST_CLASSES]
 
 
 def _names(value: Any) -> list[str]:

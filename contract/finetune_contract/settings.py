@@ -132,6 +132,8 @@ class TrainerSettings:
         _one_of("dataset.format", d.format, DATASET_FORMATS)
         _one_of("dataset.corruptImages", d.corruptImages, CORRUPT_IMAGE_POLICIES)
         _at_least("dataset.numClasses", d.numClasses, 0)
+        if d.numClasses == 1:  # 0: counted from the class folders
+            raise SettingsError("dataset.numClasses: a classifier needs at least 2 classes (got 1)")
         _at_least("dataset.imageSize", d.imageSize, 8)
         _at_least("dataset.resizeShort", d.resizeShort, d.imageSize)
         _at_least("dataset.maxCorruptImages", d.maxCorruptImages, 0)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import socket
 import sys
 from collections.abc import Callable, Sequence
 
@@ -30,6 +31,9 @@ async def operate(config: OperatorConfig, metrics: Metrics, api_client: Callable
         clusterwide=config.clusterwide,
         namespaces=list(config.namespaces),
         liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None,
+        # kopf's default identity asks getpass.getuser(), which fails for a uid without a passwd
+        # entry (the image runs as 1000 and has none); standalone, kopf only logs it.
+        identity=f"finetune-operator@{socket.gethostname()}",
     )
 
 

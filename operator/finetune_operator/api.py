@@ -63,6 +63,14 @@ FINISHED = (Phase.SUCCEEDED, Phase.FAILED)
 CONDITION_TYPES = (Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED, Phase.SUSPENDED)
 
 
+class Waiting:
+    """status.waiting.kind: why a Pending job's pod is not running yet."""
+
+    CAPACITY = "Capacity"  # no room yet (no node with free GPUs, a full quota): worth waiting for
+    START = "Start"  # placed, or placeable, but it cannot run yet (an image, a volume, a config)
+    PERMISSION = "Permission"  # the operator may not create the pod: an installation to fix
+
+
 class Reason:
     """status.reason, the conditions' reasons and the Events' reasons the operator decides."""
 
@@ -73,13 +81,18 @@ class Reason:
     RETRYING = "Retrying"  # a transient failure: the next attempt starts after a back-off
     SUSPENDED = "Suspended"
     COMPLETED = "Completed"
-    POD_MISSING = "PodMissing"  # an Event: the attempt's pod disappeared, a new attempt starts
+    POD_MISSING = "PodMissing"  # the attempt's pod disappeared: a transient failure, retried after back-off
+    RECONCILE_ERROR = "ReconcileError"  # an Event: reconciling the job keeps failing (retried with back-off)
     # Failures of the job, and of an attempt's pod
     INVALID_SPEC = "InvalidSpec"
     POD_INVALID = "PodInvalid"  # the API server refused the pod (422)
-    POD_FORBIDDEN = "PodForbidden"  # refused by a quota or an admission policy (403): retried
+    POD_FORBIDDEN = "PodForbidden"  # refused by an admission webhook or policy (403): retried
+    QUOTA_EXCEEDED = "QuotaExceeded"  # refused by a ResourceQuota: waits for room
+    POD_SECURITY_VIOLATION = "PodSecurityViolation"  # refused by the namespace's Pod Security level
+    MISSING_PERMISSION = "MissingPermission"  # the operator may not create pods there: a broken install
+    POD_EXISTS = "PodExists"  # a pod of the attempt's name that is not this job's is in the way
     UNSCHEDULABLE = "Unschedulable"
-    PENDING_TIMEOUT = "PendingTimeout"
+    START_TIMEOUT = "StartTimeout"  # placed on a node, never started, for no reason the kubelet names
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     POD_FAILED = "PodFailed"  # failed with no exit code and no reason of its own

@@ -25,7 +25,8 @@ GANG_SCHEDULERS = ("", "coscheduling", "volcano")
 DEFAULT_LEASE_NAME = "paddle-finetune-operator"
 # Where a pod finds its own namespace (the ServiceAccount's mounted token folder).
 IN_CLUSTER_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+# An empty variable means false, as if it were unset.
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
@@ -42,7 +43,12 @@ class OperatorConfig:
     health_port: int = 8081  # kopf's liveness endpoint /healthz; 0 disables it
     log_format: str = "text"
     log_level: str = "info"
-    pending_timeout_seconds: float = 600.0  # a pod Pending longer fails the job (per-job override)
+    # A pod that cannot run (image pull errors, a bad config, a missing claim) or has not started
+    # this long after it was placed on a node fails the job (runPolicy.startTimeoutSeconds wins).
+    start_timeout_seconds: float = 600.0
+    # How long a pod may wait for capacity (no node with free GPUs, a full quota); 0: no limit
+    # (runPolicy.schedulingTimeoutSeconds wins).
+    scheduling_timeout_seconds: float = 0.0
     progress_poll_seconds: float = 30.0  # at most one log read per running job per interval
     backoff_base_seconds: float = 10.0  # retry n waits base * 2^(n-1) ...
     backoff_max_seconds: float = 300.0  # ... but never longer than this
@@ -59,6 +65,9 @@ class OperatorConfig:
     # (empty: the cluster's default scheduler; Volcano: "volcano" unless set).
     gang_scheduler: str = ""
     scheduler_name: str = ""
+    # hostPath volumes give a job's pod the node's files: refused unless the installation allows
+    # them (and even then only where the namespace's Pod Security level does).
+    allow_host_path: bool = False
     # Leader election on a coordination.k8s.io/v1 Lease (leader.py): off by default for a process
     # started by hand, on in the Helm chart (two replicas, one acting).
     leader_elect: bool = False
@@ -88,7 +97,20 @@ _OPTIONS: tuple[tuple[str, str, str, type, str], ...] = (
     ("health_port", "--health-port", "PFO_HEALTH_PORT", int, "port for /healthz (0: off)"),
     ("log_format", "--log-format", "PFO_LOG_FORMAT", str, "text or json"),
     ("log_level", "--log-level", "PFO_LOG_LEVEL", str, "debug, info, warning or error"),
-    ("pending_timeout_seconds", "--pending-timeout", "PFO_PENDING_TIMEOUT", float, "seconds"),
+    (
+        "start_timeout_seconds",
+        "--start-timeout",
+        "PFO_START_TIMEOUT",
+        float,
+        "seconds a placed pod may take to start or stay unable to run",
+    ),
+    (
+        "scheduling_timeout_seconds",
+        "--scheduling-timeout",
+        "PFO_SCHEDULING_TIMEOUT",
+        float,
+        "seconds a pod may wait for capacity (0: no limit)",
+    ),
     ("progress_poll_seconds", "--progress-poll-interval", "PFO_PROGRESS_POLL_INTERVAL", float, "seconds"),
     ("backoff_base_seconds", "--backoff-base", "PFO_BACKOFF_BASE", float, "seconds"),
     ("backoff_max_seconds", "--backoff-max", "PFO_BACKOFF_MAX", float, "seconds"),
@@ -116,6 +138,13 @@ _OPTIONS: tuple[tuple[str, str, str, type, str], ...] = (
         "PFO_SCHEDULER_NAME",
         str,
         "schedulerName of trainer pods (default: the cluster's; volcano with --gang-scheduler=volcano)",
+    ),
+    (
+        "allow_host_path",
+        "--allow-host-path",
+        "PFO_ALLOW_HOST_PATH",
+        bool,
+        "true: jobs may use hostPath volumes (default false)",
     ),
     ("leader_elect", "--leader-elect", "PFO_LEADER_ELECT", bool, "act only while holding the Lease"),
     (
@@ -254,8 +283,13 @@ def validate(config: OperatorConfig) -> None:
             raise ConfigError(f"{flag}: {port} is not a TCP port (0..65535)")
     if config.metrics_port and config.metrics_port == config.health_port:
         raise ConfigError("--metrics-port and --health-port must differ")
+    if not config.scheduling_timeout_seconds >= 0:
+        raise ConfigError(
+            "--scheduling-timeout: must be >= 0 seconds, 0 for no limit "
+            f"(got {config.scheduling_timeout_seconds})"
+        )
     for name, flag in (
-        ("pending_timeout_seconds", "--pending-timeout"),
+        ("start_timeout_seconds", "--start-timeout"),
         ("progress_poll_seconds", "--progress-poll-interval"),
         ("backoff_base_seconds", "--backoff-base"),
         ("backoff_max_seconds", "--backoff-max"),

@@ -2,17 +2,42 @@
 look again.
 
 Level-based: every decision comes from the job (spec and status) and the pods that exist now, so
-a restarted operator picks up where the last one stopped. The attempt's pod name is derived from
-the job and the attempt number; a pod created just before a crash, whose attempt the status has
-not recorded yet, is adopted rather than duplicated. The only in-process state is a throttle for
-log reads, which a restart merely resets.
+a restarted operator picks up where the last one stopped. One pass reads the job and its pods,
+decides, and writes in this order:
+
+1. the attempt's pod, created while deciding (whether it was created, refused or invalid decides
+   the status);
+2. Events, before the status: a process that dies between the two posts them again on its next
+   pass rather than never; under the same names (kube.event_name: the job's version, the
+   Event's place in the pass and the Event), so the API server keeps one and `kubectl describe`
+   shows each transition once;
+3. the status, one JSON merge patch of what changed;
+4. deletions, after the status that says why: pods that must not run any more, and the job
+   itself once its TTL is over.
+
+What makes every crash point safe (tests/operator/test_crash_points.py dies before and after each
+write of each pass):
+
+* `status.attempts` is the highest attempt started. Its pod is created first, named after the
+  job and the attempt; a pod the status has not recorded yet is adopted, not duplicated.
+* `status.endedAttempts`: attempts up to it have ended and are accounted for;
+  `status.failedAttempts`: how many of them failed. The one patch that judges attempt N writes
+  both, so a failure is counted exactly once, however often the pod is seen afterwards and even
+  once it is deleted. A pod that vanished before it was judged is a transient failure
+  (`PodMissing`), retried after the back-off like any other.
+* The next attempt's pod is created only by a pass after the one that ended the previous
+  attempt, so an end is never lost to a crash between the two writes.
+* At most one attempt's pod runs: pods of ended attempts are deleted, and the next attempt waits
+  until they are gone (their trainer may still be writing its checkpoint).
+
+The only in-process state is a throttle for log reads and the metrics, which a restart merely
+resets.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -20,8 +45,8 @@ from typing import Any
 
 from finetune_contract import SettingsError, TrainerResult, parse_last_progress
 
-from . import retry
-from .api import CONTAINER, FINISHED, LABEL_ATTEMPT, Phase, Reason
+from . import retry, spec_checks, waiting
+from .api import CONTAINER, FINISHED, LABEL_ATTEMPT, Phase, Reason, Waiting
 from .config import OperatorConfig
 from .job_status import (
     StatusUpdate,
@@ -34,17 +59,23 @@ from .job_status import (
     same_progress,
     success_message,
 )
-from .kube import Kube, api_message, is_status
+from .kube import KubeApi, api_status, is_status
 from .metrics import Metrics
 from .pod import pod_name, pod_selector, render_pod
 from .pod_state import PodOutcome, observe_pod
+from .refusal import classify
 from .trainer_settings import trainer_settings
 
 log = logging.getLogger("finetune_operator")
 
 LOG_LIMIT_BYTES = 256 * 1024  # the most a progress poll reads, whatever the line lengths
 WAIT_FOR_TERMINATION = 2.0  # seconds between looks at a pod that is being deleted
+# The longest a job that is not finished goes without a timed look (a safety net under the
+# watches, for waits that have no deadline of their own).
+RESYNC_SECONDS = 300.0
 _REPORTED = ("metrics", "finetune", "progress")  # status parts that come from the trainer's output
+# A pending pod's reasons that only say it is on its way (created, scheduled, pulling, mounting).
+_ROUTINE = (Reason.POD_PENDING, "ContainerCreating", "PodInitializing")
 
 
 @dataclass
@@ -55,6 +86,10 @@ class _Pass:
     now: datetime
     update: StatusUpdate = field(default_factory=StatusUpdate)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    deletes: list[tuple[str, str]] = field(default_factory=list)  # pods (name, uid), after the status
+    delete_job: bool = False  # the TTL is over: delete the job after the status
+    top1: float | None = None  # for the per-job gauge
+    gone: bool = False  # the job was deleted (by us, or under us)
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -80,17 +115,28 @@ class _Pass:
         """The status field as this pass will leave it."""
         return self.update.fields[key] if key in self.update.fields else self.status.get(key)
 
-    def transition(self, phase: str, reason: str, message: str, event_type: str = "Normal") -> None:
+    def count(self, key: str) -> int:
+        return int(self.get(key) or 0)
+
+    def transition(self, phase: str, reason: str, message: str, event_type: str | None = "Normal") -> None:
+        """Phase, reason and message; an Event of `event_type` if they changed (None: a routine
+        step that is not worth an Event)."""
         old = self.status
         self.update.transition(old, phase, reason, message, self.stamp, self.meta.get("generation"))
-        if (old.get("phase"), old.get("reason")) != (phase, reason):
+        self.update.fields["waiting"] = None  # a Pending wait sets its own after this
+        if event_type and (old.get("phase"), old.get("reason")) != (phase, reason):
             self.events.append((event_type, reason, message))
+
+    def delete(self, pod: dict[str, Any]) -> None:
+        item = (pod["metadata"]["name"], pod["metadata"]["uid"])
+        if item not in self.deletes:
+            self.deletes.append(item)
 
 
 class Reconciler:
     def __init__(
         self,
-        kube: Kube,
+        kube: KubeApi,
         config: OperatorConfig,
         metrics: Metrics,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
@@ -99,14 +145,43 @@ class Reconciler:
         self.config = config
         self.metrics = metrics
         self.clock = clock
-        self._last_poll: dict[tuple[str, str], float] = {}
+        self._last_poll: dict[tuple[str, str], datetime] = {}
         self._lock = threading.Lock()
 
-    def forget(self, namespace: str, name: str) -> None:
-        """The job was deleted."""
+    def forget(self, namespace: str, name: str, uid: str | None = None) -> None:
+        """The job (`uid`, or whichever job had that name) was deleted."""
         with self._lock:
             self._last_poll.pop((namespace, name), None)
-        self.metrics.forget_job(namespace, name)
+        self.metrics.forget_job(namespace, name, uid)
+
+    def sweep(self) -> None:
+        """Forget the jobs that were deleted while no watch event could say so (a watch gap, a
+        deletion between two passes): what an informer's relist does for its cache."""
+        mark = self.metrics.mark()
+        present: set[tuple[str, str, str]] = set()
+        for namespace in self.config.namespaces or (None,):
+            for job in self.kube.list_jobs(namespace):
+                meta = job["metadata"]
+                present.add((meta["namespace"], meta["name"], meta["uid"]))
+        for namespace, name, uid in self.metrics.seen_before(mark):
+            if (namespace, name, uid) not in present:
+                self.forget(namespace, name, uid)
+
+    def report_error(
+        self, namespace: str, name: str, error: BaseException, failures: int, delay: float
+    ) -> None:
+        """A Warning Event on a job whose reconcile keeps failing (best effort: the API server
+        may be what fails)."""
+        uid = self.metrics.uid_of(namespace, name) or ""
+        job = {"metadata": {"namespace": namespace, "name": name, "uid": uid}}
+        message = (
+            f"reconciling the job failed {failures} times in a row "
+            f"({type(error).__name__}: {str(error)[:300]}); next try in {delay:g}s"
+        )
+        try:
+            self.kube.job_event(job, "Warning", Reason.RECONCILE_ERROR, message, now_iso(self.clock()))
+        except Exception as exc:
+            log.debug("%s/%s: no ReconcileError event: %s", namespace, name, exc)
 
     # ------------------------------------------------------------------------------------------
     def reconcile(self, namespace: str, name: str) -> float | None:
@@ -119,43 +194,55 @@ class Reconciler:
                 self.forget(namespace, name)
                 return None
             raise
-        if job["metadata"].get("deletionTimestamp"):
+        meta = job["metadata"]
+        if meta.get("deletionTimestamp"):
             return None  # the garbage collector removes the pods
         p = _Pass(job=job, now=self.clock())
-        try:
-            requeue = self._decide(p)
-        finally:
-            self._commit(p)
-        self.metrics.observe_job(namespace, name, p.get("phase"))
+        requeue = self._decide(p)
+        self._commit(p)
+        if p.gone:
+            self.forget(namespace, name, meta["uid"])
+            return None
+        self.metrics.observe_job(namespace, name, meta["uid"], p.get("phase"), p.top1)
         return requeue
 
     def _commit(self, p: _Pass) -> None:
         meta = p.meta
+        where = f"{meta['namespace']}/{meta['name']}"
+        for seq, (event_type, reason, message) in enumerate(p.events):
+            try:
+                self.kube.job_event(p.job, event_type, reason, message, p.stamp, seq)
+            except Exception as exc:  # an Event is worth a log line, not a failed reconcile
+                log.warning("could not post the %s event for %s: %s", reason, where, exc)
+            log.info("%s: %s: %s", where, reason, message)
         changes = p.update.changes(p.status)
         if changes:
             try:
                 self.kube.patch_job_status(meta["namespace"], meta["name"], changes)
             except Exception as exc:
+                if is_status(exc, 404):  # deleted under us: nothing left to converge
+                    p.gone = True
+                    return
                 if not is_status(exc, 422) or not set(changes) & set(_REPORTED):
                     raise
                 # The trainer reported something the status schema refuses: keep the lifecycle
                 # moving without the report rather than retrying the same patch forever.
                 dropped = ", ".join(sorted(set(changes) & set(_REPORTED)))
-                where = f"{meta['namespace']}/{meta['name']}"
                 log.error(
                     "%s: status rejected (%s); retrying without %s", where, getattr(exc, "body", exc), dropped
                 )
                 trimmed = {k: v for k, v in changes.items() if k not in _REPORTED}
                 if trimmed:
                     self.kube.patch_job_status(meta["namespace"], meta["name"], trimmed)
-        for event_type, reason, message in p.events:
+        for name, uid in p.deletes:
+            self.kube.delete_pod(meta["namespace"], name, uid)
+        if p.delete_job:
             try:
-                self.kube.job_event(p.job, event_type, reason, message, p.stamp)
-            except Exception as exc:  # an Event is worth a log line, not a failed reconcile
-                log.warning(
-                    "could not post the %s event for %s/%s: %s", reason, meta["namespace"], meta["name"], exc
-                )
-            log.info("%s/%s: %s: %s", meta["namespace"], meta["name"], reason, message)
+                self.kube.delete_job(meta["namespace"], meta["name"], meta["uid"])
+            except Exception as exc:
+                if not is_status(exc, 404) and not is_status(exc, 409):
+                    raise
+            p.gone = True
 
     def _owned_pods(self, p: _Pass) -> dict[int, dict[str, Any]]:
         uid = p.meta["uid"]
@@ -170,89 +257,73 @@ class Reconciler:
                 continue
         return pods
 
+    # ------------------------------------------------------------------------------------------
     def _decide(self, p: _Pass) -> float | None:
-        status, policy = p.status, p.policy
-        if status.get("phase") in FINISHED:
-            return self._finished(p)
-
         pods = self._owned_pods(p)
-        attempts = max([status.get("attempts") or 0, *pods])
-        if attempts != (status.get("attempts") or 0):
-            # A pod created just before the operator stopped: adopt it.
-            p.update.fields.update(
-                attempts=attempts, podName=pod_name(p.meta["name"], attempts), nextAttemptTime=None
-            )
+        if p.status.get("phase") in FINISHED:
+            return self._finished(p, pods)
 
-        try:
-            trainer_settings(p.job)
-        except SettingsError as exc:
-            self._fail(p, pods.get(attempts), Reason.INVALID_SPEC, str(exc))
-            return self._finished(p)
+        newest = max(pods, default=0)
+        if newest > p.count("attempts"):
+            # Created just before the operator stopped, before the status recorded it: adopt it.
+            self._record_attempt(p, newest, resumed=p.status.get("phase") == Phase.SUSPENDED)
+        attempts = p.count("attempts")
+        in_flight = attempts > p.count("endedAttempts")
+        current = pods.get(attempts) if in_flight else None
+        for number, pod in pods.items():  # pods of ended attempts must not run
+            if (number != attempts or not in_flight) and _active(pod) and not _terminating(pod):
+                p.delete(pod)
 
-        current = pods.get(attempts)
-        if current and _terminating(current):
-            if policy.get("suspend") or status.get("phase") == Phase.SUSPENDED:
-                current = None  # our own deletion on suspend: the pod is as good as gone
-            else:
-                return WAIT_FOR_TERMINATION  # someone deletes it: judge it once it has terminated
-        outcome = observe_pod(current) if current else None
+        problem = spec_checks.refused(p.job, self.config)
+        if problem is None:
+            try:
+                trainer_settings(p.job)
+            except SettingsError as exc:
+                problem = str(exc)
+        if problem is not None:
+            self._fail(p, Reason.INVALID_SPEC, problem)
+            return self._finished(p, pods)
 
+        outcome = observe_pod(current) if current and not _terminating(current) else None
         if outcome and outcome.phase == "Succeeded":
             self._succeed(p, outcome)
-            return self._finished(p)
-
-        if policy.get("suspend"):
-            message = "the job is suspended (spec.runPolicy.suspend): no pod runs until it is resumed"
-            if status.get("phase") == Phase.SUSPENDED:
-                message = status.get("message") or message  # keep the suspension's own message
-            if current and outcome and outcome.phase in ("Pending", "Running"):
-                name = current["metadata"]["name"]
-                self.kube.delete_pod(p.meta["namespace"], name, current["metadata"]["uid"])
-                message = f"the job is suspended (spec.runPolicy.suspend): deleted pod {name}"
-            p.update.fields["nextAttemptTime"] = None
-            p.transition(Phase.SUSPENDED, Reason.SUSPENDED, message)
-            return None
-
-        if status.get("phase") == Phase.SUSPENDED:
-            # Resumed: a new attempt, with a fresh deadline (as batch/v1 Job does).
-            return self._start_attempt(p, attempts + 1, resumed=True)
-
+            return self._finished(p, pods)
+        if p.policy.get("suspend"):
+            return self._suspend(p, current, outcome, pods)
         remaining = self._deadline_remaining(p)
         if remaining is not None and remaining <= 0:
-            if current and outcome and outcome.phase in ("Pending", "Running"):
-                self.kube.delete_pod(
-                    p.meta["namespace"], current["metadata"]["name"], current["metadata"]["uid"]
-                )
-            deadline = policy["activeDeadlineSeconds"]
+            deadline = p.policy["activeDeadlineSeconds"]
             self._fail(
-                p,
-                None,
-                Reason.DEADLINE_EXCEEDED,
-                f"the job ran longer than activeDeadlineSeconds ({deadline}s)",
+                p, Reason.DEADLINE_EXCEEDED, f"the job ran longer than activeDeadlineSeconds ({deadline}s)"
             )
-            return self._finished(p)
+            return self._finished(p, pods)
 
-        if outcome is None:
-            if attempts == 0:
-                return self._start_attempt(p, 1)
-            next_at = parse_time(p.get("nextAttemptTime"))
-            if next_at and p.now < next_at:
-                return _soonest((next_at - p.now).total_seconds(), remaining)
-            if not next_at and p.status.get("reason") != Reason.POD_FORBIDDEN:
-                p.events.append(
-                    ("Warning", Reason.POD_MISSING, f"pod {pod_name(p.meta['name'], attempts)} disappeared")
+        if in_flight:
+            name = pod_name(p.meta["name"], attempts)
+            if current is None:
+                message = f"pod {name} disappeared before it finished"
+                p.events.append(("Warning", Reason.POD_MISSING, message))
+                return self._attempt_failed(
+                    p, PodOutcome("Failed", Reason.POD_MISSING, message, transient=True)
                 )
-            return self._start_attempt(p, attempts + 1)
-        if outcome.phase == "Failed":
-            failures = sum(1 for pod in pods.values() if (pod.get("status") or {}).get("phase") == "Failed")
-            return self._failed_attempt(p, outcome, attempts, failures, remaining)
-        if outcome.phase == "Pending":
-            return self._pending(p, current, outcome, remaining)
-        # Running
-        pod = current["metadata"]["name"]
-        p.transition(Phase.RUNNING, Reason.RUNNING, f"attempt {attempts}: pod {pod} is running")
-        self._poll_progress(p, pod)
-        return _soonest(self.config.progress_poll_seconds, remaining)
+            if outcome is None:
+                return WAIT_FOR_TERMINATION  # someone deletes it: judge it once it has terminated
+            if outcome.phase == "Failed":
+                return self._attempt_failed(p, outcome)
+            if outcome.phase == "Pending":
+                return self._pending(p, current, outcome, remaining)
+            p.transition(Phase.RUNNING, Reason.RUNNING, f"attempt {attempts}: pod {name} is running")
+            self._poll_progress(p, name)
+            return _soonest(self.config.progress_poll_seconds, remaining)
+
+        # No attempt in flight: start the next once the last one's pods are gone and its back-off
+        # is over.
+        if any(_active(pod) for pod in pods.values()):
+            return WAIT_FOR_TERMINATION
+        next_at = parse_time(p.get("nextAttemptTime"))
+        if next_at and p.now < next_at:
+            return _soonest((next_at - p.now).total_seconds(), remaining)
+        return self._start_attempt(p, attempts + 1, resumed=p.status.get("phase") == Phase.SUSPENDED)
 
     # ------------------------------------------------------------------------------------------
     def _deadline_remaining(self, p: _Pass) -> float | None:
@@ -262,105 +333,157 @@ class Reconciler:
             return None
         return (start + timedelta(seconds=deadline) - p.now).total_seconds()
 
-    def _start_attempt(self, p: _Pass, attempt: int, resumed: bool = False) -> float | None:
-        meta = p.meta
+    def _end_attempt(self, p: _Pass) -> None:
+        """The attempt in flight has ended (accounted for in the same patch as its outcome)."""
+        p.update.fields["endedAttempts"] = p.count("attempts")
+
+    def _record_attempt(self, p: _Pass, attempt: int, resumed: bool) -> None:
+        """The status records attempt `attempt`, whose pod exists."""
+        name = pod_name(p.meta["name"], attempt)
+        fields = p.update.fields
+        fields.update(attempts=attempt, podName=name, nextAttemptTime=None)
+        if resumed or not p.status.get("startTime"):
+            fields["startTime"] = p.stamp
+        what = "resumed" if resumed else ("started" if attempt == 1 else "retried")
+        p.transition(Phase.PENDING, Reason.POD_CREATED, f"attempt {attempt} {what}: created pod {name}")
+
+    def _start_attempt(self, p: _Pass, attempt: int, resumed: bool) -> float | None:
         pod = render_pod(p.job, attempt, self.config)
         name = pod["metadata"]["name"]
         try:
             self.kube.create_pod(pod)
         except Exception as exc:
-            if is_status(exc, 422):  # the pod as rendered can never be created
-                self._fail(
-                    p, None, Reason.POD_INVALID, f"the API server refused pod {name}: {api_message(exc)}"
-                )
-                return self._finished(p)
-            if is_status(exc, 403):  # a quota or an admission policy: may pass later
-                return self._forbidden(p, name, api_message(exc))
-            if not is_status(exc, 409):  # 409: it exists already, which is what we want
+            status = api_status(exc)
+            if status is None or status.code not in (403, 409, 422):
                 raise
-        fields = p.update.fields
-        fields.update(attempts=attempt, podName=name, nextAttemptTime=None)
-        if resumed or not p.status.get("startTime"):
-            fields["startTime"] = p.stamp
+            if status.code == 409:
+                # Not ours (ours would have been adopted): a pod of a deleted job of the same
+                # name on its way out, or one a concurrent pass just created. Look again soon.
+                p.transition(
+                    Phase.PENDING,
+                    Reason.POD_EXISTS,
+                    f"pod {name} exists and is not this job's yet: waiting for it to go",
+                    "Warning",
+                )
+                return WAIT_FOR_TERMINATION
+            return self._refused(p, name, status)
+        self._record_attempt(p, attempt, resumed)
+        self.metrics.attempts.inc()
         if attempt == 1 and not p.status.get("attempts"):
-            created = parse_time(meta.get("creationTimestamp"))
+            created = parse_time(p.meta.get("creationTimestamp"))
             if created:
                 self.metrics.pod_creation.observe(max(0.0, (p.now - created).total_seconds()))
-        self.metrics.attempts.inc()
-        what = "resumed" if resumed else ("started" if attempt == 1 else "retried")
-        p.transition(Phase.PENDING, Reason.POD_CREATED, f"attempt {attempt} {what}: created pod {name}")
-        if (p.status.get("phase"), p.status.get("reason")) == (Phase.PENDING, Reason.POD_CREATED):
-            p.events.append(("Normal", Reason.POD_CREATED, f"attempt {attempt} {what}: created pod {name}"))
-        return _soonest(self._pending_timeout(p), self._deadline_remaining(p))
+        return _soonest(RESYNC_SECONDS, self._deadline_remaining(p))
 
-    def _forbidden(self, p: _Pass, name: str, message: str) -> float | None:
-        """Pod creation refused (403: ResourceQuota, PodSecurity, another admission policy):
-        Pending with the API server's words, retried, Failed after the pending timeout."""
-        timeout = self._pending_timeout(p)
-        waiting_since = p.now
-        if p.status.get("reason") == Reason.POD_FORBIDDEN:
-            waiting_since = parse_time(p.status.get("lastTransitionTime")) or p.now
-        waited = (p.now - waiting_since).total_seconds()
-        text = f"the API server refused pod {name}: {message}"
-        if waited >= timeout:
-            self._fail(p, None, Reason.POD_FORBIDDEN, f"{text} (for more than {timeout:g}s)")
-            return self._finished(p)
-        p.transition(Phase.PENDING, Reason.POD_FORBIDDEN, text, "Warning")
-        return _soonest(min(self.config.backoff_max_seconds, timeout - waited), self._deadline_remaining(p))
-
-    def _pending_timeout(self, p: _Pass) -> float:
-        return float(p.policy.get("pendingTimeoutSeconds") or self.config.pending_timeout_seconds)
+    def _refused(self, p: _Pass, name: str, status: Any) -> float | None:
+        """The API server refused the attempt's pod: fail, or wait and try again (refusal.py)."""
+        namespace = p.meta["namespace"]
+        refusal = classify(status, name, namespace, lambda: self.kube.can_i("create", "pods", namespace))
+        if refusal.wait is None:
+            self._fail(p, refusal.reason, refusal.message)
+            return self._finished(p, {})
+        since = waiting.remembered_since(p.status.get("waiting"), refusal.wait, p.now)
+        wait = waiting.Wait(
+            refusal.wait,
+            refusal.reason,
+            refusal.message,
+            since,
+            waiting.limit(refusal.wait, p.policy, self.config),
+        )
+        if wait.expired(p.now):
+            self._fail(p, refusal.reason, f"{refusal.message} (for more than {wait.limit:g}s)")
+            return self._finished(p, {})
+        if refusal.reason == Reason.MISSING_PERMISSION:
+            log.error("%s/%s: %s", namespace, p.meta["name"], refusal.message)
+        p.transition(Phase.PENDING, refusal.reason, refusal.message, "Warning")
+        p.update.fields["waiting"] = wait.status()
+        # Try again soon at first, then further apart (level-based: from how long it has lasted).
+        waited = (p.now - since).total_seconds()
+        delay = min(self.config.backoff_max_seconds, max(self.config.backoff_base_seconds, waited))
+        return _soonest(delay, wait.left(p.now), self._deadline_remaining(p))
 
     def _pending(
         self, p: _Pass, pod: dict[str, Any], outcome: PodOutcome, remaining: float | None
     ) -> float | None:
-        timeout = self._pending_timeout(p)
+        kind = outcome.waiting or Waiting.START
         since = parse_time(outcome.since) or p.now
-        waited = (p.now - since).total_seconds()
-        if waited >= timeout:
-            self.kube.delete_pod(p.meta["namespace"], pod["metadata"]["name"], pod["metadata"]["uid"])
-            reason = (
-                outcome.reason
-                if outcome.reason not in (Reason.POD_PENDING, "ContainerCreating")
-                else Reason.PENDING_TIMEOUT
-            )
-            detail = f": {outcome.message}" if outcome.message else ""
-            self._fail(p, None, reason, f"the pod was pending for more than {timeout:g}s{detail}")
-            return self._finished(p)
-        message = outcome.message or f"pod {pod['metadata']['name']} is waiting to start"
+        wait = waiting.Wait(
+            kind, outcome.reason, outcome.message, since, waiting.limit(kind, p.policy, self.config)
+        )
+        name = pod["metadata"]["name"]
+        detail = f": {outcome.message}" if outcome.message else ""
+        if wait.expired(p.now):
+            if kind == Waiting.CAPACITY:
+                message = f"the pod waited for capacity for more than {wait.limit:g}s{detail}"
+            else:
+                message = f"the pod could not start for more than {wait.limit:g}s{detail}"
+            reason = outcome.reason
+            if reason in _ROUTINE:  # no reason of the scheduler's or the kubelet's to give
+                reason = Reason.UNSCHEDULABLE if kind == Waiting.CAPACITY else Reason.START_TIMEOUT
+            self._fail(p, reason, message)
+            return self._finished(p, {p.count("attempts"): pod})
+        routine = outcome.reason in _ROUTINE
+        if routine:
+            message = outcome.message or f"pod {name} is starting"
+        elif kind == Waiting.CAPACITY:
+            message = f"waiting for capacity{detail}"
+        else:
+            message = f"pod {name} cannot start ({outcome.reason}){detail}"
+        # Waiting for capacity or unable to start is worth an Event; pulling and mounting is not.
+        p.transition(Phase.PENDING, outcome.reason, message, None if routine else "Warning")
+        p.update.fields["waiting"] = wait.status()
+        left = wait.left(p.now)
+        return _soonest(RESYNC_SECONDS if left is None else left, remaining)
+
+    def _count_failure(self, p: _Pass, outcome: PodOutcome) -> retry.RetryDecision:
+        """Attempt `attempts` failed: counted once, in the patch that ends it."""
+        failures = p.count("failedAttempts") + 1
+        p.update.fields["failedAttempts"] = failures
+        self._end_attempt(p)
+        return retry.decide(outcome, failures, int(p.policy.get("backoffLimit", 2)))
+
+    def _attempt_failed(self, p: _Pass, outcome: PodOutcome) -> float | None:
+        attempts = p.count("attempts")
+        decision = self._count_failure(p, outcome)
+        if not decision.retry:
+            self._fail(p, decision.reason, decision.message)
+            return self._finished(p, {})
+        delay = retry.backoff_seconds(
+            p.count("failedAttempts"), self.config.backoff_base_seconds, self.config.backoff_max_seconds
+        )
+        p.update.fields["nextAttemptTime"] = now_iso(p.now + timedelta(seconds=delay))
+        self.metrics.retries.labels(reason=outcome.reason).inc()
         p.transition(
             Phase.PENDING,
-            outcome.reason,
-            message,
-            "Warning" if outcome.reason == Reason.UNSCHEDULABLE else "Normal",
+            Reason.RETRYING,
+            f"attempt {attempts} failed ({outcome.reason}: {outcome.message}); "
+            f"attempt {attempts + 1} starts after {delay:g}s",
+            "Warning",
         )
-        return _soonest(timeout - waited, remaining)
+        return _soonest(delay, self._deadline_remaining(p))
 
-    def _failed_attempt(
-        self, p: _Pass, outcome: PodOutcome, attempts: int, failures: int, remaining: float | None
+    def _suspend(
+        self, p: _Pass, current: dict[str, Any] | None, outcome: PodOutcome | None, pods: dict[int, Any]
     ) -> float | None:
-        decision = retry.decide(outcome, failures, int(p.policy.get("backoffLimit", 2)))
-        if not decision.retry:
-            self._fail(p, None, decision.reason, decision.message)
-            return self._finished(p)
-        next_at = parse_time(p.get("nextAttemptTime"))
-        if next_at is None:
-            delay = retry.backoff_seconds(
-                failures, self.config.backoff_base_seconds, self.config.backoff_max_seconds
-            )
-            next_at = p.now + timedelta(seconds=delay)
-            p.update.fields["nextAttemptTime"] = now_iso(next_at)
-            self.metrics.retries.labels(reason=outcome.reason).inc()
-            p.transition(
-                Phase.PENDING,
-                Reason.RETRYING,
-                f"attempt {attempts} failed ({outcome.reason}: {outcome.message}); "
-                f"attempt {attempts + 1} starts after {delay:g}s",
-                "Warning",
-            )
-        if p.now < next_at:
-            return _soonest((next_at - p.now).total_seconds(), remaining)
-        return self._start_attempt(p, attempts + 1)
+        message = "the job is suspended (spec.runPolicy.suspend): no pod runs until it is resumed"
+        if p.status.get("phase") == Phase.SUSPENDED:
+            message = p.status.get("message") or message  # keep the suspension's own message
+        if p.count("attempts") > p.count("endedAttempts"):
+            if outcome is not None and outcome.phase == "Failed":
+                # It failed before the suspension took effect: that failure counts.
+                decision = self._count_failure(p, outcome)
+                if not decision.retry:
+                    self._fail(p, decision.reason, decision.message)
+                    return self._finished(p, pods)
+            else:
+                self._end_attempt(p)  # a suspension ends the attempt; it is not a failure
+            if current is not None and _active(current):
+                p.delete(current)
+                name = current["metadata"]["name"]
+                message = f"the job is suspended (spec.runPolicy.suspend): deleted pod {name}"
+        p.update.fields["nextAttemptTime"] = None
+        p.transition(Phase.SUSPENDED, Reason.SUSPENDED, message)
+        return None
 
     def _succeed(self, p: _Pass, outcome: PodOutcome) -> None:
         result = outcome.result or TrainerResult()
@@ -374,14 +497,15 @@ class Reconciler:
             fields["progress"] = progress
         fields["completionTime"] = p.stamp
         fields["nextAttemptTime"] = None
+        self._end_attempt(p)
         p.transition(Phase.SUCCEEDED, Reason.COMPLETED, success_message(result, outcome.message))
         self._count_outcome(p, Phase.SUCCEEDED, Reason.COMPLETED)
 
-    def _fail(self, p: _Pass, pod: dict[str, Any] | None, reason: str, message: str) -> None:
-        if pod is not None and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
-            self.kube.delete_pod(p.meta["namespace"], pod["metadata"]["name"], pod["metadata"]["uid"])
+    def _fail(self, p: _Pass, reason: str, message: str) -> None:
+        """The job fails; its pods are deleted after the status says why (`_finished`)."""
         p.update.fields["completionTime"] = p.stamp
         p.update.fields["nextAttemptTime"] = None
+        self._end_attempt(p)
         p.transition(Phase.FAILED, reason, message, "Warning")
         self._count_outcome(p, Phase.FAILED, reason)
 
@@ -393,12 +517,15 @@ class Reconciler:
         if created:
             self.metrics.duration.labels(phase=phase).observe(max(0.0, (p.now - created).total_seconds()))
 
-    def _finished(self, p: _Pass) -> float | None:
-        """A Succeeded/Failed job: keep the top-1 gauge, and delete it when its TTL is over."""
-        meta = p.meta
+    def _finished(self, p: _Pass, pods: dict[int, dict[str, Any]]) -> float | None:
+        """A Succeeded/Failed job: no pod of it runs any more, its top-1 is reported, and it is
+        deleted when its TTL is over."""
+        for pod in pods.values():
+            if _active(pod) and not _terminating(pod):
+                p.delete(pod)
         top1 = (p.get("metrics") or {}).get("top1")
         if top1 is not None:
-            self.metrics.top1.labels(namespace=meta["namespace"], name=meta["name"]).set(top1)
+            p.top1 = top1
         ttl = p.policy.get("ttlSecondsAfterFinished")
         done = parse_time(p.get("completionTime"))
         if ttl is None or done is None:
@@ -408,27 +535,22 @@ class Reconciler:
             return left
         log.info(
             "%s/%s: ttlSecondsAfterFinished (%ss) is over: deleting the job",
-            meta["namespace"],
-            meta["name"],
+            p.meta["namespace"],
+            p.meta["name"],
             ttl,
         )
-        try:
-            self.kube.delete_job(meta["namespace"], meta["name"], meta["uid"])
-        except Exception as exc:
-            if not is_status(exc, 404) and not is_status(exc, 409):
-                raise
+        p.delete_job = True
         return None
 
     def _poll_progress(self, p: _Pass, pod: str) -> None:
         """Read the trainer's latest progress line from the tail of its log, at most once per
         poll interval per job, and patch only when it changed."""
         key = (p.meta["namespace"], p.meta["name"])
-        tick = time.monotonic()
         with self._lock:
             last = self._last_poll.get(key)
-            if last is not None and tick - last < self.config.progress_poll_seconds * 0.9:
+            if last is not None and (p.now - last).total_seconds() < self.config.progress_poll_seconds * 0.9:
                 return
-            self._last_poll[key] = tick
+            self._last_poll[key] = p.now
         # Only what was written since about the last poll: a progress line older than that is in
         # the status already, and the window keeps a long progress-bar line from filling the
         # byte limit before the newest lines.
@@ -447,13 +569,17 @@ class Reconciler:
         if not same_progress(p.status.get("progress"), progress):
             p.update.fields["progress"] = progress
         if "top1" in progress:
-            self.metrics.top1.labels(namespace=key[0], name=key[1]).set(progress["top1"])
+            p.top1 = progress["top1"]
+
+
+def _active(pod: dict[str, Any]) -> bool:
+    """May still run: not Succeeded or Failed (being deleted or not)."""
+    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
 
 
 def _terminating(pod: dict[str, Any]) -> bool:
     """Being deleted and not finished yet."""
-    phase = (pod.get("status") or {}).get("phase")
-    return bool(pod["metadata"].get("deletionTimestamp")) and phase not in ("Succeeded", "Failed")
+    return bool(pod["metadata"].get("deletionTimestamp")) and _active(pod)
 
 
 def _soonest(*delays: float | None) -> float | None:

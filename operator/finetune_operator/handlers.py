@@ -5,12 +5,19 @@ Why event handlers and a work queue instead of kopf's create/update handlers, ti
   last handled spec, progress in status), and its timers and daemons add a finalizer to every
   job, so a job could not be deleted while the operator is down (or uninstalled). Watch-event
   handlers need neither: the operator writes only `status` and never blocks a deletion.
-* Every trigger (job change, pod change, retry back-off over, deadline, pending timeout,
+* Every trigger (job change, pod change, retry back-off over, deadline, start timeout,
   progress poll, TTL) becomes "reconcile this job now / in N seconds". The queue runs one
   reconcile per job at a time and `--workers` jobs in parallel, which bounds the load on the
   API server however many jobs there are.
 kopf still provides the watch streams (with reconnects and resourceVersion bookkeeping), the
 startup/cleanup lifecycle and the liveness endpoint.
+
+A reconcile that raises (the API server unreachable, a conflict, a bug) is retried with a per-key
+exponential back-off, 1 s doubling to 5 minutes, reset by the next success (as client-go's
+rate-limited work queue does); a job that keeps failing shows in the log (an error from the 5th
+failure in a row), in `finetune_reconcile_failing_jobs` and `finetune_reconcile_errors_total`,
+and as a `ReconcileError` Warning Event on the job (3rd failure, then every 10th). Every
+`SWEEP_SECONDS` the reconciler's `sweep` forgets jobs deleted while no watch event said so.
 
 One active instance: kopf runs standalone (peering off); with several replicas only the holder of
 the leader Lease starts kopf and this queue at all (leadership.py, RBAC.md).
@@ -28,11 +35,18 @@ from .api import GROUP, KIND, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
 from .config import OperatorConfig
 from .controller import Reconciler
 from .metrics import Metrics
-from .workqueue import WorkQueue
+from .workqueue import ExponentialBackoff, WorkQueue
 
 log = logging.getLogger("finetune_operator")
 
-ERROR_RETRY_SECONDS = 5.0  # a reconcile that raised is tried again this much later
+ERROR_BACKOFF_BASE = 1.0  # a reconcile that raised is tried again after 1, 2, 4, ... seconds
+ERROR_BACKOFF_MAX = 300.0
+SWEEP_SECONDS = 600.0  # how often jobs deleted during a watch gap are looked for
+
+
+def _report_now(failures: int) -> bool:
+    """Which failures in a row become a Warning Event: the 3rd, then every 10th."""
+    return failures == 3 or (failures > 3 and failures % 10 == 3)
 
 
 class ReconcileQueue:
@@ -45,6 +59,7 @@ class ReconcileQueue:
         self._reconciler_factory = reconciler_factory
         self.reconciler: Reconciler | None = None
         self.queue: WorkQueue | None = None
+        self.backoff = ExponentialBackoff(ERROR_BACKOFF_BASE, ERROR_BACKOFF_MAX)
         self._workers: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -53,6 +68,7 @@ class ReconcileQueue:
         self._workers = [
             asyncio.create_task(self._work(), name=f"reconcile-{i}") for i in range(self.config.workers)
         ]
+        self._workers.append(asyncio.create_task(self._sweep(), name="sweep"))
 
     async def stop(self) -> None:
         for task in self._workers:
@@ -63,11 +79,13 @@ class ReconcileQueue:
         if self.queue is not None:
             self.queue.add((namespace, name), delay)
 
-    def deleted(self, namespace: str, name: str) -> None:
+    def deleted(self, namespace: str, name: str, uid: str | None = None) -> None:
         if self.queue is not None:
             self.queue.discard((namespace, name))
+        if self.backoff.forget((namespace, name)):
+            self.metrics.failing.set(self.backoff.failing())
         if self.reconciler is not None:
-            self.reconciler.forget(namespace, name)
+            self.reconciler.forget(namespace, name, uid)
 
     async def _work(self) -> None:
         assert self.queue is not None and self.reconciler is not None
@@ -80,21 +98,45 @@ class ReconcileQueue:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                kind = type(exc).__name__
-                self.metrics.reconcile_errors.labels(kind=kind).inc()
-                log.warning(
-                    "%s/%s: reconcile failed (%s: %s); retrying in %ss",
-                    namespace,
-                    name,
-                    kind,
-                    exc,
-                    ERROR_RETRY_SECONDS,
-                )
-                again = ERROR_RETRY_SECONDS
+                again = await self._failed(namespace, name, exc)
+            else:
+                if self.backoff.forget(key):
+                    self.metrics.failing.set(self.backoff.failing())
             finally:
                 self.queue.done(key)
             if again is not None:
                 self.queue.add(key, again)
+
+    async def _failed(self, namespace: str, name: str, exc: Exception) -> float:
+        """A reconcile raised: when to try again, and make a job that keeps failing visible."""
+        assert self.reconciler is not None
+        failures, delay = self.backoff.failed((namespace, name))
+        kind = type(exc).__name__
+        self.metrics.reconcile_errors.labels(kind=kind).inc()
+        self.metrics.failing.set(self.backoff.failing())
+        level = logging.ERROR if failures >= 5 else logging.WARNING
+        log.log(
+            level,
+            "%s/%s: reconcile failed (%s: %s), %d in a row; retrying in %ss",
+            namespace,
+            name,
+            kind,
+            exc,
+            failures,
+            delay,
+        )
+        if _report_now(failures):
+            await asyncio.to_thread(self.reconciler.report_error, namespace, name, exc, failures, delay)
+        return delay
+
+    async def _sweep(self) -> None:
+        assert self.reconciler is not None
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            try:
+                await asyncio.to_thread(self.reconciler.sweep)
+            except Exception as exc:  # the next sweep will do
+                log.warning("sweeping deleted jobs failed: %s", exc)
 
 
 def build_registry(queue: ReconcileQueue) -> kopf.OperatorRegistry:
@@ -114,7 +156,7 @@ def build_registry(queue: ReconcileQueue) -> kopf.OperatorRegistry:
         settings.watching.label_selectors["v1", "pods"] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
         # Watch requests end every few minutes and resume from the last resourceVersion, so a
         # silently dead connection is noticed. No resync is needed: every job that is not
-        # finished has a timed re-queue of its own (back-off, deadline, pending timeout, poll).
+        # finished or suspended has a timed re-queue of its own (back-off, deadline, timeouts, poll).
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         # kopf posts Events only for its own warnings; the job's story comes from the reconciler.
@@ -130,7 +172,8 @@ def build_registry(queue: ReconcileQueue) -> kopf.OperatorRegistry:
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def job_event(event: dict[str, Any], namespace: str, name: str, **_: Any) -> None:
         if event.get("type") == "DELETED":
-            queue.deleted(namespace, name)
+            uid = ((event.get("object") or {}).get("metadata") or {}).get("uid")
+            queue.deleted(namespace, name, uid)
         else:
             queue.enqueue(namespace, name)
 

@@ -1,15 +1,26 @@
 """The few Kubernetes API calls the operator makes, with plain dicts in and out.
 
-Built on the kubernetes client's ApiClient (kubeconfig or in-cluster credentials, TLS, retries of
-the connection pool) the way its DynamicClient is, but without discovery or model classes: the
-operator renders manifests as dicts and reads camelCase dicts back. RBAC.md lists every call.
+`KubeReads` and `KubeWrites` are the interface the reconciler uses: reads (a job, its pods, a log
+tail, an access review) apart from writes (the job's status, pods, the job itself, Events), so
+that reads can later come from watch caches while every write still goes to the API server.
+`Kube` implements both on the kubernetes client's ApiClient (kubeconfig or in-cluster
+credentials, TLS, retries of the connection pool) the way its DynamicClient is, but without
+discovery or model classes: the operator renders manifests as dicts and reads camelCase dicts
+back. The tests use an in-memory implementation of the same interface
+(tests/operator/fake_kube.py). RBAC.md lists every call.
+
+Errors are the client's ApiException, whose body is the API server's Status object:
+`api_status()` reads its code, reason (NotFound, AlreadyExists, Conflict, Forbidden, Invalid,
+...), message and details.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import kubernetes
@@ -29,20 +40,107 @@ def load_api_client() -> kubernetes.client.ApiClient:
     return kubernetes.client.ApiClient()
 
 
-def is_status(exc: Exception, code: int) -> bool:
+def is_status(exc: BaseException, code: int) -> bool:
     return isinstance(exc, ApiException) and exc.status == code
 
 
-def api_message(exc: Exception) -> str:
-    """The API server's message from an ApiException (its Status body), else the exception."""
+@dataclass(frozen=True)
+class ApiStatus:
+    """The API server's Status object of a failed request (metav1.Status)."""
+
+    code: int
+    reason: str = ""  # NotFound, AlreadyExists, Conflict, Forbidden, Invalid, ...
+    message: str = ""
+    details: dict[str, Any] = field(default_factory=dict)  # name, kind, causes
+
+    @property
+    def causes(self) -> list[dict[str, Any]]:
+        return list(self.details.get("causes") or [])
+
+
+def api_status(exc: BaseException) -> ApiStatus | None:
+    """The Status of an ApiException (None for anything else, such as a dropped connection)."""
+    if not isinstance(exc, ApiException):
+        return None
     try:
-        return str(json.loads(getattr(exc, "body", "") or "")["message"])
-    except (ValueError, KeyError, TypeError):
-        return str(exc)
+        body = json.loads(getattr(exc, "body", "") or "")
+    except (ValueError, TypeError):
+        body = None
+    if not isinstance(body, dict):
+        return ApiStatus(exc.status or 0, str(exc.reason or ""), str(exc))
+    details = body.get("details")
+    return ApiStatus(
+        int(body.get("code") or exc.status or 0),
+        str(body.get("reason") or ""),
+        str(body.get("message") or exc),
+        details if isinstance(details, dict) else {},
+    )
+
+
+def api_message(exc: BaseException) -> str:
+    """The API server's message from an ApiException (its Status body), else the exception."""
+    status = api_status(exc)
+    return status.message if status else str(exc)
+
+
+class KubeReads(Protocol):
+    """What the reconciler reads. Nothing here changes the cluster."""
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any]: ...
+
+    def list_jobs(self, namespace: str | None) -> list[dict[str, Any]]:
+        """The FineTuneJobs of a namespace, or of all namespaces (None)."""
+        ...
+
+    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]: ...
+
+    def pod_log_tail(
+        self, namespace: str, name: str, container: str, lines: int, limit_bytes: int, since_seconds: int
+    ) -> str: ...
+
+    def can_i(self, verb: str, resource: str, namespace: str, group: str = "") -> bool:
+        """Whether the operator's own identity may do this (a SelfSubjectAccessReview: a question
+        to the API server, which every authenticated client may ask; it stores nothing)."""
+        ...
+
+
+class KubeWrites(Protocol):
+    """Every change the reconciler makes to the cluster."""
+
+    def patch_job_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+    ) -> dict[str, Any]:
+        """A JSON merge patch of the status (None deletes a key). With `resource_version`, a 409
+        Conflict if the job changed since it was read."""
+        ...
+
+    def create_pod(self, pod: dict[str, Any]) -> dict[str, Any]:
+        """409 AlreadyExists if a pod of that name exists."""
+        ...
+
+    def delete_pod(self, namespace: str, name: str, uid: str) -> None:
+        """Delete that very pod (uid precondition); nothing happens if it is gone or replaced."""
+        ...
+
+    def delete_job(self, namespace: str, name: str, uid: str) -> None:
+        """Delete that very job (uid precondition: 409 for a newer job of the same name, 404 when
+        gone); the garbage collector removes its pods."""
+        ...
+
+    def job_event(
+        self, job: dict[str, Any], event_type: str, reason: str, message: str, now: str, seq: int = 0
+    ) -> None:
+        """An Event on the job as this pass read it (`seq`: its place among the pass's Events).
+        Posting it again for the same version of the job adds nothing (see `event_name`)."""
+        ...
+
+
+class KubeApi(KubeReads, KubeWrites, Protocol):
+    """The whole interface: what `Reconciler` is given."""
 
 
 class Kube:
-    """Synchronous calls (the controller runs them in worker threads)."""
+    """KubeApi on the API server. Synchronous calls (the controller runs them in worker threads)."""
 
     def __init__(self, api_client: kubernetes.client.ApiClient, timeout: float = 30.0) -> None:
         self.api = api_client
@@ -79,12 +177,21 @@ class Kube:
     def get_job(self, namespace: str, name: str) -> dict[str, Any]:
         return self._request("GET", f"{_JOBS.format(ns=namespace)}/{quote(name)}")
 
-    def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+    def list_jobs(self, namespace: str | None) -> list[dict[str, Any]]:
+        path = f"/apis/{GROUP}/{VERSION}/{PLURAL}" if namespace is None else _JOBS.format(ns=namespace)
+        return self._request("GET", path).get("items") or []
+
+    def patch_job_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:  # a merge patch carrying it is an optimistic lock
+            body["metadata"] = {"resourceVersion": resource_version}
         return self._request(
             "PATCH",
             f"{_JOBS.format(ns=namespace)}/{quote(name)}/status",
             query=[("fieldManager", FIELD_MANAGER)],
-            body={"status": status},
+            body=body,
             content_type="application/merge-patch+json",
         )
 
@@ -124,15 +231,34 @@ class Kube:
             "GET", f"/api/v1/namespaces/{namespace}/pods/{quote(name)}/log", query=query, raw=True
         )
 
+    def can_i(self, verb: str, resource: str, namespace: str, group: str = "") -> bool:
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {
+                "resourceAttributes": {
+                    "namespace": namespace,
+                    "verb": verb,
+                    "group": group,
+                    "resource": resource,
+                }
+            },
+        }
+        answer = self._request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body=review)
+        return bool((answer.get("status") or {}).get("allowed"))
+
     # Events ---------------------------------------------------------------------------------
-    def job_event(self, job: dict[str, Any], event_type: str, reason: str, message: str, now: str) -> None:
-        """A core/v1 Event (``Normal`` or ``Warning``) on the job: `kubectl describe ftj` shows these."""
+    def job_event(
+        self, job: dict[str, Any], event_type: str, reason: str, message: str, now: str, seq: int = 0
+    ) -> None:
+        """A core/v1 Event (``Normal`` or ``Warning``) on the job: `kubectl describe ftj` shows these.
+        Posting the same Event again (same job version, place, reason and message) is a no-op."""
         meta = job["metadata"]
+        name = event_name(job, event_type, reason, message, seq)
         event = {
             "apiVersion": "v1",
             "kind": "Event",
-            # As client-go's recorder names them: <object>.<unix nanoseconds in hex>, which sorts.
-            "metadata": {"name": f"{meta['name']}.{time.time_ns():x}", "namespace": meta["namespace"]},
+            "metadata": {"name": name, "namespace": meta["namespace"]},
             "involvedObject": {
                 "apiVersion": API_VERSION,
                 "kind": KIND,
@@ -151,4 +277,32 @@ class Kube:
             "lastTimestamp": now,
             "count": 1,
         }
-        self._request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event)
+        try:
+            self._request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event)
+        except ApiException as exc:
+            if not is_status(exc, 409):
+                raise
+            # AlreadyExists: a pass that died after posting it and before the status write
+            # posted this very Event; the pass that repeats it after the restart adds nothing.
+
+
+def event_name(job: dict[str, Any], event_type: str, reason: str, message: str, seq: int = 0) -> str:
+    """The Event's name. A pass repeated on the same version of the job (the process died between
+    its Events and the status write that follows them) names its Events the same, so the API
+    server keeps one of each (409 AlreadyExists): a transition is reported once, through crashes
+    and leader handovers. A later transition comes from a later version of the job (the status
+    write between them). The name sorts as the Events were posted, as client-go's
+    <object>.<nanoseconds in hex> names do (the API server lists objects by name): the job's
+    resourceVersion (an etcd revision, which grows), the Event's place in its pass, then a
+    digest of the job's uid and the Event. An object read without a resourceVersion (a
+    ReconcileError report) gets client-go's name: never a repeat, always posted."""
+    meta = job["metadata"]
+    # An object name is at most 253 characters, each dot-separated part starting and ending
+    # with a letter or digit; 37 are the suffix.
+    prefix = meta["name"][:216].rstrip("-.")
+    version = meta.get("resourceVersion") or ""
+    if not version.isdigit():
+        return f"{prefix}.{time.time_ns():x}"
+    key = "\0".join((meta.get("uid", ""), event_type, reason, message[:1024]))
+    digest = hashlib.sha256(key.encode("utf-8", errors="replace")).hexdigest()[:16]
+    return f"{prefix}.{int(version):016x}{seq % 256:02x}.{digest}"

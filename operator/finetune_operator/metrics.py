@@ -3,12 +3,21 @@
 Per-job series are limited to one gauge (the latest top-1) whose series is removed when the job
 is deleted, so cardinality follows the number of live jobs. Everything else is labelled by
 bounded sets (phase, reason).
+
+What a job contributes (its phase, its top-1) is kept per job *uid*, and a deleted uid is
+remembered: a pass that read the job before it was deleted and reports it afterwards cannot bring
+it back (the DELETED event, or the operator's own TTL deletion, may come first). Jobs deleted
+while no event could say so are found by `Reconciler.sweep`, which compares the jobs seen before
+a list with the list (`mark`, `seen_before`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
+from collections import OrderedDict
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -16,6 +25,14 @@ from .api import PHASES
 
 _DURATION_BUCKETS = (60, 300, 600, 1800, 3600, 2 * 3600, 4 * 3600, 8 * 3600, 24 * 3600, 72 * 3600)
 _STARTUP_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
+_GONE_REMEMBERED = 10_000  # deleted uids remembered (a uid never comes back; this bounds memory)
+
+
+@dataclass
+class _Job:
+    uid: str
+    phase: str
+    seen: int  # the observation's sequence number (see mark())
 
 
 class Metrics:
@@ -51,6 +68,11 @@ class Metrics:
         self.reconcile_errors = Counter(
             "finetune_reconcile_errors", "Reconciles that raised (retried later)", ["kind"], registry=r
         )
+        self.failing = Gauge(
+            "finetune_reconcile_failing_jobs",
+            "Jobs whose latest reconcile raised (retried with exponential back-off until one succeeds)",
+            registry=r,
+        )
         self.top1 = Gauge(
             "finetune_job_top1",
             "Latest top-1 accuracy of a job (final, or the latest epoch while running)",
@@ -64,28 +86,60 @@ class Metrics:
             registry=r,
         )
         self._lock = threading.Lock()
-        self._phases: dict[tuple[str, str], str] = {}
+        self._jobs: dict[tuple[str, str], _Job] = {}
+        self._gone: OrderedDict[str, None] = OrderedDict()
+        self._seq = itertools.count(1)
         for phase in PHASES:
             self.jobs.labels(phase=phase).set(0)
 
-    def observe_job(self, namespace: str, name: str, phase: str | None) -> None:
-        """Record a job's current phase (None: not yet known, counted as Pending)."""
+    def observe_job(
+        self, namespace: str, name: str, uid: str, phase: str | None, top1: float | None = None
+    ) -> None:
+        """Record a job's current phase (None: not yet known, counted as Pending) and its latest
+        top-1; nothing for a job already deleted."""
         with self._lock:
-            self._phases[(namespace, name)] = phase or "Pending"
+            if uid in self._gone:
+                return
+            self._jobs[(namespace, name)] = _Job(uid, phase or "Pending", next(self._seq))
             self._refresh()
+            if top1 is not None:
+                self.top1.labels(namespace=namespace, name=name).set(top1)
 
-    def forget_job(self, namespace: str, name: str) -> None:
-        """The job is gone: drop it from the phase gauge and remove its top-1 series."""
+    def forget_job(self, namespace: str, name: str, uid: str | None = None) -> None:
+        """Job `uid` (None: whichever has that name) is gone: drop it from the phase gauge and
+        remove its top-1 series; a later observation of that uid is ignored."""
         with self._lock:
-            self._phases.pop((namespace, name), None)
-            self._refresh()
-        with contextlib.suppress(KeyError):
-            self.top1.remove(namespace, name)
+            if uid:
+                self._gone[uid] = None
+                while len(self._gone) > _GONE_REMEMBERED:
+                    self._gone.popitem(last=False)
+            known = self._jobs.get((namespace, name))
+            if known is None or uid is None or known.uid == uid:
+                self._jobs.pop((namespace, name), None)
+                self._refresh()
+                with contextlib.suppress(KeyError):
+                    self.top1.remove(namespace, name)
+
+    def uid_of(self, namespace: str, name: str) -> str | None:
+        with self._lock:
+            known = self._jobs.get((namespace, name))
+            return known.uid if known else None
+
+    def mark(self) -> int:
+        """A point in the sequence of observations: jobs observed after it may be newer than a
+        list made after it."""
+        with self._lock:
+            return next(self._seq)
+
+    def seen_before(self, mark: int) -> list[tuple[str, str, str]]:
+        """(namespace, name, uid) of the jobs last observed before `mark`."""
+        with self._lock:
+            return [(ns, name, j.uid) for (ns, name), j in self._jobs.items() if j.seen < mark]
 
     def _refresh(self) -> None:
         counts = dict.fromkeys(PHASES, 0)
-        for phase in self._phases.values():
-            counts[phase] = counts.get(phase, 0) + 1
+        for job in self._jobs.values():
+            counts[job.phase] = counts.get(job.phase, 0) + 1
         for phase, count in counts.items():
             self.jobs.labels(phase=phase).set(count)
 

@@ -235,6 +235,7 @@ def render_pod(job: dict[str, Any], attempt: int, config: OperatorConfig, rank: 
             _mount("cache", CACHE_MOUNT, None, read_only=False),
         ]
     mounts.append(_mount("dshm", "/dev/shm", None, read_only=False))
+    mounts.append(_mount("tmp", "/tmp", None, read_only=False))
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.get("image") or config.trainer_image,
@@ -249,6 +250,8 @@ def render_pod(job: dict[str, Any], attempt: int, config: OperatorConfig, rank: 
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
+            # The trainer writes only to its volumes: /output, /cache, /tmp and /dev/shm.
+            "readOnlyRootFilesystem": True,
             "runAsNonRoot": True,
             "runAsUser": config.run_as_user,
             "seccompProfile": {"type": "RuntimeDefault"},
@@ -273,6 +276,9 @@ def render_pod(job: dict[str, Any], attempt: int, config: OperatorConfig, rank: 
             "runAsUser": config.run_as_user,
             "runAsGroup": config.run_as_user,
             "fsGroup": config.run_as_user,
+            # Change the volumes' group only when their root is not the job's group already:
+            # without it the kubelet walks (chowns) a whole dataset on every attempt.
+            "fsGroupChangePolicy": "OnRootMismatch",
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
@@ -285,6 +291,8 @@ def render_pod(job: dict[str, Any], attempt: int, config: OperatorConfig, rank: 
         ]
     # DataLoader workers share batches through /dev/shm, which is 64 MiB by default.
     pod_spec["volumes"].append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+    # HOME=/tmp (Paddle writes ~/.cache at import) on a read-only root file system.
+    pod_spec["volumes"].append({"name": "tmp", "emptyDir": {}})
     for key in _PASS_THROUGH:
         if template.get(key):
             pod_spec[key] = template[key]

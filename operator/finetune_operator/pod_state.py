@@ -1,16 +1,22 @@
 """What a pod's state means for its attempt (a pure function of the pod as the API server
 returns it): still pending and why, running, succeeded with the trainer's result, or failed with
 a reason, a message and whether a new attempt may help.
+
+A pending pod either waits for capacity (the scheduler finds no node with room: worth waiting
+for) or has a place but cannot start (the kubelet pulls or fails to pull its image, cannot
+mount a volume, or a claim does not exist): `PodOutcome.waiting` says which, and `since` when
+the pod entered that state, from the pod's own conditions.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from finetune_contract import TrainerResult, decode_result, exit_reason, is_transient_exit
 
-from .api import CONTAINER, Reason
+from .api import CONTAINER, Reason, Waiting
 from .job_status import shorten
 
 # Pod-level reasons (status.reason, or a DisruptionTarget condition) that mean the pod was
@@ -43,7 +49,12 @@ class PodOutcome:
     exit_code: int | None = None
     transient: bool = False  # Failed only: a new attempt may succeed
     result: TrainerResult | None = None  # the trainer's result, when it wrote one
-    since: str = ""  # Pending: when the pod started waiting (its creation time)
+    waiting: str = ""  # Pending: Waiting.CAPACITY or Waiting.START
+    since: str = ""  # Pending: when the pod entered that kind of waiting
+
+
+# Container terminations the kubelet reports when the runtime could not start the program.
+CANNOT_START = ("StartError", "ContainerCannotRun")
 
 
 def _trainer_status(pod: dict[str, Any]) -> dict[str, Any]:
@@ -76,19 +87,35 @@ def observe_pod(pod: dict[str, Any]) -> PodOutcome:
     if phase == "Running" or (container.get("state") or {}).get("running"):
         return PodOutcome("Running", Reason.RUNNING, "")
     # Pending: say why, in the words of the scheduler or the kubelet.
-    since = (pod.get("metadata") or {}).get("creationTimestamp", "")
+    created = (pod.get("metadata") or {}).get("creationTimestamp", "")
     scheduled = _condition(pod, "PodScheduled")
-    if scheduled.get("status") == "False":
-        return PodOutcome(
-            "Pending",
-            scheduled.get("reason") or Reason.UNSCHEDULABLE,
-            shorten(scheduled.get("message", "")),
-            since=since,
-        )
+    # Placed: the scheduler says so, or a node (its kubelet reports the container) has it.
+    placed = scheduled.get("status") == "True" or bool((pod.get("spec") or {}).get("nodeName") or container)
+    if not placed:
+        reason = scheduled.get("reason") or Reason.UNSCHEDULABLE
+        message = shorten(scheduled.get("message", ""))
+        # A claim that does not exist will not appear by waiting for capacity.
+        kind = Waiting.START if _CLAIM_MISSING.search(message) else Waiting.CAPACITY
+        if not scheduled:
+            reason, message = Reason.POD_PENDING, "waiting for the scheduler"
+        return PodOutcome("Pending", reason, message, waiting=kind, since=_since(scheduled, created))
+    since = _since(scheduled, created) if scheduled.get("status") == "True" else created
     waiting = (container.get("state") or {}).get("waiting") or {}
     if waiting.get("reason"):
-        return PodOutcome("Pending", waiting["reason"], shorten(waiting.get("message", "")), since=since)
-    return PodOutcome("Pending", Reason.POD_PENDING, "waiting for the pod to start", since=since)
+        message = shorten(waiting.get("message", ""))
+        return PodOutcome("Pending", waiting["reason"], message, waiting=Waiting.START, since=since)
+    return PodOutcome(
+        "Pending", Reason.POD_PENDING, "waiting for the pod to start", waiting=Waiting.START, since=since
+    )
+
+
+# The scheduler's words for a PersistentVolumeClaim that does not exist (its VolumeBinding plugin
+# quotes the API's NotFound error); the pod condition carries no structured detail.
+_CLAIM_MISSING = re.compile(r'persistentvolumeclaim "[^"]*" not found')
+
+
+def _since(condition: dict[str, Any], fallback: str) -> str:
+    return condition.get("lastTransitionTime") or fallback
 
 
 def _failed(pod: dict[str, Any], status: dict[str, Any], terminated: dict[str, Any]) -> PodOutcome:
@@ -116,6 +143,10 @@ def _failed(pod: dict[str, Any], status: dict[str, Any], terminated: dict[str, A
             True,
             result,
         )
+    if terminated.get("reason") in CANNOT_START:
+        # The runtime could not start the container (a command the image lacks): the trainer
+        # never ran, and the same pod would fail the same way. The kubelet's reason and words.
+        return PodOutcome("Failed", terminated["reason"], shorten(message), code)
     if result is not None and result.exitCode:
         # The trainer's own exit code: with several GPUs the container's code is
         # paddle.distributed.launch's, which does not keep the trainer's meaning.

@@ -1,4 +1,5 @@
-"""A keyed, delaying work queue (the controller-runtime pattern) on asyncio.
+"""A keyed, delaying work queue (the controller-runtime pattern) on asyncio, and the per-key
+exponential back-off for keys whose processing fails.
 
 A key is processed by one worker at a time; adding a key that is already waiting keeps the
 earlier due time; adding a key while it is being processed runs it again afterwards. This is
@@ -52,3 +53,28 @@ class WorkQueue:
     def done(self, key: Hashable) -> None:
         self._active.discard(key)
         self._changed.set()  # a key added while it was active may now be taken
+
+
+class ExponentialBackoff:
+    """Per-key exponential back-off for keys whose processing fails (client-go's
+    ItemExponentialFailureRateLimiter): the n-th failure in a row waits base * 2^(n-1) seconds,
+    at most `maximum`; a success forgets the key."""
+
+    def __init__(self, base: float = 1.0, maximum: float = 300.0) -> None:
+        self.base = base
+        self.maximum = maximum
+        self._failures: dict[Hashable, int] = {}
+
+    def failed(self, key: Hashable) -> tuple[int, float]:
+        """Count a failure of `key`; returns (failures in a row, seconds to wait)."""
+        n = self._failures.get(key, 0) + 1
+        self._failures[key] = n
+        return n, min(self.maximum, self.base * 2 ** min(n - 1, 62))
+
+    def forget(self, key: Hashable) -> bool:
+        """A success (or the key is gone): start again from `base`. True if it had failed."""
+        return self._failures.pop(key, None) is not None
+
+    def failing(self) -> int:
+        """How many keys failed last time."""
+        return len(self._failures)

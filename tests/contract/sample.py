@@ -3,7 +3,7 @@ trainer's part: what a successful 4-epoch finetune of a 10-class job reports."""
 
 from __future__ import annotations
 
-from finetune_contract import FreezeDecision, LoadSummary, TrainerResult
+from finetune_contract import ClassScore, FreezeDecision, LoadSummary, TrainerResult
 
 SAMPLE_RESULT = TrainerResult(
     exitCode=0,
@@ -37,4 +37,9 @@ SAMPLE_RESULT = TrainerResult(
             "thresholds": {"largeMinPerClass": 100, "largeMinTotal": 10000, "similarity": 0.5},
         },
     ),
+    worstClasses=[
+        ClassScore("sweet pea", 3, 0.5, 8, 0.571429),
+        ClassScore("pink primrose", 0, 0.75, 8, 0.857143),
+        ClassScore("hard-leaved pocket orchid", 1, 0.875, 8, 1.0),
+    ],
 )

@@ -9,11 +9,13 @@ from finetune_contract import (
     APPLIED_STRATEGIES,
     FIELD_CHECKS,
     LOAD_LISTS,
+    MAX_WORST_CLASSES,
+    ClassScore,
     FreezeDecision,
     LoadSummary,
     TrainerResult,
 )
-from finetune_contract.result import INT64_MAX
+from finetune_contract.result import INT64_MAX, MAX_CLASS_NAME
 from hypothesis import strategies as st
 
 SCALARS = list(FIELD_CHECKS)
@@ -91,6 +93,18 @@ def valid_results(
             evidence=evidence,
             trainableParameters=maybe() | counts,
         ),
+        worstClasses=maybe()
+        | st.lists(
+            st.builds(
+                ClassScore,
+                name=texts(MAX_CLASS_NAME) if big else st.text(max_size=MAX_CLASS_NAME),
+                label=counts,
+                accuracy=st.floats(0, 1),
+                images=counts,
+                precision=maybe() | st.floats(0, 1),
+            ),
+            max_size=MAX_WORST_CLASSES,
+        ),
     )
 
 
@@ -134,8 +148,25 @@ hostile_freeze = st.fixed_dictionaries(
     },
 )
 RESULT_KEYS = SCALARS + list(LOAD_LISTS) + [f"{k}{s}" for k in LOAD_LISTS for s in ("Count", "Truncated")]
+CLASS_KEYS = ["name", "label", "accuracy", "images", "precision"]
+hostile_class = st.fixed_dictionaries(
+    {},
+    optional={
+        **{key: wrong for key in CLASS_KEYS},
+        "name": st.text(max_size=200) | wrong,
+        "label": counts | wrong,
+        "accuracy": st.floats(0, 1) | wrong,
+        "images": counts | wrong,
+    },
+)
 hostile = st.tuples(
     st.fixed_dictionaries({}, optional={key: wrong for key in RESULT_KEYS}),
-    st.fixed_dictionaries({}, optional={"freeze": hostile_freeze | wrong}),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "freeze": hostile_freeze | wrong,
+            "worstClasses": st.lists(hostile_class | wrong, max_size=12) | wrong,
+        },
+    ),
     st.dictionaries(st.sampled_from(["metrics", "finetune"]) | st.text(max_size=12), wrong, max_size=4),
 ).map(lambda parts: {**parts[2], **parts[0], **parts[1]})

@@ -17,13 +17,14 @@ from finetune_contract import (
     FIELD_CHECKS,
     LOAD_LISTS,
     RESULT_MAX_BYTES,
+    ClassScore,
     FreezeDecision,
     LoadSummary,
     TrainerResult,
     decode_result,
     encode_result,
 )
-from finetune_contract.result import INT64_MAX, MAX_DEPTH
+from finetune_contract.result import INT64_MAX, MAX_CLASS_NAME, MAX_DEPTH, MAX_WORST_CLASSES
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -83,6 +84,13 @@ def assert_well_typed(result: TrainerResult) -> None:
         assert f.trainableParameters is None or 0 <= f.trainableParameters <= INT64_MAX
         assert isinstance(f.evidence, dict)
         assert_plain_json(f.evidence, 0)
+    if result.worstClasses is not None:
+        assert len(result.worstClasses) <= MAX_WORST_CLASSES
+        for c in result.worstClasses:
+            assert isinstance(c.name, str) and len(c.name) <= MAX_CLASS_NAME
+            assert in_range("numClasses", c.label) and in_range("numClasses", c.images)
+            assert in_range("top1", c.accuracy)
+            assert c.precision is None or in_range("top1", c.precision)
     # What the operator forwards must serialise as standard JSON (no NaN, no Infinity).
     json.dumps(result.to_dict(), allow_nan=False)
 
@@ -156,6 +164,9 @@ def test_encoding_never_exceeds_4096_bytes_and_keeps_every_number(result: Traine
             full, kept = getattr(result.load, key), getattr(back.load, key)
             assert kept == full[: len(kept)]  # a prefix, its full length known
             assert back.load.truncated.get(key, len(kept)) == len(full)
+    if result.worstClasses:  # the worst first: what is kept is a prefix
+        kept = back.worstClasses or []  # None after the last resort
+        assert kept == result.worstClasses[: len(kept)]
 
 
 def test_long_parameter_lists_are_truncated_with_their_counts():
@@ -183,6 +194,21 @@ def test_a_long_message_is_shortened_then_the_evidence_dropped():
     huge_evidence = FreezeDecision("none", evidence={f"k{i}": "v" * 100 for i in range(60)})
     data = json.loads(encode_result(TrainerResult(exitCode=0, freeze=huge_evidence)))
     assert data["freeze"] == {"strategy": "none", "stages": 0, "decidedBy": "user", "rule": None}
+
+
+def test_the_worst_classes_survive_long_parameter_lists_and_are_cut_last():
+    worst = [ClassScore("n" * 64, i, 0.1 * i, 10, 0.5) for i in range(MAX_WORST_CLASSES)]
+    many = [f"auxiliary_head.some_long_parameter_name_{i:04d}.weight" for i in range(400)]
+    result = TrainerResult(exitCode=0, top1=0.9, load=LoadSummary([], [], many), worstClasses=worst)
+    back = decode_result(encode_result(result))
+    assert back.worstClasses == worst and back.load.truncated == {"unexpectedParameters": 400}
+    # Names of 4-byte characters: the five no longer fit beside a long message, so they are halved.
+    wide = [ClassScore("\U0001f33a" * 64, i, 0.5, 10) for i in range(MAX_WORST_CLASSES)]
+    result = TrainerResult(exitCode=0, top1=0.9, message="m" * 3000, worstClasses=wide)
+    text = encode_result(result)
+    back = decode_result(text)
+    assert len(text.encode()) <= RESULT_MAX_BYTES
+    assert back.worstClasses == wide[: len(back.worstClasses)] and back.top1 == 0.9
 
 
 def test_last_resort_keeps_the_numbers_and_stays_valid_json():

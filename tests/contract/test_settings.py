@@ -60,6 +60,7 @@ def test_a_full_settings_object_round_trips_through_json():
         ({"dataset": {"format": "tfrecord"}}, "dataset.format: 'tfrecord' is not one of"),
         ({"dataset": {"corruptImages": "ignore"}}, "dataset.corruptImages: 'ignore' is not one of"),
         ({"dataset": {"numClasses": -1}}, "dataset.numClasses: must be an integer >= 0"),
+        ({"dataset": {"numClasses": 1}}, "dataset.numClasses: a classifier needs at least 2 classes"),
         ({"dataset": {"imageSize": 4}}, "dataset.imageSize: must be an integer >= 8"),
         (
             {"dataset": {"imageSize": 224, "resizeShort": 200}},

@@ -159,6 +159,31 @@ def test_image_config_carries_the_dockerfiles_contract(built, name):
     assert path.index("/usr/local/bin") < path.index("/usr/bin"), "pip's console scripts must come first"
 
 
+@pytest.mark.parametrize("name", ["operator", "trainer"])
+def test_the_top_layer_holds_the_packages_of_what_the_dockerfile_copies(built, name):
+    """Both routes install the same packages: the top layer holds exactly the packages
+    setuptools finds in the folders the Dockerfile COPYs (the contract and the image's own
+    program), so the operator image has no trainer code and the trainer image no operator."""
+    from setuptools import find_packages
+
+    from images import project
+
+    copied = parse(ROOT / "images" / name / "Dockerfile").copied
+    folders = [ROOT / path for path in copied if (ROOT / path).is_dir()]
+    expected = {package.split(".")[0] for folder in folders for package in find_packages(str(folder))}
+    assert expected == {"finetune_contract", f"finetune_{name}"}
+    assert set(project.source_files(ROOT, copied)) <= set(project.source_files(ROOT))
+    site = f"{images_build.SITE_PACKAGES}/"
+    names = []
+    for (kind, _, _), layer in zip(built[name].layers, _layers(built[name]), strict=True):
+        if kind == "app":
+            with tarfile.open(fileobj=layer, mode="r|gz") as tar:
+                names = [m.name for m in tar if m.name.startswith(site)]
+    installed = {n[len(site) :].split("/")[0] for n in names}
+    packages = {p for p in installed if not p.endswith((".dist-info", ".pth")) and p != "__pycache__"}
+    assert packages == expected, f"{name}: the top layer installs {sorted(installed)}"
+
+
 def test_pause_image_config(built):
     config = _inspect_config(built["pause"])["config"]
     assert config["Entrypoint"] == ["/pause"] and config["User"] == "65535:65535"
@@ -493,3 +518,19 @@ def test_a_source_change_rebuilds_only_the_top_layer(built, tmp_path):
                     break
             else:
                 pytest.fail("finetune_operator/__init__.py is not in the top layer")
+
+
+def test_a_change_to_the_other_program_keeps_the_top_layer(built, tmp_path):
+    """The operator image's top layer is keyed by what its Dockerfile copies: a trainer change
+    neither rebuilds it nor enters it."""
+    from images import project
+
+    copy = tmp_path / "project"
+    for rel in project.source_files(ROOT):
+        (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, copy / rel)
+    module = copy / "trainer" / "finetune_trainer" / "__init__.py"
+    module.write_text(module.read_text() + f"# changed by the test {uuid.uuid4().hex}\n")
+    (again,) = images_build.build(["operator"], project_root=copy)
+    assert again.layers == [(kind, digest, False) for kind, digest, _ in built["operator"].layers]
+    assert again.digest == built["operator"].digest

@@ -75,6 +75,7 @@ def test_parse_final_stage_continuations_and_forms(tmp_path):
         "FROM builder:1 AS build\n"
         'ENTRYPOINT ["no"]\n'
         "ENV X=1\n"
+        "COPY not-this ./\n"
         "FROM --platform=linux/amd64 debian:12\n"
         "ENV A=1 \\\n"
         "    # a comment inside\n"
@@ -87,6 +88,9 @@ def test_parse_final_stage_continuations_and_forms(tmp_path):
         'ENTRYPOINT ["prog", "x"]\n'
         'CMD ["--after"]\n'
         "USER 7:8\n"
+        "COPY pyproject.toml README.md ./\n"
+        "COPY contract/ ./contract\n"
+        "COPY a/./b \\\n  /dest\n"
     )
     settings = parse(path)
     assert settings.base == "debian:12"
@@ -95,6 +99,7 @@ def test_parse_final_stage_continuations_and_forms(tmp_path):
     assert settings.expose == ["80/tcp", "53/udp"]
     assert settings.entrypoint == ["prog", "x"] and settings.cmd == ["--after"]
     assert settings.user == "7:8"
+    assert settings.copied == ["pyproject.toml", "README.md", "contract", "a/b"]
 
 
 @pytest.mark.parametrize(
@@ -104,6 +109,15 @@ def test_parse_final_stage_continuations_and_forms(tmp_path):
         ('CMD ["a", 1]', "JSON (exec) form"),
         ("ENV HOME=$TMPDIR", "variable expansion"),
         ("ENV HOME /tmp", "KEY=value"),
+        ("ADD https://example.com/x /x", "use COPY"),
+        ("COPY --from=build /src /src", "only `COPY <source>... <destination>`"),
+        ("COPY --chown=1000 src /src", "only `COPY <source>... <destination>`"),
+        ('COPY ["a", "/b"]', "only `COPY <source>... <destination>`"),
+        ("COPY src", "only `COPY <source>... <destination>`"),
+        ("COPY *.toml /src/", "inside the context"),
+        ("COPY ../secrets /src/", "inside the context"),
+        ("COPY /etc/passwd /src/", "inside the context"),
+        ("COPY . /src/", "inside the context"),
     ],
 )
 def test_unsupported_forms_are_errors_naming_the_line(tmp_path, line, words):
@@ -112,6 +126,12 @@ def test_unsupported_forms_are_errors_naming_the_line(tmp_path, line, words):
     with pytest.raises(DockerfileError, match=re.escape(words)) as info:
         parse(path)
     assert f"{path}:2" in str(info.value)
+
+
+@pytest.mark.parametrize("name", sorted(IMAGES))
+def test_each_dockerfile_copies_the_project_files_the_contract_and_only_its_own_program(name):
+    """What the local build's top layer takes (project.source_files over these paths)."""
+    assert parse(IMAGES[name].dockerfile).copied == ["pyproject.toml", "README.md", "contract", name]
 
 
 def test_no_from_is_an_error(tmp_path):

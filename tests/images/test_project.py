@@ -79,6 +79,22 @@ def test_source_folders_follow_pyproject_when_a_package_moves(tmp_path):
     assert project.source_hash(root) != after_add
 
 
+def test_source_files_narrowed_to_what_a_dockerfile_copies(tmp_path):
+    root = tmp_path / "p"
+    _fake_project(root, ["contract", "operator", "trainer"])
+    everything = project.source_files(root)
+    copied = ["pyproject.toml", "README.md", "contract", "operator"]
+    narrowed = project.source_files(root, copied)
+    assert narrowed == [f for f in everything if not f.startswith("trainer/")]
+    before = project.source_hash(root, copied)
+    (root / "trainer/pkg_trainer/new.py").write_text("")  # the other program: not this image's input
+    assert project.source_hash(root, copied) == before
+    (root / "operator/pkg_operator/new.py").write_text("")
+    assert project.source_hash(root, copied) != before
+    with pytest.raises(ValueError, match="not in"):
+        project.source_files(root, ["pyproject.toml", "missing"])
+
+
 def test_root_as_a_source_folder_is_refused(tmp_path):
     root = tmp_path / "p"
     _fake_project(root, ["."])

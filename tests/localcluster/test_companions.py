@@ -14,9 +14,8 @@ from localcluster.processes import pid_alive
 
 def recorded_cluster(folder: Path) -> Cluster:
     """A cluster's state with no process of its own: enough for what companions need."""
-    state = {"bin_dir": "/nonexistent", "server": "https://127.0.0.1:1", "runner_node": "local-runner",
-             "runner_root": str(folder / "runner"), "gpu_nodes": [], "cpu_nodes": [], "processes": [],
-             "ready": True}  # fmt: skip
+    state = {"bin_dir": "/nonexistent", "server": "https://127.0.0.1:1", "gpu_nodes": [], "cpu_nodes": [],
+             "processes": [], "ready": True}  # fmt: skip
     (folder / "state.json").write_text(json.dumps(state))
     return Cluster(folder, state)
 

@@ -184,13 +184,13 @@ def test_deleting_an_owner_deletes_its_pods(cluster: Cluster, namespace: str) ->
 
 
 def test_a_second_cluster_coexists_and_stops_without_leftovers(cluster: Cluster, tmp_path: Path) -> None:
-    second = localcluster.start(tmp_path / "second")
+    second = localcluster.start(tmp_path / "second", real_node=False)  # test_realnode.py runs two nodes
     try:
         assert second.server != cluster.server
         assert second.kubectl("get", "--raw", "/readyz").stdout == "ok"
         assert cluster.kubectl("get", "--raw", "/readyz").stdout == "ok"
         pids = [p["pid"] for p in second.state["processes"]]
-        assert len(pids) == 6  # etcd, apiserver, controller-manager, scheduler, kwok, runner
+        assert len(pids) == 5  # etcd, apiserver, controller-manager, scheduler, kwok
     finally:
         second.stop()
     assert not (tmp_path / "second").exists()

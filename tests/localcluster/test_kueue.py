@@ -3,7 +3,7 @@
 Each test pins down something the operator will rely on (localcluster/KUEUE.md quotes them):
 pods carrying kueue.x-k8s.io/queue-name are held by Kueue's scheduling gates until their Workload
 is admitted; what the Workload and the pod say while they wait; a pod group is admitted whole or
-not at all; what preemption does to a pod (a real process on the runner node) and to a group;
+not at all; what preemption does to a pod (a container on the real node) and to a group;
 when quota comes back; why every attempt must be a new group that Kueue may not "repair"; how
 long admission takes. Run with `-s` to see the exact API words each test prints.
 """
@@ -489,14 +489,21 @@ def test_a_pod_group_is_admitted_whole_or_not_at_all(kueue: Kueue, kns: str, rec
 
 
 # ------------------------------------------------------------------ (c) preemption
+# What it says goes to its log and, where a volume is mounted at /notes (the victim's), to
+# /notes/log: the pod and its log are gone at the end.
 SIGTERM_AWARE = (
-    "import signal, sys, time\n"
+    "import os, signal, sys, time\n"
+    "def say(words):\n"
+    "    print(words, flush=True)\n"
+    "    if os.path.isdir('/notes'):\n"
+    "        with open('/notes/log', 'a') as f:\n"
+    "            f.write(words + '\\n')\n"
     "def term(*_):\n"
-    "    print('SIGTERM: writing a checkpoint', flush=True)\n"
+    "    say('SIGTERM: writing a checkpoint')\n"
     "    time.sleep(1)\n"
     "    sys.exit(143)\n"
     "signal.signal(signal.SIGTERM, term)\n"
-    "print('training', flush=True)\n"
+    "say('training')\n"
     "while True:\n"
     "    time.sleep(0.2)\n"
 )
@@ -512,8 +519,8 @@ def priorities(kueue: Kueue, namespace: str) -> Iterator[tuple[str, str]]:
 
 
 @pytest.fixture
-def runner_ns(kueue: Kueue, namespace: str) -> Iterator[str]:
-    """Like kns, with 2 GPUs of quota: what the runner node has."""
+def real_ns(kueue: Kueue, namespace: str) -> Iterator[str]:
+    """Like kns, with 2 GPUs of quota: what the real node advertises."""
     yield from _queues(kueue, namespace, 2)
 
 
@@ -526,18 +533,27 @@ def _preemption_message(preemptor_wl: dict[str, Any], cq: str) -> str:
 
 
 def test_preemption_stops_a_real_process_gracefully_and_marks_the_pod(
-    kueue: Kueue, runner_ns: str, priorities: tuple[str, str]
+    kueue: Kueue, real_ns: str, priorities: tuple[str, str]
 ) -> None:
-    """The runner node runs pods as processes (2 GPUs): what a preempted pod really goes through."""
-    cluster, ns = kueue.cluster, runner_ns
+    """The real node (a kubelet with containerd, 2 GPUs advertised) runs the pods from the operator
+    image: what a preempted pod really goes through."""
+    cluster, ns = kueue.cluster, real_ns
     low, high = priorities
     rec = Recorder(cluster, ns)
     try:
-        extras = {**cluster.runner_pod_spec_extras(), "automountServiceAccountToken": False}
-        command = {"command": ["python", "-c", SIGTERM_AWARE]}
-        victim = create(cluster, ns, pod("victim", ns, gpus=2, priority=low, cpu="100m", container=command,
-                                         terminationGracePeriodSeconds=17, **extras))  # fmt: skip
-        cluster.wait_pod(ns, "victim", running_ungated, "ungated and Running on the runner", timeout=60)
+        notes = cluster.create_node_pvc(ns, "notes")
+        (image,) = cluster.load_images(["operator"])
+        extras = {**cluster.real_node_pod_spec_extras(), "automountServiceAccountToken": False}
+        command = {
+            "command": ["python", "-c", SIGTERM_AWARE], "image": image.reference, "imagePullPolicy": "Never",
+        }  # fmt: skip
+        victim = create(cluster, ns, pod(
+            "victim", ns, gpus=2, priority=low, cpu="100m", **extras, terminationGracePeriodSeconds=17,
+            container={**command, "volumeMounts": [{"name": "notes", "mountPath": "/notes"}]},
+            volumes=[{"name": "notes", "persistentVolumeClaim": {"claimName": "notes"}}],
+            securityContext={"fsGroup": 2000},
+        ))  # fmt: skip
+        cluster.wait_pod(ns, "victim", running_ungated, "ungated and Running on the real node", timeout=60)
         victim_wl_name = pod_workload_name(kueue, ns, victim)
         victim_wl = wait_workload(kueue, ns, victim_wl_name, has("Admitted", "True"), "admitted")
         assert victim_wl["spec"]["priority"] == 100
@@ -582,7 +598,7 @@ def test_preemption_stops_a_real_process_gracefully_and_marks_the_pod(
         "events of the victim pod and its Workload",
         events_for(cluster, ns, "victim") + events_for(cluster, ns, victim_wl_name),
     )
-    log = sorted(cluster.runner_root.glob(f"pods/{ns}_victim_*/main.log"))
+    log = notes / "log"
     show("seconds from the urgent pod's creation to it Running", round(t_running - t0, 2))
 
     # 1. Kueue marks the pod (a status condition, not DisruptionTarget), then deletes it with the pod's
@@ -599,7 +615,7 @@ def test_preemption_stops_a_real_process_gracefully_and_marks_the_pod(
     last = [e for e in trail if e["phase"] == "Failed"]
     assert last and last[0]["container"]["terminated"]["exitCode"] == 143 and last[0]["reason"] is None
     assert trail[-1]["event"] == "DELETED"
-    assert log and log[0].read_text() == "training\nSIGTERM: writing a checkpoint\n"
+    assert log.read_text() == "training\nSIGTERM: writing a checkpoint\n"
     # 3. The Workload says Evicted/Preempted, then is deleted with its pod (a plain pod is never requeued).
     evicted = next(e["conditions"] for e in wl_trail if "Evicted" in e["conditions"])
     assert evicted["Evicted"] == ("True", "Preempted", message)

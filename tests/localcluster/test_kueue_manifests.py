@@ -116,3 +116,36 @@ def test_the_configuration_queues_only_labelled_work_in_opted_in_namespaces(tmp_
     assert {k: v for k, v in config.items() if k in base and k != "internalCertManagement"} == {
         k: v for k, v in base.items() if k != "internalCertManagement"
     }
+
+
+class _NoKueueYet:
+    state_dir = None  # Kueue.attach finds no state.json under it
+
+
+@pytest.mark.parametrize("exits", [0, 1, 2, 3])
+def test_a_kueue_that_exits_while_starting_is_started_once_more(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, exits: int
+) -> None:
+    """Its ports are picked free before it binds them; on a busy host one can be taken meanwhile, so
+    one exit while starting costs a second start on fresh ports, two exits are an error that shows
+    the end of Kueue's log."""
+    from localcluster import kueue as kueue_module
+
+    starts: list[int] = []
+
+    def install_and_run(cluster: Any, timeout: float) -> str:
+        starts.append(1)
+        if len(starts) <= exits:
+            raise kueue_module.KueueExited(f"Kueue exited; log ends with: bind {len(starts)}")
+        return "running"
+
+    monkeypatch.setattr(kueue_module, "_install_and_run", install_and_run)
+    cluster = _NoKueueYet()
+    cluster.state_dir = tmp_path
+    if exits >= 2:
+        with pytest.raises(kueue_module.KueueExited, match="bind 2"):
+            kueue_module.start_kueue(cluster)  # type: ignore[arg-type]
+        assert len(starts) == 2
+    else:
+        assert kueue_module.start_kueue(cluster) == "running"  # type: ignore[arg-type]
+        assert len(starts) == exits + 1

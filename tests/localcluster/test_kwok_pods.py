@@ -40,11 +40,9 @@ def test_the_fake_nodes(cluster: Cluster) -> None:
         assert nodes[name]["status"]["allocatable"][GPU_RESOURCE] == "8"
         assert not nodes[name]["spec"].get("taints")
     assert GPU_RESOURCE not in nodes[cluster.cpu_nodes[0]]["status"]["allocatable"]
-    runner = nodes[cluster.runner_node]
-    assert runner["metadata"]["labels"]["pfo.dev/local-runner"] == "true"
-    assert {"key": "pfo.dev/local-runner", "value": "true", "effect": "NoSchedule"} in runner["spec"][
-        "taints"
-    ]
+    real = nodes[cluster.real_node]
+    assert real["metadata"]["labels"]["pfo.dev/real-node"] == "true"
+    assert {"key": "pfo.dev/real-node", "value": "true", "effect": "NoSchedule"} in real["spec"]["taints"]
 
 
 def test_the_scheduler_places_a_gpu_pod_on_a_gpu_node(cluster: Cluster, namespace: str) -> None:
@@ -52,7 +50,7 @@ def test_the_scheduler_places_a_gpu_pod_on_a_gpu_node(cluster: Cluster, namespac
     gpu = cluster.wait_pod_phase(namespace, "gpu", "Running")
     assert gpu["spec"]["nodeName"] in cluster.gpu_nodes
     plain = cluster.wait_pod_phase(namespace, "plain", "Running")
-    assert plain["spec"]["nodeName"] != cluster.runner_node  # tainted: only pods that tolerate it go there
+    assert plain["spec"]["nodeName"] != cluster.real_node  # tainted: only pods that tolerate it go there
 
 
 def test_a_gpu_pod_never_lands_on_the_cpu_node(cluster: Cluster, namespace: str) -> None:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from localcluster import Cluster, OperatorProcess
+from localcluster import Cluster
 
 
 def job_manifest(name: str, volume: dict[str, Any], **spec: Any) -> dict[str, Any]:
@@ -57,7 +57,7 @@ def pod_names(cluster: Cluster, namespace: str, job: str) -> list[str]:
 
 def wait_job(
     cluster: Cluster,
-    operator: OperatorProcess,
+    operator: Any,  # an OperatorProcess or a ChartOperator: anything with log_tail()
     namespace: str,
     name: str,
     check: Callable[[dict[str, Any]], bool],

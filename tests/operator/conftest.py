@@ -23,11 +23,10 @@ def crd_installed(cluster: Any) -> str:
     # which `kubectl wait` reports as an error instead of waiting.
     deadline = time.monotonic() + 60
     while True:
+        # Right after the apply, status.conditions may be there but null.
         conditions = (
-            json.loads(cluster.kubectl("get", f"crd/{crd.CRD_NAME}", "-o", "json").stdout)
-            .get("status", {})
-            .get("conditions", [])
-        )
+            json.loads(cluster.kubectl("get", f"crd/{crd.CRD_NAME}", "-o", "json").stdout).get("status") or {}
+        ).get("conditions") or []
         if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
             break
         if time.monotonic() > deadline:

@@ -63,6 +63,12 @@ def schema_errors(value: Any, node: dict[str, Any], path: str = "") -> list[str]
         errors.append(f"{path}: {value!r} < {node['minimum']}")
     if "maximum" in node and value > node["maximum"]:
         errors.append(f"{path}: {value!r} > {node['maximum']}")
+    if "maxLength" in node and len(value) > node["maxLength"]:
+        errors.append(f"{path}: {len(value)} characters > maxLength {node['maxLength']}")
+    if "maxItems" in node and len(value) > node["maxItems"]:
+        errors.append(f"{path}: {len(value)} items > maxItems {node['maxItems']}")
+    if kind == "object":
+        errors.extend(f"{path}.{key}: required" for key in node.get("required", []) if key not in value)
     if kind == "object" and not node.get("x-kubernetes-preserve-unknown-fields"):
         props = node.get("properties", {})
         for key, item in value.items():

@@ -17,21 +17,24 @@ from finetune_contract import encode_result
 
 from tests.contract.sample import SAMPLE_RESULT
 
+FAKE_VOLUME = {"csi": {"driver": "datasets.csi.example.com"}}
+
 
 def job_manifest(name: str, *, gpus: int = 1) -> dict[str, Any]:
-    """A small valid job. Its volumes are hostPath folders: nothing reads them (the pod is fake),
-    and unlike claims they need no PersistentVolume binding, which costs up to the binder's 15 s
-    resync and would blur the operator's own timings."""
+    """A small valid job. Its volumes are inline CSI volumes: nothing mounts them (the pod is
+    fake), unlike claims they need no PersistentVolume binding, which costs up to the binder's 15 s
+    resync and would blur the operator's own timings, and unlike hostPath folders the operator runs
+    them without --allow-host-path and Pod Security "restricted" accepts them."""
     return {
         "apiVersion": "finetune.paddle.dev/v1alpha1",
         "kind": "FineTuneJob",
         "metadata": {"name": name},
         "spec": {
             "model": {"architecture": "ResNet18_vd"},
-            "dataset": {"volume": {"hostPath": {"path": f"/tmp/pfo-fake/{name}/data"}}, "numClasses": 10},
+            "dataset": {"volume": FAKE_VOLUME, "numClasses": 10},
             "training": {"epochs": 2, "warmupEpochs": 1, "batchSize": 8},
             "resources": {"gpus": gpus},
-            "output": {"volume": {"hostPath": {"path": f"/tmp/pfo-fake/{name}/output"}}},
+            "output": {"volume": FAKE_VOLUME},
             "runPolicy": {"backoffLimit": 0},
         },
     }

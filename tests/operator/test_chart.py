@@ -1,8 +1,9 @@
 """The Helm chart: lint, values schema, rendering, RBAC, and the real thing on the local cluster.
 
-The decisive test runs the operator as a local process (kwok's fake nodes run no containers, so
-the Deployment itself cannot) authenticated as the chart's ServiceAccount, not as an admin: a job
-going end to end proves the chart's RBAC is enough, and the same run with one rule removed proves
+The decisive test installs the chart with the locally built operator image: its Deployment's pod
+runs on the real node (kubelet, containerd) with the chart's ServiceAccount token, in a namespace
+enforcing Pod Security "restricted", its liveness probe passing; a job going end to end (on a
+fake GPU node) proves the chart's RBAC is enough, and the same run with one rule removed proves
 the test would notice a missing rule.
 """
 
@@ -19,7 +20,8 @@ import pytest
 import yaml
 
 from bench.failover import run_failover
-from localcluster import CHART, OperatorProcess, fullname, service_account_kubeconfig
+from localcluster import CHART, ChartOperator, fullname, install_chart, service_account_kubeconfig
+from localcluster.helm import local_values
 from tests.contract.sample import SAMPLE_RESULT
 from tests.operator import crd
 from tests.operator.chart import by_kind, documents, helm, release_name, render
@@ -301,7 +303,7 @@ def test_deployment_meets_pod_security_restricted_and_carries_the_settings() -> 
     docs = documents(
         render(
             "--set",
-            "operator.logFormat=text,operator.pendingTimeoutSeconds=120,metrics.port=9100,healthPort=9101",
+            "operator.logFormat=text,operator.startTimeoutSeconds=120,metrics.port=9100,healthPort=9101",
         )
     )
     (d,) = by_kind(docs, "Deployment")
@@ -319,7 +321,7 @@ def test_deployment_meets_pod_security_restricted_and_carries_the_settings() -> 
     assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
     assert c["resources"]["requests"] and c["resources"]["limits"]
     env = _env(d)
-    assert env["PFO_LOG_FORMAT"] == "text" and env["PFO_PENDING_TIMEOUT"] == "120"
+    assert env["PFO_LOG_FORMAT"] == "text" and env["PFO_START_TIMEOUT"] == "120"
     assert env["PFO_METRICS_PORT"] == "9100" and env["PFO_HEALTH_PORT"] == "9101"
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"metrics": 9100, "health": 9101}
@@ -348,6 +350,9 @@ def test_operator_settings_in_the_chart_are_ones_the_operator_reads() -> None:
     assert (parsed.cache_claim, parsed.workers, parsed.namespaces) == ("weights", 7, ("a", "b"))
     defaults = config.parse_config([], _env(by_kind(documents(render()), "Deployment")[0], pod="pfo-abc-12"))
     assert defaults.clusterwide and defaults.log_format == "json"
+    assert defaults.allow_host_path is False and defaults.scheduling_timeout_seconds == 0
+    (allowing,) = by_kind(documents(render("--set", "operator.allowHostPath=true")), "Deployment")
+    assert config.parse_config([], _env(allowing, pod="pfo-abc-12")).allow_host_path is True
     # Leader election as the chart sets it: the Lease in the release namespace, the pod's name as
     # holder, and the operator's own default durations (those bench/failover.py measures).
     assert defaults.leader_elect
@@ -574,24 +579,46 @@ def test_namespaced_install_grants_only_the_listed_namespaces(
         _helm(cluster, "uninstall", release, "-n", namespace)
 
 
+# The chart's initial delay (kopf's /healthz answers once the operator has started), probes more often.
+FAST_PROBE = ("--set", "livenessProbe.periodSeconds=2")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("namespaced", [False, True], ids=["all-namespaces", "watchNamespaces"])
-def test_operator_with_the_charts_service_account_runs_a_job(
-    cluster: Any, crd_installed: str, namespace: str, extra_namespaces: Any, tmp_path: Path, namespaced: bool
+def test_the_charts_operator_pod_runs_a_job(
+    cluster: Any, crd_installed: str, namespace: str, extra_namespaces: Any, namespaced: bool
 ) -> None:
+    """helm install -> the operator's pod on the real node, from the operator image, with the
+    ServiceAccount's token and in-cluster configuration, Pod Security "restricted", liveness
+    probe passing, /metrics served at the pod's IP; it runs a job as the chart's ServiceAccount."""
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     release = release_name(namespace)
     jobs_ns = extra_namespaces("jobs")
-    _install(
-        cluster, release, namespace, *(["--set", f"watchNamespaces={{{jobs_ns}}}"] if namespaced else [])
-    )
-    kubeconfig = service_account_kubeconfig(cluster, namespace, fullname(release), tmp_path / "sa.kubeconfig")
-    log_path = tmp_path / "operator.log"
-    op = OperatorProcess(cluster, [jobs_ns] if namespaced else [], log_path, kubeconfig=str(kubeconfig))
+    watch = ["--set", f"watchNamespaces={{{jobs_ns}}}"] if namespaced else []
+    t0 = time.monotonic()
+    operator = install_chart(cluster, namespace, *watch, *FAST_PROBE, release=release)
+    rolled_out = time.monotonic() - t0
     try:
-        op.start()
-        t0 = time.monotonic()
-        status = run_to_success(cluster, jobs_ns, "ftj-rbac", lambda: _read(log_path))
-        elapsed = time.monotonic() - t0
+        pod = operator.pod()
+        assert pod["spec"]["nodeName"] == cluster.real_node
+        assert pod["spec"]["serviceAccountName"] == fullname(release)
+        (status,) = pod["status"]["containerStatuses"]
+        assert status["image"] == "ghcr.io/paddle-finetune-operator/operator:0.1.0"
+        assert status["containerID"].startswith("containerd://") and status["ready"]
+        mounts = {m["mountPath"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
+        assert "/var/run/secrets/kubernetes.io/serviceaccount" in mounts, "no ServiceAccount token"
+        wait_for(
+            "a passing liveness probe (the kubelet's prober_probe_total)",
+            lambda: operator.probe_results().get("successful", 0) >= 2,
+            60,
+            lambda: f"{operator.probe_results()}\n{operator.log_tail()}",
+        )
+        assert operator.probe_results().get("failed", 0) == 0
+        assert "finetune_jobs" in operator.metrics()
+
+        t1 = time.monotonic()
+        status = run_to_success(cluster, jobs_ns, "ftj-rbac", operator.log_tail)
+        elapsed = time.monotonic() - t1
         assert status["metrics"]["top1"] == pytest.approx(SAMPLE_RESULT.top1)
         assert status["metrics"]["bestEpoch"] == SAMPLE_RESULT.bestEpoch
         conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
@@ -599,24 +626,24 @@ def test_operator_with_the_charts_service_account_runs_a_job(
         events = json.loads(cluster.kubectl("get", "events", "-o", "json", namespace=jobs_ns).stdout)["items"]
         about_job = [e for e in events if e["involvedObject"].get("kind") == "FineTuneJob"]
         assert about_job, "the operator posted no Event about the job"
+        log = operator.log_tail(2000)
+        assert operator.restarts() == 0, log
     finally:
-        op.stop()
-        _helm(cluster, "uninstall", release, "-n", namespace)
+        operator.uninstall()
     # An RBAC refusal reads 'User "system:serviceaccount:..." cannot <verb> resource ...'. (Other
     # 403s, such as a leftover job in a namespace another test is deleting, are not about RBAC.)
-    log = _read(log_path)
     refused = re.findall(r'cannot [a-z]+ resource \\?"[^"\\]+\\?"[^)]*', log)
     assert not refused, f"the ServiceAccount was refused: {refused}\n{log}"
     mode = "namespaced" if namespaced else "cluster"
-    print(f"job end to end as the chart's ServiceAccount ({mode}): {elapsed:.1f}s")
+    print(f"chart rolled out in {rolled_out:.1f}s; job end to end by its pod ({mode}): {elapsed:.1f}s")
 
 
 @pytest.mark.slow
 def test_operator_without_the_pod_create_rule_is_refused_and_the_job_stalls(
-    cluster: Any, crd_installed: str, namespace: str, extra_namespaces: Any, tmp_path: Path
+    cluster: Any, crd_installed: str, namespace: str, extra_namespaces: Any
 ) -> None:
     release = release_name(namespace)
-    docs = documents(render(namespace=namespace, release=release))
+    docs = documents(render(*local_values(cluster), namespace=namespace, release=release))
     (role,) = by_kind(docs, "ClusterRole")
     for rule in role["rules"]:
         if rule["resources"] == ["pods"]:
@@ -625,29 +652,39 @@ def test_operator_without_the_pod_create_rule_is_refused_and_the_job_stalls(
     listing = json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
     cluster.kubectl("apply", "-f", "-", input=listing)
     jobs_ns = extra_namespaces("jobs")
-    kubeconfig = service_account_kubeconfig(cluster, namespace, fullname(release), tmp_path / "sa.kubeconfig")
-    log_path = tmp_path / "operator.log"
-    op = OperatorProcess(cluster, [], log_path, kubeconfig=str(kubeconfig))
+    operator = ChartOperator(cluster, namespace, release)
     try:
-        op.start()
+        operator.wait_rolled_out()
         t0 = time.monotonic()
         create_job(cluster, jobs_ns, "ftj-norbac")
         wait_for(
             "the operator to log a 403 for creating the pod",
-            lambda: re.search(r"\b403\b|Forbidden", _read(log_path)),
+            lambda: re.search(r"\b403\b|Forbidden", operator.log_tail(200)),
             45,
-            lambda: _read(log_path),
+            operator.log_tail,
         )
-        assert re.search(r'cannot create resource \\?"pods\\?"', _read(log_path)), _read(log_path)
+        log = operator.log_tail(200)
+        assert re.search(r'cannot create resource \\?"pods\\?"', log), log
         print(f"403 on pod creation logged {time.monotonic() - t0:.1f}s after the job was applied")
+        # The job says so at once (a SelfSubjectAccessReview confirmed it), not as a quota would.
+        status = wait_for(
+            "the job to say MissingPermission",
+            lambda: (
+                (s := job_status(cluster, jobs_ns, "ftj-norbac")).get("reason") == "MissingPermission" and s
+            ),
+            30,
+            lambda: f"{job_status(cluster, jobs_ns, 'ftj-norbac')}\n{operator.log_tail(200)}",
+        )
+        assert status["phase"] == "Pending" and status["waiting"]["kind"] == "Permission"
+        assert f"may not create pods in namespace {jobs_ns}" in status["message"]
+        assert re.search(r"ERROR.*may not create pods", operator.log_tail(200)), operator.log_tail(200)
         time.sleep(3)  # give a wrongly working operator time to make progress anyway
         pods = cluster.kubectl("get", "pods", "-o", "name", namespace=jobs_ns).stdout.split()
         assert pods == [], f"a pod was created without the 'create pods' rule: {pods}"
         phase = job_status(cluster, jobs_ns, "ftj-norbac").get("phase")
         assert phase not in ("Running", "Succeeded"), f"the job progressed to {phase} without its pod"
     finally:
-        op.stop()
-        cluster.kubectl("delete", "-f", "-", "--wait=false", input=listing, check=False)
+        cluster.kubectl("delete", "-f", "-", "--wait=true", "--timeout=60s", input=listing, check=False)
 
 
 @pytest.mark.slow

@@ -20,13 +20,15 @@ def test_environment_is_read_and_flags_win():
         "PFO_BACKOFF_BASE": "0.5",
         "PFO_LOG_FORMAT": "json",
     }
-    config = parse_config(["--metrics-port", "9200", "--pending-timeout", "42"], env)
+    config = parse_config(["--metrics-port", "9200", "--start-timeout", "42"], env)
     assert config.namespaces == ("team-a", "team-b")
     assert not config.clusterwide
     assert config.trainer_image == "registry.local/trainer:1"
     assert config.metrics_port == 9200  # the flag beats PFO_METRICS_PORT
     assert config.backoff_base_seconds == 0.5
-    assert config.pending_timeout_seconds == 42.0
+    assert config.start_timeout_seconds == 42.0
+    assert config.scheduling_timeout_seconds == 0  # waiting for GPUs: no limit unless asked
+    assert config.allow_host_path is False
     assert config.log_format == "json"
 
 
@@ -54,6 +56,13 @@ def test_empty_or_star_namespaces_mean_all(value):
         (["--trainer-image", " "], {}, "--trainer-image / PFO_TRAINER_IMAGE: must not be empty"),
         ([], {"PFO_GANG_SCHEDULER": "yunikorn"}, "--gang-scheduler / PFO_GANG_SCHEDULER: 'yunikorn' is not"),
         (["--scheduler-name", "My Scheduler"], {}, "--scheduler-name / PFO_SCHEDULER_NAME: 'My Scheduler'"),
+        (["--scheduling-timeout", "-1"], {}, "--scheduling-timeout: must be >= 0 seconds"),
+        (["--start-timeout", "0"], {}, "--start-timeout: must be a number of seconds > 0"),
+        (
+            [],
+            {"PFO_ALLOW_HOST_PATH": "maybe"},
+            "PFO_ALLOW_HOST_PATH: 'maybe' (from PFO_ALLOW_HOST_PATH) is not",
+        ),
     ],
 )
 def test_bad_values_name_the_setting(argv, env, fragment):
@@ -74,6 +83,20 @@ def test_trainer_env_pairs():
     assert config.trainer_env == (("REQUESTS_CA_BUNDLE", "/etc/ca.pem"), ("HTTPS_PROXY", "http://p:3128"))
     with pytest.raises(ConfigError, match="'1BAD=x' is not NAME=VALUE"):
         parse_config([], {"PFO_TRAINER_ENV": "1BAD=x"})
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("true", True), ("True", True), ("1", True), ("false", False), ("", False)]
+)
+def test_allow_host_path_is_a_boolean(text, value):
+    assert parse_config([], {"PFO_ALLOW_HOST_PATH": text}).allow_host_path is value
+
+
+def test_allow_host_path_flag_alone_means_true():
+    assert parse_config(["--allow-host-path"], {}).allow_host_path is True
+    assert (
+        parse_config(["--allow-host-path", "false"], {"PFO_ALLOW_HOST_PATH": "true"}).allow_host_path is False
+    )
 
 
 # --- leader election -------------------------------------------------------------------------

@@ -149,6 +149,7 @@ def test_examples_are_fine_tune_jobs_or_claims() -> None:
     assert {
         "flowers102-resnet50_vd.yaml",
         "flowers102-resnet50_vd_ssld.yaml",
+        "flowers102-resnet50_vd_ssld-40epochs.yaml",
         "flowers102-pvc.yaml",
         "demo-digits.yaml",
     } <= names
@@ -178,16 +179,59 @@ def test_flowers102_examples_follow_the_guides_recipe() -> None:
     }
 
 
-def test_demo_job_runs_on_the_local_runner_on_cpu() -> None:
+# The PaddleClas guide's 94.96% run (April 2020 SSLD finetune config; paddleclas-facts.md).
+GUIDE_2020_RECIPE = {
+    "epochs": 40,
+    "batchSize": 32,
+    "learningRate": 0.00375,
+    "warmupEpochs": 0,
+    "momentum": 0.9,
+    "weightDecay": 1e-6,
+    "labelSmoothing": 0.1,
+    "lrMultList": [0.1, 0.1, 0.2, 0.2, 0.3],
+}
+
+
+def assert_guide_2020_recipe(settings) -> None:
+    """Trainer settings that are the guide's 94.96% recipe, number for number."""
+    t, f = settings.training, settings.finetune
+    got = {key: getattr(t, key) for key in GUIDE_2020_RECIPE if hasattr(t, key)} | {
+        "lrMultList": f.lrMultList
+    }
+    assert got == GUIDE_2020_RECIPE
+    assert (f.freeze, f.stripMismatched) == ("none", True)
+    assert settings.model.architecture == "ResNet50_vd"
+    assert settings.model.pretrained.name == "ResNet50_vd_ssld"
+    assert settings.dataset.numClasses == 102
+
+
+def test_the_guides_94_96_run_maps_to_its_recipe() -> None:
+    """Every setting of the published run is expressible in a FineTuneJob and reaches the trainer
+    (test_crd_validation.py checks the same after the API server has defaulted the job)."""
+    from finetune_operator.trainer_settings import trainer_settings
+
+    jobs = {p.name: d for p, d in crd.example_docs() if d["kind"] == "FineTuneJob"}
+    job = {**jobs["flowers102-resnet50_vd_ssld-40epochs.yaml"], "metadata": {"name": "j", "namespace": "n"}}
+    assert_guide_2020_recipe(trainer_settings(job))
+    header = crd.EXAMPLES_DIR.joinpath("flowers102-resnet50_vd_ssld-40epochs.yaml").read_text()
+    assert "94.96%" in header  # each example says the figure it was published with
+    for name, figure in (
+        ("flowers102-resnet50_vd.yaml", "0.9402"),
+        ("flowers102-resnet50_vd_ssld.yaml", "0.9500"),
+    ):
+        assert figure in crd.EXAMPLES_DIR.joinpath(name).read_text(), name
+
+
+def test_demo_job_runs_on_the_local_clusters_real_node() -> None:
     jobs = {p.name: d for p, d in crd.example_docs() if d["kind"] == "FineTuneJob"}
     spec = jobs["demo-digits.yaml"]["spec"]
     assert spec["model"]["architecture"] == "ResNet18_vd"
     assert spec["model"]["pretrained"]["url"].startswith("https://")
     assert len(spec["model"]["pretrained"]["sha256"]) == 64
-    assert spec["resources"]["gpus"] == 0
-    assert spec["template"]["nodeSelector"] == {"pfo.dev/local-runner": "true"}
+    assert spec["resources"]["gpus"] == 1  # the real node advertises GPUs; the trainer uses the CPU
+    assert spec["template"]["nodeSelector"] == {"pfo.dev/real-node": "true"}
     assert {
-        "key": "pfo.dev/local-runner",
+        "key": "pfo.dev/real-node",
         "operator": "Equal",
         "value": "true",
         "effect": "NoSchedule",

@@ -65,6 +65,58 @@ INVALID = [
         "spec.template.tolerations[0].operator",
         "Unsupported value",
     ),
+    # what a pod would refuse (found by tests/operator/test_fuzz_api.py): refused at apply time
+    (
+        "toleration-no-key-needs-exists",
+        {"template.tolerations": [{"operator": "Equal", "value": "x"}]},
+        "spec.template.tolerations[0].operator",
+        "operator must be Exists when key is empty",
+    ),
+    (
+        "toleration-seconds-needs-no-execute",
+        {"template.tolerations": [{"key": "gpu", "effect": "NoSchedule", "tolerationSeconds": 5}]},
+        "spec.template.tolerations[0].tolerationSeconds",
+        "tolerationSeconds needs effect NoExecute",
+    ),
+    (
+        "toleration-exists-with-value",
+        {"template.tolerations": [{"key": "gpu", "operator": "Exists", "value": "x"}]},
+        "spec.template.tolerations[0].value",
+        "value must be empty when operator is Exists",
+    ),
+    (
+        "toleration-key",
+        {"template.tolerations": [{"key": "a b", "operator": "Exists"}]},
+        "spec.template.tolerations[0].key",
+        "should match",
+    ),
+    ("label-key", {"template.labels": {"a b": "x"}}, "spec.template.labels", "keys must be label keys"),
+    ("label-value", {"template.labels": {"team": "a b"}}, "spec.template.labels.team", "should match"),
+    (
+        "node-selector-key",
+        {"template.nodeSelector": {"/x": "y"}},
+        "spec.template.nodeSelector",
+        "keys must be label keys",
+    ),
+    (
+        "annotation-key",
+        {"template.annotations": {"-x": "y"}},
+        "spec.template.annotations",
+        "keys must be label keys",
+    ),
+    (
+        "csi-driver",
+        {"dataset.volume": {"csi": {"driver": "My_Driver"}}},
+        "spec.dataset.volume.csi.driver",
+        "should match",
+    ),
+    (
+        "csi-secret-name",
+        {"dataset.volume": {"csi": {"driver": "d.example.com", "nodePublishSecretRef": {"name": "Secret"}}}},
+        "spec.dataset.volume.csi.nodePublishSecretRef.name",
+        "should match",
+    ),
+    ("image-whitespace", {"image": "trainer:1 "}, "spec.image", "should match"),
     # ranges
     ("epochs-zero", {"training.epochs": 0}, "spec.training.epochs", "greater than or equal to 1"),
     ("epochs-too-many", {"training.epochs": 1001}, "spec.training.epochs", "less than or equal to 1000"),
@@ -74,7 +126,7 @@ INVALID = [
     ("nodes-too-many", {"resources.nodes": 65}, "spec.resources.nodes", "less than or equal to 64"),
     ("nodes-string", {"resources.nodes": "2"}, "spec.resources.nodes", "must be of type integer"),
     ("nodes-float", {"resources.nodes": 1.5}, "spec.resources.nodes", "must be of type integer"),
-    ("num-classes-zero", {"dataset.numClasses": 0}, "spec.dataset.numClasses", "greater than or equal to 1"),
+    ("num-classes-one", {"dataset.numClasses": 1}, "spec.dataset.numClasses", "greater than or equal to 2"),
     ("image-size-small", {"dataset.imageSize": 16}, "spec.dataset.imageSize", "greater than or equal to 32"),
     ("learning-rate-zero", {"training.learningRate": 0}, "spec.training.learningRate", "greater than 0"),
     ("momentum-above-one", {"training.momentum": 1.5}, "spec.training.momentum", "less than or equal to 1"),
@@ -90,6 +142,18 @@ INVALID = [
         {"runPolicy.activeDeadlineSeconds": 0},
         "spec.runPolicy.activeDeadlineSeconds",
         "greater than or equal to 1",
+    ),
+    (
+        "start-timeout-zero",
+        {"runPolicy.startTimeoutSeconds": 0},
+        "spec.runPolicy.startTimeoutSeconds",
+        "greater than or equal to 1",
+    ),
+    (
+        "scheduling-timeout-negative",
+        {"runPolicy.schedulingTimeoutSeconds": -1},
+        "spec.runPolicy.schedulingTimeoutSeconds",
+        "greater than or equal to 0",
     ),
     ("cpu-not-quantity", {"resources.cpu": "lots"}, "spec.resources.cpu", "positive Kubernetes quantity"),
     (
@@ -361,6 +425,24 @@ def test_examples_are_accepted(cluster: Any, crd_installed: str, namespace: str)
         assert "serverside-applied (server dry run)" in proc.stdout, proc.stdout
 
 
+def test_the_guides_94_96_run_keeps_its_recipe_through_the_api_server(
+    cluster: Any, crd_installed: str, namespace: str
+) -> None:
+    """Applied and defaulted by the API server, the example maps to the published recipe's numbers."""
+    from finetune_operator.trainer_settings import trainer_settings
+
+    from tests.operator.test_crd_schema import assert_guide_2020_recipe
+
+    path = crd.EXAMPLES_DIR / "flowers102-resnet50_vd_ssld-40epochs.yaml"
+    proc = cluster.kubectl(
+        "create", "--dry-run=server", "-o", "json", "-f", str(path), namespace=namespace, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    stored = json.loads(proc.stdout)
+    assert stored["spec"]["training"]["warmupEpochs"] == 0  # not replaced by the default 5
+    assert_guide_2020_recipe(trainer_settings(stored))
+
+
 @pytest.mark.parametrize(
     "changes",
     [
@@ -378,6 +460,14 @@ def test_examples_are_accepted(cluster: Any, crd_installed: str, namespace: str)
         {"resources.nodes": 2, "resources.gpus": 0},  # CPU ranks (gloo): the local cluster's real node
         {"finetune.lrMultList": [0.1, 0.1, 0.2, 0.2, 0.3]},
         {"template": {"affinity": {"nodeAffinity": {}}, "imagePullSecrets": [{"name": "registry"}]}},
+        {
+            "template.labels": {"example.com/team": "a-b_c.d", "x": ""},
+            "template.annotations": {"Example.com/Note": "anything at all"},
+            "template.tolerations": [
+                {"operator": "Exists"},
+                {"key": "gpu", "effect": "NoExecute", "tolerationSeconds": 9},
+            ],
+        },
     ],
     ids=[
         "url-with-sha256",
@@ -394,6 +484,7 @@ def test_examples_are_accepted(cluster: Any, crd_installed: str, namespace: str)
         "cpu-ranks",
         "lr-mult-list",
         "template",
+        "labels-annotations-tolerations",
     ],
 )
 def test_valid_variants_are_accepted(objects: Any, namespace: str, changes: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ import yaml
 
 from demo import assets
 from demo.__main__ import DATA_CLAIM, EXAMPLE, OUTPUT_CLAIM, job_manifest
+from localcluster import realnode
 
 SHA = "ab" * 32
 
@@ -30,6 +31,8 @@ def test_the_example_matches_the_data_the_demo_writes() -> None:
     assert spec["dataset"]["volume"]["persistentVolumeClaim"]["claimName"] == DATA_CLAIM
     assert spec["output"]["volume"]["persistentVolumeClaim"]["claimName"] == OUTPUT_CLAIM
     assert spec["model"]["architecture"] == "ResNet18_vd"
+    # On the local cluster's real node, the only node that runs containers.
+    assert {k: spec["template"][k] for k in ("nodeSelector", "tolerations")} == realnode.pod_spec_extras()
 
 
 def test_the_api_server_accepts_the_rendered_job(cluster: Any, crd_installed: str, namespace: str) -> None:

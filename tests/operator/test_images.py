@@ -39,11 +39,9 @@ def _run(cmd: list[str], timeout: int) -> subprocess.CompletedProcess[str]:
 
 def _copied(dockerfile: Path) -> list[str]:
     """The repository paths a Dockerfile's COPY lines take from the build context."""
-    paths = []
-    for line in re.findall(r"^COPY\s+(?!--from)(.+)$", dockerfile.read_text(), flags=re.MULTILINE):
-        *sources, _ = line.split()
-        paths.extend(s for s in sources if not s.startswith("--"))
-    return paths
+    from images.dockerfile import parse
+
+    return parse(dockerfile).copied
 
 
 def test_each_image_copies_the_contract_and_only_its_own_program() -> None:
@@ -100,6 +98,9 @@ def test_operator_extra_installs_and_imports_without_paddle(tmp_path: Path) -> N
     listing = _run([py, "-m", "pip", "list", "--format=freeze"], timeout=60)
     names = {line.split("==")[0].lower() for line in listing.stdout.splitlines()}
     assert not {n for n in names if n.startswith("paddlepaddle")}, f"Paddle wheels installed: {sorted(names)}"
+    # The trainer's pictures, VisualDL logs and image decoding stay out of the operator image.
+    trainer_only = {"visualdl", "matplotlib", "opencv-python-headless", "pillow"}
+    assert not names & trainer_only, f"trainer-only packages installed: {sorted(names & trainer_only)}"
 
 
 def _from_lines(text: str) -> list[str]:

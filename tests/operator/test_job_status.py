@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from finetune_contract import LoadSummary, TrainerResult, decode_result, encode_result
+from finetune_contract import ClassScore, LoadSummary, TrainerResult, decode_result, encode_result
 from finetune_operator.job_status import (
     StatusUpdate,
     finetune_from_result,
@@ -77,6 +77,17 @@ def test_metrics_and_finetune_report_from_the_result():
         "epochsRun": SAMPLE_RESULT.epochsRun,
         "durationSeconds": SAMPLE_RESULT.durationSeconds,
         "imagesPerSecond": SAMPLE_RESULT.imagesPerSecond,
+        "worstClasses": [
+            {"name": "sweet pea", "label": 3, "accuracy": 0.5, "images": 8, "precision": 0.571429},
+            {"name": "pink primrose", "label": 0, "accuracy": 0.75, "images": 8, "precision": 0.857143},
+            {
+                "name": "hard-leaved pocket orchid",
+                "label": 1,
+                "accuracy": 0.875,
+                "images": 8,
+                "precision": 1.0,
+            },
+        ],
     }
     finetune = finetune_from_result(SAMPLE_RESULT)
     assert finetune["strippedParameters"] == ["fc.weight", "fc.bias"]
@@ -89,7 +100,18 @@ def test_metrics_and_finetune_report_from_the_result():
         "trainableParameters": freeze.trainableParameters,
         "evidence": freeze.evidence,
     }
-    assert success_message(SAMPLE_RESULT, "") == "top-1 0.8125 (best epoch 3)"
+    assert success_message(SAMPLE_RESULT, "") == (
+        "top-1 0.8125 (best epoch 3); worst classes: sweet pea 0.50, pink primrose 0.75, "
+        "hard-leaved pocket orchid 0.88"
+    )
+
+
+def test_the_success_message_names_only_classes_with_errors():
+    perfect = ClassScore("tulip", 2, 1.0, 5, 1.0)
+    result = TrainerResult(top1=0.99, bestEpoch=2, worstClasses=[ClassScore("rose", 1, 0.8, 5, 1.0), perfect])
+    assert success_message(result, "") == "top-1 0.9900 (best epoch 2); worst classes: rose 0.80"
+    result.worstClasses = [perfect]
+    assert success_message(result, "") == "top-1 0.9900 (best epoch 2)"
 
 
 def test_an_empty_result_reports_nothing():
@@ -167,6 +189,12 @@ def test_the_schema_check_itself_catches_what_the_api_server_rejects():
     assert status_errors({"finetune": {"freeze": {"rule": 5}}})
     assert status_errors({"progress": {"loss": float("inf")}})
     assert status_errors({"metrics": {"accuracy": 0.5}})  # would be pruned
+    worst = {"name": "rose", "label": 1, "accuracy": 0.5, "images": 4}
+    assert not status_errors({"metrics": {"worstClasses": [worst]}})
+    assert status_errors({"metrics": {"worstClasses": [worst] * 6}})  # maxItems
+    assert status_errors({"metrics": {"worstClasses": [{**worst, "name": "x" * 65}]}})  # maxLength
+    assert status_errors({"metrics": {"worstClasses": [{**worst, "accuracy": 1.5}]}})
+    assert status_errors({"metrics": {"worstClasses": [{"name": "rose"}]}})  # required fields
     assert not status_errors({"finetune": {"freeze": {"evidence": {"anything": [1, {"x": None}]}}}})
 
 

@@ -4,28 +4,28 @@ from finetune_operator.metrics import Metrics
 from prometheus_client import generate_latest
 
 
-def value(metrics: Metrics, name: str, **labels: str) -> float | None:
-    return metrics.registry.get_sample_value(name, labels)
+def value(metrics: Metrics, metric: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(metric, labels)
 
 
 def test_jobs_by_phase_follow_each_job():
     m = Metrics()
-    m.observe_job("a", "one", None)
-    m.observe_job("a", "two", "Running")
+    m.observe_job("a", "one", "u1", None)
+    m.observe_job("a", "two", "u2", "Running")
     assert (value(m, "finetune_jobs", phase="Pending"), value(m, "finetune_jobs", phase="Running")) == (1, 1)
-    m.observe_job("a", "two", "Succeeded")  # a job moves: it is counted once, in its new phase
+    m.observe_job("a", "two", "u2", "Succeeded")  # a job moves: it is counted once, in its new phase
     assert value(m, "finetune_jobs", phase="Running") == 0
     assert value(m, "finetune_jobs", phase="Succeeded") == 1
-    m.forget_job("a", "two")
+    m.forget_job("a", "two", "u2")
     assert value(m, "finetune_jobs", phase="Succeeded") == 0
     assert value(m, "finetune_jobs", phase="Suspended") == 0  # every phase is always exported
 
 
 def test_top1_series_is_removed_with_the_job():
     m = Metrics()
-    m.top1.labels(namespace="a", name="one").set(0.93)
-    m.top1.labels(namespace="a", name="two").set(0.5)
-    m.forget_job("a", "one")
+    m.observe_job("a", "one", "u1", "Running", top1=0.93)
+    m.observe_job("a", "two", "u2", "Running", top1=0.5)
+    m.forget_job("a", "one", "u1")
     m.forget_job("a", "never-seen")  # harmless
     text = generate_latest(m.registry).decode()
     assert 'finetune_job_top1{name="one",namespace="a"}' not in text
@@ -47,3 +47,25 @@ def test_exposition_names():
     assert value(m, "finetune_job_duration_seconds_bucket", phase="Failed", le="60.0") == 0
     assert value(m, "finetune_job_pod_creation_seconds_count") == 1
     assert value(m, "finetune_reconcile_errors_total", kind="ApiException") == 1
+
+
+def test_a_deleted_job_cannot_come_back_but_a_new_one_of_the_same_name_can():
+    m = Metrics()
+    m.observe_job("a", "one", "old", "Running", top1=0.4)
+    m.forget_job("a", "one", "old")
+    m.observe_job("a", "one", "old", "Succeeded", top1=0.9)  # a pass that read it before the delete
+    assert value(m, "finetune_jobs", phase="Succeeded") == 0
+    assert value(m, "finetune_job_top1", namespace="a", name="one") is None
+    m.observe_job("a", "one", "new", "Pending")  # created again with the same name
+    assert value(m, "finetune_jobs", phase="Pending") == 1
+    m.forget_job("a", "one", "old")  # a late event about the old one leaves the new one alone
+    assert value(m, "finetune_jobs", phase="Pending") == 1
+    assert m.uid_of("a", "one") == "new"
+
+
+def test_seen_before_a_mark_is_what_a_later_list_must_contain():
+    m = Metrics()
+    m.observe_job("a", "early", "u1", "Running")
+    mark = m.mark()
+    m.observe_job("a", "late", "u2", "Pending")  # observed after the mark: maybe not in the list
+    assert m.seen_before(mark) == [("a", "early", "u1")]

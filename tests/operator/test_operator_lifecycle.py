@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 from finetune_contract import TrainerResult, encode_result
 
@@ -71,6 +72,7 @@ def test_success_reports_metrics_conditions_events_and_prometheus(cluster, names
         "epochsRun": 4,
         "durationSeconds": 12.5,
         "imagesPerSecond": 321.0,
+        "worstClasses": [c.to_dict() for c in SAMPLE_RESULT.worstClasses],
     }
     assert status["finetune"]["strippedParameters"] == ["fc.weight", "fc.bias"]
     assert status["finetune"]["freeze"]["strategy"] == "fc-only"
@@ -98,7 +100,8 @@ def test_success_reports_metrics_conditions_events_and_prometheus(cluster, names
     reasons = [reason for _, reason, _ in events(cluster, namespace, "ok")]
     assert reasons[:3] == ["PodCreated", "Running", "Completed"]
     described = cluster.kubectl("describe", "ftj", "ok", namespace=namespace).stdout
-    assert "top-1 0.8125 (best epoch 3)" in described
+    assert "top-1 0.8125 (best epoch 3); worst classes: sweet pea 0.50, pink primrose 0.75" in described
+    assert "Worst Classes:" in described and re.search(r"Name:\s+hard-leaved pocket orchid", described)
 
     text = operator.metrics()
     assert metric_value(text, "finetune_job_top1", namespace=namespace, name="ok") == 0.8125
@@ -209,9 +212,8 @@ def test_created_suspended_runs_nothing_until_resumed(cluster, namespace, operat
     assert (status["attempts"], status["podName"]) == (1, "held-attempt-1")
 
 
-def test_unschedulable_gpus_pending_then_failed(cluster, namespace, operator):
-    manifest = job_manifest("huge", VOLUME, resources={"gpus": 16}, runPolicy={"pendingTimeoutSeconds": 5})
-    apply(cluster, namespace, manifest)
+def test_waiting_for_gpus_is_pending_until_the_scheduling_timeout(cluster, namespace, operator):
+    apply(cluster, namespace, job_manifest("huge", VOLUME, resources={"gpus": 16}))
     status = wait_job(
         cluster,
         operator,
@@ -223,15 +225,36 @@ def test_unschedulable_gpus_pending_then_failed(cluster, namespace, operator):
     assert status["phase"] == "Pending"
     assert "Insufficient nvidia.com/gpu" in status["message"]
     assert re.search(r"0/\d+ nodes are available", status["message"])
+    assert status["waiting"]["kind"] == "Capacity" and "deadline" not in status["waiting"]
+    time.sleep(4)  # no limit by default: still waiting, not failed
+    assert get_job(cluster, namespace, "huge")["status"]["phase"] == "Pending"
+    # runPolicy may change while the job exists: give the wait a limit.
+    patch = json.dumps({"spec": {"runPolicy": {"schedulingTimeoutSeconds": 5}}})
+    cluster.kubectl("patch", "ftj", "huge", "--type=merge", "-p", patch, namespace=namespace)
     status = wait_job(cluster, operator, namespace, "huge", phase_is("Failed"), "Failed", timeout=20)
     assert status["reason"] == "Unschedulable"
-    assert status["message"].startswith("the pod was pending for more than 5s: 0/")
+    assert status["message"].startswith("the pod waited for capacity for more than 5s: 0/")
     cluster.wait_for(
         "the pod to be deleted", lambda: cluster.get_pod(namespace, "huge-attempt-1") is None, 20
     )
 
 
-def test_refused_pod_creation_waits_then_fails_with_the_api_servers_words(cluster, namespace, operator):
+def test_a_missing_claim_cannot_start_and_fails_after_the_start_timeout(cluster, namespace, operator):
+    """The real scheduler's words for a claim that does not exist are recognised as 'cannot
+    run', not as waiting for capacity."""
+    volume = {"persistentVolumeClaim": {"claimName": "no-such-claim"}}
+    apply(cluster, namespace, job_manifest("orphan", volume, runPolicy={"startTimeoutSeconds": 4}))
+    status = wait_job(
+        cluster, operator, namespace, "orphan", lambda s: (s.get("waiting") or {}).get("kind"), "waiting"
+    )
+    assert status["waiting"]["kind"] == "Start", status
+    assert 'persistentvolumeclaim "no-such-claim" not found' in status["message"]
+    status = wait_job(cluster, operator, namespace, "orphan", phase_is("Failed"), "Failed", timeout=20)
+    assert status["message"].startswith("the pod could not start for more than 4s")
+    assert "no-such-claim" in status["message"]
+
+
+def test_a_full_quota_is_waited_for_then_fails_after_the_scheduling_timeout(cluster, namespace, operator):
     quota = {
         "apiVersion": "v1",
         "kind": "ResourceQuota",
@@ -245,16 +268,35 @@ def test_refused_pod_creation_waits_then_fails_with_the_api_servers_words(cluste
                                           namespace=namespace).stdout,
         30,
     )  # fmt: skip
-    apply(cluster, namespace, job_manifest("blocked", VOLUME, runPolicy={"pendingTimeoutSeconds": 4}))
+    apply(cluster, namespace, job_manifest("blocked", VOLUME, runPolicy={"schedulingTimeoutSeconds": 4}))
     status = wait_job(
-        cluster, operator, namespace, "blocked", lambda s: s.get("reason") == "PodForbidden", "refused"
+        cluster, operator, namespace, "blocked", lambda s: s.get("reason") == "QuotaExceeded", "refused"
     )
     assert status["phase"] == "Pending"
+    assert status["waiting"]["kind"] == "Capacity"
     assert "exceeded quota" in status["message"]
     status = wait_job(cluster, operator, namespace, "blocked", phase_is("Failed"), "Failed", timeout=20)
-    assert status["reason"] == "PodForbidden"
+    assert status["reason"] == "QuotaExceeded"
     assert "exceeded quota" in status["message"] and "(for more than 4s)" in status["message"]
     assert pod_names(cluster, namespace, "blocked") == []
+
+
+def test_host_path_volumes_are_refused_by_the_operator_and_by_pod_security(cluster, namespace, operator):
+    host = {"hostPath": {"path": "/tmp/pfo-host-path-test", "type": "DirectoryOrCreate"}}
+    apply(cluster, namespace, job_manifest("host", host))
+    status = wait_job(cluster, operator, namespace, "host", phase_is("Failed"), "Failed")
+    assert status["reason"] == "InvalidSpec"
+    assert "spec.dataset.volume.hostPath" in status["message"] and "allowHostPath" in status["message"]
+    # An installation that allows hostPath still runs into the namespace's Pod Security level:
+    # the real API server's refusal fails the job at once, with its words.
+    operator.stop()
+    operator.extra = ["--allow-host-path"]
+    operator.start()
+    apply(cluster, namespace, job_manifest("host-allowed", host))
+    status = wait_job(cluster, operator, namespace, "host-allowed", phase_is("Failed"), "Failed")
+    assert status["reason"] == "PodSecurityViolation", status
+    assert 'violates PodSecurity "restricted' in status["message"] and "hostPath" in status["message"]
+    assert pod_names(cluster, namespace, "host-allowed") == []
 
 
 def test_ttl_deletes_the_finished_job(cluster, namespace, operator):

@@ -124,6 +124,11 @@ def test_volumes_and_mounts():
     assert mount(pod, "/output") == {"name": "output", "mountPath": "/output", "subPath": "runs"}
     assert mount(pod, "/cache") == {"name": "cache", "mountPath": "/cache"}
     assert mount(pod, "/dev/shm")["name"] == "dshm"
+    # A read-only root file system: every path the trainer writes is a volume.
+    assert volume(pod, "tmp") == {"name": "tmp", "emptyDir": {}}
+    assert mount(pod, "/tmp") == {"name": "tmp", "mountPath": "/tmp"}
+    writable = {m["mountPath"] for m in container(pod)["volumeMounts"] if not m.get("readOnly")}
+    assert writable == {"/output", "/cache", "/tmp", "/dev/shm"}
     with_cache = render_pod(job(), 1, OperatorConfig(cache_claim="pretrained-cache"))
     assert volume(with_cache, "cache") == {
         "name": "cache",
@@ -138,6 +143,7 @@ def test_pod_security_restricted():
         "runAsUser": 1000,
         "runAsGroup": 1000,
         "fsGroup": 1000,
+        "fsGroupChangePolicy": "OnRootMismatch",
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     sc = container(pod)["securityContext"]
@@ -145,6 +151,7 @@ def test_pod_security_restricted():
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert sc["runAsNonRoot"] is True
     assert sc["runAsUser"] == 1000
+    assert sc["readOnlyRootFilesystem"] is True
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert "privileged" not in sc
     assert pod["spec"]["automountServiceAccountToken"] is False

@@ -87,18 +87,19 @@ def test_every_rank_of_an_attempt(name, nodes, gpus, attempt):
         if rank == 0:
             assert env["PADDLE_MASTER"] == {"name": "PADDLE_MASTER", "value": f"$(POD_IP):{MASTER_PORT}"}
             assert c["ports"] == [{"name": "master", "containerPort": MASTER_PORT, "protocol": "TCP"}]
-            assert volumes == {"dataset", "output", "cache", "dshm"}
+            assert volumes == {"dataset", "output", "cache", "dshm", "tmp"}
             assert args_after(command, "--log_dir").endswith(f"/launch-logs/attempt-{attempt}-rank-0")
         else:
             ref = env["PADDLE_MASTER"]["valueFrom"]["configMapKeyRef"]
             assert ref == {"name": group, "key": "master"}  # required: the kubelet waits for it
             assert "ports" not in c
-            assert volumes == {"dataset", "dshm"} and mounts == {"/data", "/dev/shm"}
+            assert volumes == {"dataset", "dshm", "tmp"} and mounts == {"/data", "/dev/shm", "/tmp"}
             assert args_after(command, "--log_dir") == "/tmp/launch-logs"
         # What Pod Security "restricted" asks, on every rank.
         assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
         assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
         assert pod["spec"]["automountServiceAccountToken"] is False
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True  # /tmp is an emptyDir
 
 
 @settings(max_examples=40, deadline=None)
@@ -112,7 +113,7 @@ def test_a_single_node_job_renders_as_before(name, gpus, attempt):
     c = container(pod)
     assert "POD_IP" not in env_of(pod) and "PADDLE_MASTER" not in env_of(pod)
     assert "--nnodes" not in c["command"] and "ports" not in c
-    assert {v["name"] for v in pod["spec"]["volumes"]} == {"dataset", "output", "cache", "dshm"}
+    assert {v["name"] for v in pod["spec"]["volumes"]} == {"dataset", "output", "cache", "dshm", "tmp"}
 
 
 def test_rank_out_of_range():
@@ -185,3 +186,14 @@ def test_settings_json_is_the_same_as_a_single_node_jobs():
     single = json.loads(args_after(container(render_pod(job(), 1, CONFIG))["command"], "--settings-json"))
     ranks = render_attempt(multi(4), 1, CONFIG)
     assert json.loads(args_after(container(ranks[3])["command"], "--settings-json")) == single
+
+
+def test_multi_node_jobs_are_refused_until_the_reconciler_runs_gangs():
+    """The reconciler still starts one pod per attempt: a lone rank 0 would wait for its peers
+    holding GPUs, so the operator refuses the job with the field named instead."""
+    from finetune_operator.spec_checks import refused
+
+    why = refused(multi(3, 8), OperatorConfig(allow_host_path=True))
+    assert why is not None and why.startswith("spec.resources.nodes: 3 nodes: ")
+    assert "use nodes: 1" in why
+    assert refused(job(resources={"nodes": 1, "gpus": 8}), CONFIG) is None

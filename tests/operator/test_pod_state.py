@@ -106,6 +106,14 @@ def test_oom_killed_is_transient():
     assert (outcome.reason, outcome.transient) == ("OOMKilled", True)
 
 
+def test_a_container_the_runtime_cannot_start_fails_permanently_with_the_kubelets_words():
+    message = 'failed to create containerd task: exec: "finetune-train": executable file not found in $PATH'
+    terminated = {"exitCode": 128, "reason": "StartError", "message": message}
+    outcome = observe_pod(pod("Failed", terminated=terminated))
+    assert (outcome.phase, outcome.reason, outcome.transient) == ("Failed", "StartError", False)
+    assert outcome.message == message and outcome.exit_code == 128
+
+
 def test_evicted_and_preempted_pods_are_transient():
     evicted = observe_pod(
         pod(

@@ -1,8 +1,10 @@
-"""A real Prometheus server scrapes the operator; the scraped series show a job's outcome.
+"""A real Prometheus server scrapes the operator's pod; the scraped series show a job's outcome.
 
-Prometheus and promtool come from Debian's `prometheus` package (`make prometheus` installs it;
-`make test` depends on that). The server runs as a child process with a temporary config that
-scrapes the operator's /metrics on 127.0.0.1 every second, and is stopped at the end.
+The operator runs as the chart installs it: the Deployment's pod on the real node. Prometheus
+and promtool come from Debian's `prometheus` package (`make prometheus` installs it; `make test`
+depends on that). The server runs on the host as a child process with a temporary config that
+scrapes the pod's /metrics at its IP (the host reaches pods on the node's bridge) every second,
+and is stopped at the end.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from localcluster import CHART, OperatorProcess, free_port
+from localcluster import CHART, ChartOperator, free_port, install_chart
 from tests.contract.sample import SAMPLE_RESULT
 from tests.operator.fake_jobs import run_to_success, wait_for
 
@@ -108,18 +110,19 @@ class Prometheus:
 
 
 @pytest.fixture
-def operator(cluster: Any, crd_installed: str, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(cluster, [namespace], tmp_path / "operator.log")
-    op.start()
+def operator(cluster: Any, crd_installed: str, namespace: str) -> Iterator[ChartOperator]:
+    """The chart's operator pod, watching this test's namespace only."""
+    op = install_chart(cluster, namespace, "--set", f"watchNamespaces={{{namespace}}}", release="pfo-prom")
     try:
         yield op
     finally:
-        op.stop()
+        op.uninstall()
 
 
 @pytest.fixture
-def prometheus(operator: OperatorProcess, tmp_path: Path) -> Iterator[Prometheus]:
-    server = Prometheus(tmp_path, [f"127.0.0.1:{operator.metrics_port}"])
+def prometheus(operator: ChartOperator, tmp_path: Path) -> Iterator[Prometheus]:
+    target = urllib.parse.urlsplit(operator.metrics_url()).netloc  # <pod IP>:<metrics port>
+    server = Prometheus(tmp_path, [target])
     server.start()
     try:
         yield server
@@ -135,7 +138,7 @@ def _value(series: list[dict[str, Any]]) -> float:
 
 @pytest.mark.slow
 def test_prometheus_scrapes_the_jobs_outcome(
-    cluster: Any, namespace: str, operator: OperatorProcess, prometheus: Prometheus
+    cluster: Any, namespace: str, operator: ChartOperator, prometheus: Prometheus
 ) -> None:
     def explain() -> str:
         return f"operator log:\n{operator.log_tail()}\nprometheus log:\n{prometheus.log()[-2000:]}"
@@ -162,6 +165,8 @@ def test_prometheus_scrapes_the_jobs_outcome(
     )
     seen_after = time.monotonic() - t0
     assert _value(outcome) == 1
+    (target,) = prometheus.api("targets")["activeTargets"]
+    assert target["health"] == "up" and target["scrapeUrl"] == operator.metrics_url()
     top1 = prometheus.query(f'finetune_job_top1{{{selector},namespace="{namespace}",name="ftj-prom"}}')
     assert _value(top1) == pytest.approx(SAMPLE_RESULT.top1)
     assert _value(prometheus.query(f'finetune_jobs{{{selector},phase="Succeeded"}}')) >= 1
@@ -194,7 +199,7 @@ def test_prometheus_scrapes_the_jobs_outcome(
 
 
 def test_promtool_finds_nothing_to_complain_about(
-    cluster: Any, namespace: str, operator: OperatorProcess
+    cluster: Any, namespace: str, operator: ChartOperator
 ) -> None:
     run_to_success(cluster, namespace, "ftj-lint", operator.log_tail)  # so the labelled series exist too
     exposition = operator.metrics()

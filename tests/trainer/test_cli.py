@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from finetune_contract import (
     EXIT_BAD_SETTINGS,
@@ -196,6 +197,12 @@ def test_two_processes_under_paddle_distributed_launch(tmp_path):
     state = json.loads((out / "checkpoints" / "epoch-0001" / "state.json").read_text())
     assert state["history"][0]["valImages"] == 6  # each rank evaluated its half; counts summed
     assert (out / "inference" / "inference.pdiparams").is_file()
+    # The confusion matrix is summed over the ranks too: every validation image in its true row.
+    matrix = np.array(json.loads((out / "per_class.json").read_text())["matrix"])
+    assert matrix.sum(axis=1).tolist() == [2, 2, 2]
+    assert np.trace(matrix) / 6 == pytest.approx(result.top1, abs=1e-6)
+    assert [p.name for p in (out / "vdl").iterdir()] == ["from-start"]  # rank 0's only
+    assert [p.name for p in (out / "vdl" / "from-start").iterdir()][0].startswith("vdlrecords.")
 
 
 def test_sigterm_to_the_cli_checkpoints_exits_143_and_the_rerun_resumes(tmp_path):

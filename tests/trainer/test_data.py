@@ -223,3 +223,78 @@ def test_label_list_names_the_classes(tmp_path):
         index_dataset(tmp_path, "list", labelList="gap.txt")
     with pytest.raises(DataError, match="label list not found"):
         index_dataset(tmp_path, "list", labelList="missing.txt")
+
+
+# ------------------------------------------------------------------------------------------------
+# The fast training path (train_sample): the same crops as the reference draw, read from the file
+# ------------------------------------------------------------------------------------------------
+def _photo(path, width, height, seed=0, **save):
+    """A smooth JPEG (or PNG) with structure at every scale, so a wrong crop shows."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(height // 24 + 2, width // 24 + 2, 3), dtype=np.uint8)
+    pixels = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC))
+    Image.fromarray(pixels).save(path, **save)
+    return path
+
+
+def test_train_sample_equals_the_transform_of_the_decoded_image(tmp_path):
+    """Lossless files: reading the file (train_sample) and transforming the decoded image
+    (train_transform) draw the same crop and flip and give the same pixels."""
+    from finetune_trainer.data import train_sample
+
+    path = _photo(tmp_path / "a.png", 120, 90)
+    for seed in range(20):
+        expected = train_transform(Image.open(path), 32, np.random.default_rng(seed))
+        np.testing.assert_array_equal(train_sample(path, 32, np.random.default_rng(seed)), expected)
+
+
+def test_a_jpeg_decoded_at_reduced_size_gives_the_same_crop(tmp_path):
+    """When the crop is at least twice the output, the JPEG is decoded at 1/2, 1/4 or 1/8 (the
+    DCT does the averaging): the output is the same region as an area-averaged resize of the
+    fully decoded crop, within a few grey levels; a crop moved by an eighth of its width is not."""
+    import cv2
+    from finetune_trainer import data
+
+    path = _photo(tmp_path / "big.jpg", 1000, 800, quality=95)
+    full = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
+
+    def reference(x, y, w, h):
+        area = cv2.resize(full[y : y + h, x : x + w], (64, 64), interpolation=cv2.INTER_AREA)
+        return data.normalize(area, bgr=True)
+
+    same, moved, factors = [], [], set()
+    for seed in range(40):
+        x, y, w, h = data.crop_box(1000, 800, np.random.default_rng(seed))
+        factors.add(data.reduction_for(w, h, 64))
+        out = data.train_sample(path, 64, np.random.default_rng(seed), flip=False)
+        same.append(np.abs(out - reference(x, y, w, h)).mean())
+        if x + w + w // 8 <= 1000:
+            moved.append(np.abs(out - reference(x + w // 8, y, w, h)).mean())
+    assert factors >= {2, 4, 8}
+    grey = 1 / 255 / 0.226  # one grey level in normalised units
+    assert np.mean(same) < 3 * grey < 3 * grey * 3 < np.mean(moved)
+
+
+def test_jpeg_size_reads_the_frame_header(tmp_path):
+    from finetune_trainer.data import jpeg_size
+
+    for i, (w, h, extra) in enumerate(
+        [(37, 23, {}), (640, 480, {"progressive": True}), (5, 900, {"quality": 30})]
+    ):
+        path = _photo(tmp_path / f"{i}.jpg", w, h, **extra)
+        assert jpeg_size(path.read_bytes()) == (w, h)
+    assert jpeg_size(_photo(tmp_path / "x.png", 10, 10).read_bytes()) is None
+    assert jpeg_size(b"\xff\xd8\xff") is None
+
+
+def test_a_truncated_jpeg_is_a_corrupt_sample(tmp_path):
+    write_list_dataset(tmp_path, classes=1, train_per_class=1)
+    index = index_dataset(tmp_path, "list")
+    path = index.train[0].path
+    whole = _photo(tmp_path / "whole.jpg", 200, 150).read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])  # OpenCV would decode this with grey rows; PIL refuses
+    image, label, _ = ImageDataset(index.train, 16, 16, train=True)[0]
+    assert int(label) == CORRUPT_LABEL
+    path.write_bytes(whole)
+    image, label, _ = ImageDataset(index.train, 16, 16, train=True)[0]
+    assert int(label) == 0 and image.shape == (3, 16, 16)

@@ -12,6 +12,8 @@ batches and stops once more than ``maxCorruptImages`` distinct files were corrup
 
 from __future__ import annotations
 
+import functools
+import io
 import itertools
 import math
 import os
@@ -189,21 +191,35 @@ def decode(path: Path) -> Image.Image:
         return image.convert("RGB")
 
 
-def normalize(image: Image.Image) -> np.ndarray:
-    """Scale to [0,1], subtract the ImageNet mean, divide by its std, HWC -> CHW float32."""
-    array = np.asarray(image, dtype=np.float32) * (1.0 / 255.0)
-    return ((array - MEAN) / STD).transpose(2, 0, 1).copy()
+# normalize as a lookup: NORMALIZED[c][v] is exactly what (v * (1/255) - MEAN[c]) / STD[c] gives in
+# float32, so the table changes no bit of the result and costs one gather per value.
+NORMALIZED = (np.arange(256, dtype=np.float32)[None, :] * (1.0 / 255.0) - MEAN[:, None]) / STD[:, None]
+_LUTS = [np.ascontiguousarray(NORMALIZED[c]).reshape(1, 256) for c in range(3)]
 
 
-def random_resized_crop(
-    image: Image.Image,
-    size: int,
+def normalize(image: Image.Image | np.ndarray, flip: bool = False, bgr: bool = False) -> np.ndarray:
+    """uint8 HWC (RGB, or BGR as OpenCV decodes) -> normalised float32 CHW RGB: scale to [0,1],
+    subtract the ImageNet mean, divide by its std; ``flip`` mirrors it left-right on the way.
+    One table lookup per plane (OpenCV's LUT), the channel order and layout fixed on the way."""
+    cv2 = _cv2()
+    array = np.ascontiguousarray(np.asarray(image))
+    if flip:
+        array = cv2.flip(array, 1)
+    planes = cv2.split(array)
+    out = np.empty((3, array.shape[0], array.shape[1]), dtype=np.float32)
+    for channel in range(3):
+        cv2.LUT(planes[2 - channel if bgr else channel], _LUTS[channel], dst=out[channel])
+    return out
+
+
+def crop_box(
+    width: int,
+    height: int,
     rng: np.random.Generator,
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
-) -> Image.Image:
-    """PaddleClas's RandCropImage: a random area fraction and aspect ratio, resized to size x size."""
-    width, height = image.size
+) -> tuple[int, int, int, int]:
+    """PaddleClas's RandCropImage: a random area fraction and aspect ratio; (x, y, w, h)."""
     aspect = math.sqrt(rng.uniform(*ratio))
     w_unit, h_unit = aspect, 1.0 / aspect
     bound = min((width / height) / (w_unit**2), (height / width) / (h_unit**2))
@@ -213,17 +229,120 @@ def random_resized_crop(
     h = max(1, min(height, int(target * h_unit)))
     x = int(rng.integers(0, width - w + 1))
     y = int(rng.integers(0, height - h + 1))
-    return image.resize((size, size), Image.Resampling.BILINEAR, box=(x, y, x + w, y + h))
+    return x, y, w, h
+
+
+@functools.cache
+def _cv2():
+    import cv2  # opencv-python-headless (the trainer extra), as PaddleClas's own operators use
+
+    cv2.setNumThreads(1)  # one core per DataLoader worker: parallelism comes from the workers
+    return cv2
+
+
+def _resized(pixels: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """The box of an HWC array resized to size x size, bilinear (PaddleClas's cv2.INTER_LINEAR)."""
+    x, y, w, h = box
+    return _cv2().resize(pixels[y : y + h, x : x + w], (size, size), interpolation=_cv2().INTER_LINEAR)
+
+
+def reduction_for(w: int, h: int, size: int) -> int:
+    """The JPEG DCT-domain reduction (1, 2, 4 or 8) that keeps a w x h crop at least size x size:
+    decoding at 1/2 costs about half, and the crop is shrunk to ``size`` afterwards anyway."""
+    factor = 1
+    while factor < 8 and w >= 2 * factor * size and h >= 2 * factor * size:
+        factor *= 2
+    return factor
+
+
+def train_sample(
+    path: Path, size: int, rng: np.random.Generator, scale_min: float = 0.08, flip: bool = True
+) -> np.ndarray:
+    """The training transform read straight from the file, as fast as the CPU allows: the crop is
+    drawn from the header's size first (the same draws as ``train_transform``), a JPEG is decoded
+    at the largest reduction that keeps the crop at least ``size`` (``reduction_for``), then the
+    crop is resized and mirrored and normalised in one lookup. Raises OSError/ValueError for a
+    file that is not a complete image (``ImageDataset`` turns that into a corrupt sample)."""
+    data = Path(path).read_bytes()
+    dims = jpeg_size(data)
+    if dims is None:
+        with Image.open(io.BytesIO(data)) as header:  # not a JPEG: PIL reads the size
+            dims = header.size
+    width, height = dims
+    is_jpeg = data[:2] == b"\xff\xd8"
+    if width * height > 2 * (Image.MAX_IMAGE_PIXELS or math.inf):  # PIL's own limit, as decode has
+        raise Image.DecompressionBombError(f"{path}: {width}x{height} pixels")
+    box = crop_box(width, height, rng, scale=(scale_min, 1.0))
+    mirror = flip and rng.random() < 0.5
+    # A truncated JPEG would decode with grey rows in OpenCV; PIL refuses it, as the policy wants.
+    if not is_jpeg or not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        return normalize(_resized(np.asarray(decode_bytes(data)), box, size), flip=mirror)
+    cv2 = _cv2()
+    factor = reduction_for(box[2], box[3], size)
+    flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}.get(
+        factor, cv2.IMREAD_REDUCED_COLOR_8
+    )
+    try:
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags | cv2.IMREAD_IGNORE_ORIENTATION)  # as PIL
+    except cv2.error as exc:
+        raise OSError(f"{path}: cannot decode the JPEG: {exc}") from exc
+    if pixels is None or pixels.ndim != 3:
+        raise OSError(f"{path}: cannot decode the JPEG")
+    if factor == 1:
+        return normalize(_resized(pixels, box, size), flip=mirror, bgr=True)
+    # The box in the reduced image is fractional: map each output pixel's centre exactly (reduced
+    # pixel i covers original pixels [i*f, (i+1)*f)), so the crop does not shift by up to f - 1.
+    x, y, w, h = box
+    fx, fy = width / pixels.shape[1], height / pixels.shape[0]
+    matrix = np.array(
+        [
+            [w / (size * fx), 0.0, (x + 0.5 * w / size) / fx - 0.5],
+            [0.0, h / (size * fy), (y + 0.5 * h / size) / fy - 0.5],
+        ]
+    )
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP  # the matrix maps output pixels to input pixels
+    out = cv2.warpAffine(pixels, matrix, (size, size), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    return normalize(out, flip=mirror, bgr=True)
+
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header without decoding; None if it is no JPEG or its
+    markers do not lead to a frame header (the caller then asks PIL)."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    at = 2
+    while at + 9 < len(data):
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker in _SOF:
+            height = int.from_bytes(data[at + 5 : at + 7], "big")
+            width = int.from_bytes(data[at + 7 : at + 9], "big")
+            return (width, height) if width and height else None
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+    return None
+
+
+def decode_bytes(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
 
 
 def train_transform(
     image: Image.Image, size: int, rng: np.random.Generator, scale_min: float = 0.08, flip: bool = True
 ) -> np.ndarray:
-    """Random resized crop, horizontal flip with p=0.5, normalise."""
-    image = random_resized_crop(image, size, rng, scale=(scale_min, 1.0))
-    if flip and rng.random() < 0.5:
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return normalize(image)
+    """Random resized crop, horizontal flip with p=0.5, normalise (``train_sample`` on an image
+    already decoded: the same draws and the same resize)."""
+    pixels = np.asarray(image.convert("RGB"))
+    box = crop_box(pixels.shape[1], pixels.shape[0], rng, scale=(scale_min, 1.0))
+    mirror = flip and rng.random() < 0.5
+    return normalize(_resized(pixels, box, size), flip=mirror)
 
 
 def eval_transform(image: Image.Image, size: int, resize_short: int) -> np.ndarray:
@@ -272,15 +391,14 @@ class ImageDataset:
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.int64, np.int64]:
         sample = self.samples[index]
         try:
-            image = decode(sample.path)
+            if self.train:
+                rng = np.random.default_rng((self.seed & 0xFFFFFFFF, self.epoch, index))
+                array = train_sample(sample.path, self.image_size, rng, self.crop_scale_min, self.flip)
+            else:
+                array = eval_transform(decode(sample.path), self.image_size, self.resize_short)
         except (OSError, ValueError, Image.DecompressionBombError):
             blank = np.zeros((3, self.image_size, self.image_size), dtype=np.float32)
             return blank, np.int64(CORRUPT_LABEL), np.int64(index)
-        if self.train:
-            rng = np.random.default_rng((self.seed & 0xFFFFFFFF, self.epoch, index))
-            array = train_transform(image, self.image_size, rng, self.crop_scale_min, self.flip)
-        else:
-            array = eval_transform(image, self.image_size, self.resize_short)
         return array, np.int64(sample.label), np.int64(index)
 
 

@@ -27,9 +27,11 @@ from . import ranks
 from .data import CORRUPT_LABEL, CorruptImageCounter, ImageDataset, make_loader
 from .export import LABELS_FILE, export_inference, write_labels
 from .freeze import freeze_batchnorm_stats
+from .per_class import MAX_CONFUSION_CLASSES, to_sparse
 from .report import print_progress
 from .setup import Distributed, Session
 from .state import Interrupted, TrainerFailure
+from .visual import Visuals
 
 
 class SigtermGuard:
@@ -68,10 +70,10 @@ def train_step(
     amp_dtype: str | None,
     label_smoothing: float,
     weight: float = 1.0,
-) -> paddle.Tensor:
-    """One forward/backward/update; returns the (unscaled) loss tensor. ``weight`` 0 makes a
-    step that contributes nothing (a rank whose batch was all corrupt images must still take
-    part in the gradient all-reduce)."""
+) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """One forward/backward/update; returns the (unscaled) loss and the logits. ``weight`` 0
+    makes a step that contributes nothing (a rank whose batch was all corrupt images must still
+    take part in the gradient all-reduce)."""
     with paddle.amp.auto_cast(enable=amp_dtype is not None, level="O1", dtype=amp_dtype or "float16"):
         logits = model(images)
     loss = F.cross_entropy(logits.astype("float32"), labels, label_smoothing=label_smoothing)
@@ -84,7 +86,7 @@ def train_step(
         objective.backward()
         optimizer.step()
     optimizer.clear_grad()
-    return loss
+    return loss, logits
 
 
 def split_corrupt(
@@ -114,11 +116,14 @@ def evaluate(
     amp_dtype: str | None,
     counter: CorruptImageCounter,
     dist: Distributed,
-) -> dict[str, float]:
-    """Top-1, top-min(5, classes), mean loss and image count over the validation set (all ranks)."""
+) -> dict[str, Any]:
+    """Top-1, top-min(5, classes), mean loss, image count and the confusion matrix (None beyond
+    ``per_class.MAX_CONFUSION_CLASSES`` classes) over the validation set (all ranks)."""
     model.eval()
     k = min(5, num_classes)
-    totals = paddle.zeros([4], dtype="float64")  # correct@1, correct@k, loss sum, count
+    cells = num_classes * num_classes if num_classes <= MAX_CONFUSION_CLASSES else 0
+    # correct@1, correct@k, loss sum, count, then the confusion matrix's cells (true * C + predicted)
+    totals = paddle.zeros([4 + cells], dtype="float64")
     with paddle.no_grad():
         for images, labels, indices in loader:
             batch = split_corrupt(images, labels, indices, dataset, counter)
@@ -131,7 +136,7 @@ def evaluate(
             top = paddle.topk(logits, k=k, axis=1)[1]
             hits = (top == labels.unsqueeze(1).astype(top.dtype)).astype("float64")
             loss = F.cross_entropy(logits, labels, reduction="sum").astype("float64")
-            totals += paddle.stack(
+            batch_totals = paddle.stack(
                 [
                     hits[:, 0].sum(),
                     hits.sum(),
@@ -139,11 +144,25 @@ def evaluate(
                     paddle.to_tensor(float(labels.shape[0]), "float64"),
                 ]
             )
+            if cells:
+                pairs = labels.astype("int64").reshape([-1]) * num_classes + top[:, 0].astype("int64")
+                batch_totals = paddle.concat(
+                    [batch_totals, paddle.bincount(pairs, minlength=cells).astype("float64")]
+                )
+            totals += batch_totals
     if dist.world_size > 1:
         paddle.distributed.all_reduce(totals)
-    c1, ck, loss_sum, count = (float(v) for v in totals.numpy())
+    values = totals.numpy()
+    c1, ck, loss_sum, count = (float(v) for v in values[:4])
     seen = max(count, 1.0)
-    return {"top1": c1 / seen, "top5": ck / seen, "loss": loss_sum / seen, "count": int(count)}
+    confusion = values[4:].round().astype(np.int64).reshape(num_classes, num_classes) if cells else None
+    return {
+        "top1": c1 / seen,
+        "top5": ck / seen,
+        "loss": loss_sum / seen,
+        "count": int(count),
+        "confusion": confusion,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,6 +171,7 @@ def evaluate(
 def train(s: Session, guard: SigtermGuard) -> None:
     """Train the remaining epochs, then export the best model (rank 0)."""
     epochs = s.settings.training.epochs
+    s.visuals = Visuals(s)
     print_progress(s.dist.is_main, s.state.epoch, epochs, phase="Training", stepsPerEpoch=s.steps_per_epoch)
     guard.in_loop = True  # from here on SIGTERM is handled at the next step or epoch boundary
     while s.state.epoch < epochs:
@@ -163,6 +183,7 @@ def train(s: Session, guard: SigtermGuard) -> None:
         if stop_agreed(s, guard):  # arrived during evaluation or saving: this epoch's checkpoint is complete
             raise Interrupted(f"received SIGTERM; stopped after epoch {s.state.epoch} (checkpoint saved)")
     guard.in_loop = False
+    s.visuals.finish()
     if s.dist.is_main:
         export_best(s)
 
@@ -181,10 +202,27 @@ class EpochTraining:
     images: int = 0
     loss_sum: float = 0.0
     seconds: float = 0.0
+    correct1: int = 0  # training batches' top-1 and top-min(5, classes) hits
+    correct5: int = 0
 
     @property
     def mean_loss(self) -> float:
         return self.loss_sum / max(self.images, 1)
+
+    @staticmethod
+    def hits(logits: paddle.Tensor, labels: paddle.Tensor) -> tuple[int, int]:
+        """A batch's top-1 and top-min(5, classes) hits."""
+        top = paddle.topk(logits, k=min(5, logits.shape[1]), axis=1)[1]
+        hits = (top == labels.reshape([-1, 1]).astype(top.dtype)).astype("int64")
+        return int(hits[:, 0].sum()), int(hits.sum())
+
+    @property
+    def top1(self) -> float:
+        return self.correct1 / max(self.images, 1)
+
+    @property
+    def top5(self) -> float:
+        return self.correct5 / max(self.images, 1)
 
 
 def train_epoch(s: Session, guard: SigtermGuard) -> EpochTraining:
@@ -201,22 +239,28 @@ def train_epoch(s: Session, guard: SigtermGuard) -> EpochTraining:
     try:
         for images, labels, indices in loader:
             batch = split_corrupt(images, labels, indices, s.train_set, s.counter)
-            loss_sum, count = 0.0, 0
+            loss_sum, count, hits = 0.0, 0, (0, 0)
             if batch is not None:
-                loss = train_step(
+                loss, logits = train_step(
                     s.net, s.optimizer, s.scaler, batch[0], batch[1], s.amp_dtype, t.labelSmoothing
                 )
                 count = int(batch[1].shape[0])
                 loss_sum = float(loss) * count
+                hits = seen.hits(logits, batch[1])
             elif s.dist.world_size > 1:  # nothing usable here, but the other ranks all-reduce
                 blank = paddle.zeros_like(labels)
                 train_step(s.net, s.optimizer, s.scaler, images, blank, s.amp_dtype, 0.0, weight=0.0)
-            # The step's loss over all ranks, and whether any rank received SIGTERM.
-            loss_sum, count, stop = ranks.sum_over_ranks([loss_sum, count, float(guard.requested)], s.dist)
+            # The step over all ranks (loss, images, hits), and whether any rank received SIGTERM.
+            loss_sum, count, top1, top5, stop = ranks.sum_over_ranks(
+                [loss_sum, count, *hits, float(guard.requested)], s.dist
+            )
             if count:
                 _finite_loss(s, loss_sum / count)
                 seen.images += int(count)
                 seen.loss_sum += loss_sum
+                seen.correct1 += int(top1)
+                seen.correct5 += int(top5)
+            used_lr = s.scheduler.last_lr
             s.scheduler.step()
             state.stepInEpoch += 1
             state.globalStep += 1
@@ -224,6 +268,7 @@ def train_epoch(s: Session, guard: SigtermGuard) -> EpochTraining:
             if state.stepInEpoch % t.logEverySteps == 0 and seen.images:
                 rate = seen.images / max(time.perf_counter() - tick, 1e-9)
                 bar.set_postfix(loss=f"{seen.mean_loss:.4f}", img_s=f"{rate:.1f}", refresh=False)
+                s.visuals.step(state.globalStep, used_lr, seen.mean_loss, seen.top1, seen.top5)
             if stop:
                 raise Interrupted()
     except Interrupted:
@@ -273,6 +318,7 @@ def end_epoch(s: Session, trained: EpochTraining, metrics: dict[str, float]) -> 
         "valLoss": round(metrics["loss"], 6),
         "valImages": metrics["count"],  # evaluated, over all ranks (corrupt ones skipped)
         "trainLoss": round(trained.mean_loss, 6),
+        "trainTop1": round(trained.top1, 6),  # over all ranks' batches
         "imagesPerSecond": round(trained.images / max(trained.seconds, 1e-9), 2),
         "learningRate": s.scheduler.get_lr(),
     }
@@ -280,11 +326,14 @@ def end_epoch(s: Session, trained: EpochTraining, metrics: dict[str, float]) -> 
     improved = not state.best or metrics["top1"] > state.best["top1"]
     if improved:
         state.best = {k: record[k] for k in ("epoch", "top1", "top5", "valLoss")}
+        confusion = metrics.get("confusion")
+        state.bestConfusion = to_sparse(confusion) if confusion is not None else None
     if s.dist.is_main:
         if improved:
             ckpt.save_best(s.output, s.model, state.best)
             write_labels(s.output / "best_model" / LABELS_FILE, s.index.label_names)
         save_checkpoint(s)
+    s.visuals.epoch(record)
     s.log(
         f"epoch {state.epoch}/{s.settings.training.epochs}: top1 {metrics['top1']:.4f} "
         f"top5 {metrics['top5']:.4f} val loss {metrics['loss']:.4f} train loss {record['trainLoss']:.4f} "
@@ -321,6 +370,7 @@ def save_interrupted(s: Session) -> None:
     """On SIGTERM: checkpoint the position inside the epoch, so the next attempt loses nothing."""
     if not s.dist.is_main or s.state.stepInEpoch == 0:
         return  # the end-of-epoch checkpoint already holds this position
+    s.visuals.flush()
     try:
         save_checkpoint(s)
         s.log(
@@ -336,5 +386,6 @@ def export_best(s: Session) -> None:
     best = s.output / "best_model" / "model.pdparams"
     if best.is_file():
         s.model.set_state_dict(paddle.load(str(best)))
-    prefix = export_inference(s.model, s.output, s.settings.dataset.imageSize, s.index.label_names)
+    d = s.settings.dataset
+    prefix = export_inference(s.model, s.output, d.imageSize, s.index.label_names, d.resizeShort)
     s.log(f"exported the best model for inference to {prefix} (+ {LABELS_FILE})")

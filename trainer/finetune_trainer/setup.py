@@ -9,7 +9,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import paddle
@@ -33,6 +33,9 @@ from .pretrained import fetch_pretrained, load_pretrained
 from .report import Log
 from .schedule import WarmupCosine, build_optimizer, default_learning_rate, warmup_steps_for
 from .state import Attempt, RunState, TrainerFailure, failure_of
+
+if TYPE_CHECKING:
+    from .visual import Visuals
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,6 +108,7 @@ class Session:
     val_set: ImageDataset
     sampler: EpochBatchSampler
     val_loader: paddle.io.DataLoader
+    visuals: Visuals | None = None  # VisualDL logs and pictures, opened by loop.train (visual.py)
 
     @property
     def steps_per_epoch(self) -> int:

@@ -25,6 +25,7 @@ from finetune_contract import (
     exit_reason,
 )
 
+from . import per_class
 from .data import CorruptImageCounter, DataError, DatasetIndex
 from .pretrained import DownloadError, PretrainedError
 
@@ -94,6 +95,8 @@ class RunState:
     numClasses: int = 0
     scheduler: dict[str, Any] = field(default_factory=dict)
     scaler: dict[str, Any] = field(default_factory=dict)
+    # The best epoch's confusion matrix, sparse (per_class.to_sparse); None if not counted.
+    bestConfusion: list[list[int]] | None = None
 
     def to_checkpoint(self) -> dict[str, Any]:
         """``state.json``'s content: plain JSON (numpy and Paddle values converted)."""
@@ -160,6 +163,9 @@ class Attempt:
         result.epochsRun = state.epoch
         if state.best:
             result.bestEpoch, result.top1, result.top5 = (state.best[k] for k in ("epoch", "top1", "top5"))
+        if state.best and state.bestConfusion is not None and self.index is not None:
+            matrix = per_class.from_sparse(state.bestConfusion, self.index.num_classes)
+            result.worstClasses = per_class.worst_classes(matrix, self.index.label_names)
         if state.history:
             result.lastTop1 = state.history[-1]["top1"]
         if state.trainSeconds > 0:

@@ -1,0 +1,32 @@
+"""free_port: a port that a process we start can bind, out of the range outgoing connections use."""
+
+from __future__ import annotations
+
+import socket
+
+from localcluster.processes import _ephemeral_ports, free_port
+
+
+def test_free_ports_are_bindable_and_below_the_ephemeral_range() -> None:
+    low, _ = _ephemeral_ports()
+    ports = [free_port() for _ in range(50)]
+    for port in ports:
+        assert port < low
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+    assert len(set(ports)) > 1  # picked at random: two clusters on one host rarely meet
+
+
+def test_a_port_in_use_is_never_given() -> None:
+    held = []
+    try:
+        for _ in range(20):
+            s = socket.socket()
+            s.bind(("127.0.0.1", free_port()))
+            s.listen()
+            held.append(s)
+        taken = {s.getsockname()[1] for s in held}
+        assert not taken & {free_port() for _ in range(200)}
+    finally:
+        for s in held:
+            s.close()

@@ -1,0 +1,209 @@
+"""Job lives for the crash-point tests: what the world does (pods scheduled, running, finishing,
+vanishing; a user suspending or resuming; time passing), step by step, and where each should end.
+
+After every step the harness reconciles until a pass writes nothing, so every step finds the
+pods the previous ones made. Steps name pods by attempt number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from finetune_contract import TrainerResult, encode_result
+
+from tests.operator.fake_kube import forbidden
+from tests.operator.reconcile_kit import NAME, NS, World, pod
+
+Step = Callable[[World], None]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    steps: tuple[Step, ...]
+    phase: str | None  # where the job ends (None: it is deleted)
+    reason: str = ""
+    failed: int = 0  # failedAttempts at the end
+    spec: dict[str, Any] = field(default_factory=dict)
+
+
+def run(attempt: int) -> Step:
+    return lambda w: w.run(attempt)
+
+
+def succeed(attempt: int) -> Step:
+    return lambda w: w.succeed(attempt)
+
+
+def fail(attempt: int, code: int = 143) -> Step:
+    return lambda w: w.fail(attempt, code)
+
+
+def data_error(attempt: int) -> Step:
+    message = encode_result(TrainerResult(exitCode=3, reason="DataError", message="train_list.txt line 9"))
+    return lambda w: w.fail(attempt, 3, message)
+
+
+def evict(attempt: int) -> Step:
+    return lambda w: w.kube.finish(NS, pod(attempt), 137, pod_reason="Evicted", pod_message="node pressure")
+
+
+def vanish(attempt: int) -> Step:
+    return lambda w: w.kube.remove_pod(NS, pod(attempt))
+
+
+GPUS = "0/5 nodes are available: 5 Insufficient nvidia.com/gpu."
+
+
+def unschedulable(attempt: int) -> Step:
+    return lambda w: w.kube.unschedulable(NS, pod(attempt), GPUS)
+
+
+def image_pull_error(attempt: int) -> Step:
+    return lambda w: w.kube.waiting(NS, pod(attempt), "ImagePullBackOff", 'Back-off pulling image "x"')
+
+
+def wait(seconds: float) -> Step:
+    return lambda w: w.clock.advance(seconds)
+
+
+def suspend(value: bool) -> Step:
+    return lambda w: w.kube.update_spec(NS, NAME, runPolicy={"suspend": value})
+
+
+def refuse(message: str | None, allowed: bool = True) -> Step:
+    def step(w: World) -> None:
+        w.kube.admission = (lambda p: forbidden(message, name=p["metadata"]["name"])) if message else None
+        w.kube.allowed = lambda verb, resource, namespace: allowed
+
+    return step
+
+
+def nothing(w: World) -> None:
+    """Just reconcile (the job's creation)."""
+
+
+QUOTA = 'pods "x" is forbidden: exceeded quota: gpus, requested: requests.nvidia.com/gpu=1, used: 8'
+RBAC = 'pods is forbidden: User "system:serviceaccount:pfo:pfo" cannot create resource "pods" in API group ""'
+PSA = 'pods "x" is forbidden: violates PodSecurity "restricted:latest": restricted volume types'
+
+SCENARIOS = (
+    Scenario("success", (nothing, run(1), succeed(1)), "Succeeded", "Completed"),
+    Scenario(
+        "transient-failure-then-success",
+        (nothing, run(1), fail(1), wait(10), run(2), succeed(2)),
+        "Succeeded",
+        "Completed",
+        failed=1,
+    ),
+    Scenario(
+        "backoff-limit-exceeded",
+        (nothing, run(1), fail(1, 75), wait(10), run(2), fail(2, 75)),
+        "Failed",
+        "BackoffLimitExceeded",
+        failed=2,
+        spec={"runPolicy": {"backoffLimit": 1}},
+    ),
+    Scenario("permanent-failure", (nothing, run(1), data_error(1)), "Failed", "DataError", failed=1),
+    Scenario(
+        "evicted-then-success",
+        (nothing, run(1), evict(1), wait(10), succeed(2)),
+        "Succeeded",
+        "Completed",
+        failed=1,
+    ),
+    Scenario(
+        "pod-vanishes-then-success",
+        (nothing, run(1), vanish(1), wait(10), run(2), succeed(2)),
+        "Succeeded",
+        "Completed",
+        failed=1,
+    ),
+    Scenario(
+        "failed-pod-deleted-still-counts",
+        (nothing, fail(1), vanish(1), wait(10), fail(2)),
+        "Failed",
+        "BackoffLimitExceeded",
+        failed=2,
+        spec={"runPolicy": {"backoffLimit": 1}},
+    ),
+    Scenario(
+        "suspend-while-running-then-resume",
+        (nothing, run(1), suspend(True), wait(60), suspend(False), run(2), succeed(2)),
+        "Succeeded",
+        "Completed",
+    ),
+    Scenario(
+        "created-suspended-then-resumed",
+        (nothing, wait(60), suspend(False), run(1), succeed(1)),
+        "Succeeded",
+        "Completed",
+        spec={"runPolicy": {"backoffLimit": 2, "suspend": True}},
+    ),
+    Scenario(
+        "suspend-during-back-off",
+        (nothing, fail(1), suspend(True), wait(60), suspend(False), run(2), succeed(2)),
+        "Succeeded",
+        "Completed",
+        failed=1,
+    ),
+    Scenario(
+        "suspend-while-waiting-for-gpus",
+        (nothing, unschedulable(1), suspend(True), suspend(False), run(2), succeed(2)),
+        "Succeeded",
+        "Completed",
+    ),
+    Scenario(
+        "deadline-exceeded",
+        (nothing, run(1), wait(120)),
+        "Failed",
+        "DeadlineExceeded",
+        spec={"runPolicy": {"backoffLimit": 2, "activeDeadlineSeconds": 100}},
+    ),
+    Scenario(
+        "waits-for-gpus-then-runs",
+        (nothing, unschedulable(1), wait(7200), run(1), succeed(1)),
+        "Succeeded",
+        "Completed",
+    ),
+    Scenario(
+        "cannot-start",
+        (nothing, unschedulable(1), wait(300), image_pull_error(1), wait(300), wait(301)),
+        "Failed",
+        "ImagePullBackOff",
+    ),
+    Scenario(
+        "quota-full-then-room",
+        (refuse(QUOTA), nothing, wait(900), refuse(None), wait(300), run(1), succeed(1)),
+        "Succeeded",
+        "Completed",
+    ),
+    Scenario(
+        "missing-permission-then-fixed",
+        (refuse(RBAC, allowed=False), nothing, wait(3600), refuse(None), wait(300), run(1), succeed(1)),
+        "Succeeded",
+        "Completed",
+    ),
+    Scenario("pod-security-refusal", (refuse(PSA), nothing), "Failed", "PodSecurityViolation"),
+    Scenario(
+        "host-path-refused",
+        (nothing,),
+        "Failed",
+        "InvalidSpec",
+        spec={"dataset": {"volume": {"hostPath": {"path": "/srv/data"}}, "numClasses": 10}},
+    ),
+    Scenario(
+        "ttl-after-success",
+        (nothing, run(1), succeed(1), wait(30)),
+        None,
+        spec={"runPolicy": {"backoffLimit": 2, "ttlSecondsAfterFinished": 30}},
+    ),
+    Scenario(
+        "ttl-zero",
+        (nothing, data_error(1)),
+        None,
+        spec={"runPolicy": {"backoffLimit": 2, "ttlSecondsAfterFinished": 0}},
+    ),
+)
