@@ -54,6 +54,7 @@ from .settings import (
     SettingsError,
     TrainerSettings,
     TrainingSettings,
+    WorldSettings,
 )
 
 __all__ = [
@@ -91,6 +92,7 @@ __all__ = [
     "TrainerResult",
     "TrainerSettings",
     "TrainingSettings",
+    "WorldSettings",
     "decode_result",
     "encode_result",
     "exit_reason",

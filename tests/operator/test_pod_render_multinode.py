@@ -181,11 +181,17 @@ def test_pod_groups_for_coscheduling_and_volcano():
     assert "schedulerName" not in render_pod(multi(3), 2, CONFIG)["spec"]
 
 
-def test_settings_json_is_the_same_as_a_single_node_jobs():
-    """The trainer is told nothing about nodes: the launcher's environment says it all."""
+def test_settings_differ_from_a_single_node_jobs_only_in_the_world():
+    """The trainer is told the world it belongs to (to check the launcher started as many
+    processes); its rank comes from the launcher, so every rank gets the same settings."""
     single = json.loads(args_after(container(render_pod(job(), 1, CONFIG))["command"], "--settings-json"))
-    ranks = render_attempt(multi(4), 1, CONFIG)
-    assert json.loads(args_after(container(ranks[3])["command"], "--settings-json")) == single
+    ranks = render_attempt(multi(4, 8), 1, CONFIG)
+    ours = json.loads(args_after(container(ranks[3])["command"], "--settings-json"))
+    assert ours["world"] == {"nodes": 4, "processesPerNode": 8}
+    assert single["world"] == {"nodes": 1, "processesPerNode": 1}
+    assert {k: v for k, v in ours.items() if k != "world"} == {
+        k: v for k, v in single.items() if k != "world"
+    }
 
 
 def test_multi_node_jobs_are_refused_until_the_reconciler_runs_gangs():

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import paddle
-from finetune_contract import EXIT_BAD_SETTINGS, FreezeDecision, LoadSummary, TrainerSettings
+from finetune_contract import EXIT_BAD_SETTINGS, FreezeDecision, LoadSummary, TrainerSettings, WorldSettings
 
 from . import checkpoint as ckpt
 from . import ranks
@@ -58,10 +58,22 @@ class Distributed:
         return cls(int(os.environ.get("PADDLE_TRAINER_ID", "0") or 0), world) if world > 1 else cls()
 
 
-def setup_distributed() -> Distributed:
+def setup_distributed(world: WorldSettings | None = None) -> Distributed:
     """Join the process group when started by ``paddle.distributed.launch`` with several ranks
-    (on one node or several: ``--nnodes``; on CPU the launcher picks the gloo backend)."""
-    if Distributed.from_env().world_size <= 1:
+    (on one node or several: ``--nnodes``; on CPU the launcher picks the gloo backend). With
+    ``world`` set (the job's nodes x processes per node), the launcher must have started exactly
+    that many processes, checked before joining: every rank sees the same count and stops the
+    same way, where a wrong count would train on another global batch than the job asked for."""
+    started = Distributed.from_env().world_size
+    if world is not None and world.size and world.size != started:
+        raise TrainerFailure(
+            EXIT_BAD_SETTINGS,
+            f"world: the job asks for {world.nodes} node(s) x {world.processesPerNode} process(es) = "
+            f"{world.size}, but {started} process(es) were started (PADDLE_TRAINERS_NUM="
+            f"{os.environ.get('PADDLE_TRAINERS_NUM', 'unset')}): the pod's paddle.distributed.launch "
+            "arguments do not match the settings",
+        )
+    if started <= 1:
         return Distributed()
     paddle.distributed.init_parallel_env()
     return Distributed(paddle.distributed.get_rank(), paddle.distributed.get_world_size())

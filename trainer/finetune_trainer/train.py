@@ -43,7 +43,7 @@ def run(settings: TrainerSettings) -> TrainerResult:
     attempt = Attempt(epochs=settings.training.epochs, output_dir=settings.output.dir)
     try:
         with loop.SigtermGuard() as guard:
-            dist = setup.setup_distributed()
+            dist = setup.setup_distributed(settings.world)
             loop.train(setup.prepare(settings, dist, attempt), guard)
         code, message = EXIT_OK, None
     except Exception as exc:  # noqa: BLE001 - every failure must still produce a result
