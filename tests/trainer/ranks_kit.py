@@ -118,7 +118,9 @@ def start(
         result_path = root / f"{name}.node{i}.tl"
         run.result_paths.append(result_path)
         own = (per_node or [{}] * nnodes)[i]
-        values = {**settings, "output.dir": out, "output.resultPath": result_path, **own}
+        # The world the operator would put in the settings: nnodes pods of nproc processes.
+        world = {"world.nodes": nnodes, "world.processesPerNode": nproc}
+        values = {**world, **settings, "output.dir": out, "output.resultPath": result_path, **own}
         if nnodes == 1 and nproc == 1:
             command = [sys.executable, str(ENTRY)]
         else:

@@ -214,3 +214,16 @@ def test_a_rank_that_sees_other_data_stops_every_rank(setting):
     assert "rank 1 reads a different dataset than rank 0: 23 training" in second.message
     assert "1 of 2 ranks cannot read the dataset rank 0 reads" in first.message
     assert not (run.out / "checkpoints").exists()  # nothing was trained
+
+
+def test_a_world_the_launchers_did_not_start_stops_every_rank_before_training(setting):
+    """The settings say 3 nodes (the job), 2 launchers started: every rank exits 2 naming it."""
+    root, settings = setting
+    three = {**settings, "training.batchSize": 12, "world.nodes": 3}
+    run = run_split(root, "wrong-world", 2, 1, three)
+    assert all(code != 0 for code in run.codes), run.explain()  # the launcher's own exit code
+    for path in run.result_paths:
+        result = decode_result(path.read_text())
+        assert (result.exitCode, result.reason) == (2, "InvalidSettings"), run.explain()
+        assert "world: the job asks for 3 node(s) x 1 process(es) = 3, but 2 process(es)" in result.message
+    assert not (run.out / "checkpoints").exists()
