@@ -132,7 +132,9 @@ def next_steps(cluster: Cluster, name: str, operator: ChartOperator, output: Pat
         return os.path.relpath(path, Path.cwd())
 
     k = f"kubectl --kubeconfig {rel(cluster.kubeconfig)}"
-    job_output, venv_bin = f"{rel(output)}/{NAMESPACE}-{name}", rel(Path(sys.executable).parent)
+    # The job's folder is <namespace>/<name>/<uid>: a job recreated with the same name gets a new one.
+    uid = ((get_job(cluster, name) or {}).get("metadata") or {}).get("uid") or "*"
+    job_output, venv_bin = f"{rel(output)}/{NAMESPACE}/{name}/{uid}", rel(Path(sys.executable).parent)
     val_list = f"{rel(output.parent)}/{DATA_CLAIM}/val_list.txt"
     steps = [
         ("the pinned kubectl and helm", f"export PATH={cluster.bin_dir}:$PATH"),
@@ -144,7 +146,8 @@ def next_steps(cluster: Cluster, name: str, operator: ChartOperator, output: Pat
         ("the pods: the operator's on the real node, the trainer's", f"{k} get pods -A -o wide"),
         ("the operator's Prometheus metrics (at its pod's IP)",
          f"curl -s {operator.metrics_url()} | grep '^finetune'"),
-        ("the trainer's output: training_curves.png, confusion_matrix.png, per_class.json, vdl/, inference/",
+        ("the job's output (its folder is named by namespace, name and uid): training_curves.png, "
+         "confusion_matrix.png, per_class.json, vdl/, inference/",
          f"ls {job_output}/"),
         ("the run in VisualDL (http://127.0.0.1:8040)",
          f"{venv_bin}/visualdl --logdir {job_output}/vdl --host 127.0.0.1 --port 8040"),

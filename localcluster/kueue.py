@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -416,6 +418,18 @@ def _install_and_run(cluster: Cluster, timeout: float) -> Kueue:
     return _run(cluster, state, timeout)
 
 
+def _end(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
+    """Stop a Kueue this process started (its whole process group) and reap it."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def _tail(log: Path, lines: int = 30) -> str:
     try:
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
@@ -438,8 +452,12 @@ def _run(cluster: Cluster, state: dict[str, Any], timeout: float) -> Kueue:
     cert_dir = Path(yaml.safe_load(Path(state["config"]).read_text())["webhook"]["certDir"])
 
     def webhooks_answer() -> bool:
-        if not kueue.running():
-            raise KueueExited(f"Kueue exited; {state['log']} ends with:\n{_tail(Path(state['log']))}")
+        # Our own child: poll() cannot mistake it for another process (its pid stays ours until it
+        # is reaped), and says how it ended.
+        if proc.poll() is not None:
+            raise KueueExited(
+                f"Kueue exited with {proc.returncode}; {state['log']} ends with:\n{_tail(Path(state['log']))}"
+            )
         if not (cert_dir / "tls.crt").exists() and not _mount_certificate(cluster, cert_dir):
             return False
         if not kueue.ready():
@@ -457,7 +475,7 @@ def _run(cluster: Cluster, state: dict[str, Any], timeout: float) -> Kueue:
             "Kueue ready and its webhooks reachable from the API server", webhooks_answer, timeout
         )
     except BaseException:
-        kueue.stop()
+        _end(proc)
         raise
     state["start_seconds"] = round(time.monotonic() - t0, 1)
     (d / "state.json").write_text(json.dumps(state, indent=2))

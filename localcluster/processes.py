@@ -40,11 +40,24 @@ def free_port() -> int:
 
 def pid_alive(pid: int, marker: str) -> bool:
     """True if `pid` runs and its command line mentions `marker` (so a recycled pid is never killed)."""
+    for attempt in range(5):
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        # Empty: a zombie, a kernel thread, or a read the kernel gave up on while the process's
+        # memory map was busy (our guess for a live Kueue once taken for gone): look again.
+        if raw or _state(pid) in ("Z", None):
+            return marker in raw.replace(b"\0", b" ").decode(errors="replace")
+        time.sleep(0.05 * (attempt + 1))
+    return False
+
+
+def _state(pid: int) -> str | None:
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return False
-    return marker in cmdline
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def proc_start_time(pid: int) -> str | None:

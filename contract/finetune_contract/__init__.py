@@ -13,6 +13,7 @@ operator image never needs Paddle. It holds:
 
 from .exit_codes import (
     EXIT_BAD_SETTINGS,
+    EXIT_CHECKPOINT_REFUSED,
     EXIT_DATA_ERROR,
     EXIT_DOWNLOAD_ERROR,
     EXIT_INTERRUPTED,
@@ -48,6 +49,7 @@ from .settings import (
     FREEZE_STRATEGIES,
     DatasetSettings,
     FinetuneSettings,
+    JobSettings,
     ModelSettings,
     OutputSettings,
     PretrainedSource,
@@ -64,6 +66,7 @@ __all__ = [
     "CORRUPT_IMAGE_POLICIES",
     "DATASET_FORMATS",
     "EXIT_BAD_SETTINGS",
+    "EXIT_CHECKPOINT_REFUSED",
     "EXIT_DATA_ERROR",
     "EXIT_DOWNLOAD_ERROR",
     "EXIT_INTERRUPTED",
@@ -84,6 +87,7 @@ __all__ = [
     "DatasetSettings",
     "FinetuneSettings",
     "FreezeDecision",
+    "JobSettings",
     "LoadSummary",
     "ModelSettings",
     "OutputSettings",

@@ -11,6 +11,9 @@ EXIT_BAD_SETTINGS = 2  # permanent: settings failed validation
 EXIT_DATA_ERROR = 3  # permanent: missing/malformed list file, missing or corrupt image, bad label
 EXIT_PRETRAINED_ERROR = 4  # permanent: checksum mismatch, file that does not fit the architecture
 EXIT_NON_FINITE_LOSS = 5  # permanent: the loss became NaN/inf (lower the learning rate)
+# permanent: the output folder holds a checkpoint this run must not use: another job's, one made
+# with other settings (or by a trainer that did not record them), or a file that is unsafe to read
+EXIT_CHECKPOINT_REFUSED = 6
 EXIT_DOWNLOAD_ERROR = 69  # transient: the pretrained weights could not be fetched (EX_UNAVAILABLE)
 EXIT_TRANSIENT = 75  # transient: anything else worth retrying, e.g. out of memory (EX_TEMPFAIL)
 EXIT_INTERRUPTED = 143  # transient: SIGTERM (eviction, preemption, node drain)
@@ -21,6 +24,7 @@ PERMANENT_EXIT_CODES = {
     EXIT_DATA_ERROR: "DataError",
     EXIT_PRETRAINED_ERROR: "PretrainedWeightsError",
     EXIT_NON_FINITE_LOSS: "NonFiniteLoss",
+    EXIT_CHECKPOINT_REFUSED: "CheckpointRefused",
 }
 TRANSIENT_EXIT_CODES = {
     EXIT_DOWNLOAD_ERROR: "DownloadFailed",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -106,7 +107,19 @@ class WorldSettings:
 
 
 @dataclass
+class JobSettings:
+    """Whose run this is: the FineTuneJob's namespace, name and uid (all empty for a run outside
+    Kubernetes). Every checkpoint records it, and a run never resumes another job's checkpoint:
+    a job deleted and created again with the same name has a new uid, so it starts afresh."""
+
+    namespace: str = ""
+    name: str = ""
+    uid: str = ""
+
+
+@dataclass
 class TrainerSettings:
+    job: JobSettings = field(default_factory=JobSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     dataset: DatasetSettings = field(default_factory=DatasetSettings)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
@@ -138,6 +151,7 @@ class TrainerSettings:
     def validate(self) -> None:
         """Raise SettingsError naming the first wrong field."""
         m, d, f, t = self.model, self.dataset, self.finetune, self.training
+        _validate_job(self.job)
         _one_of("model.architecture", m.architecture, ARCHITECTURES)
         sources = [k for k in ("name", "url", "path") if getattr(m.pretrained, k)]
         if len(sources) > 1:
@@ -187,6 +201,28 @@ class TrainerSettings:
                 "world: set both nodes and processesPerNode (or neither) "
                 f"(got nodes {w.nodes}, processesPerNode {w.processesPerNode})"
             )
+
+
+# Kubernetes' own rules: a namespace is a DNS label, a custom resource's name a DNS subdomain.
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+# A uid is a UUID in practice (the API types it as a string): one path segment, no dots first.
+_UID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _validate_job(job: JobSettings) -> None:
+    given = [k for k in ("namespace", "name", "uid") if getattr(job, k)]
+    if not given:
+        return  # a run outside Kubernetes
+    if len(given) < 3:
+        missing = sorted({"namespace", "name", "uid"} - set(given))
+        raise SettingsError(f"job: give namespace, name and uid together (missing {', '.join(missing)})")
+    if len(job.namespace) > 63 or not _DNS_LABEL.fullmatch(job.namespace):
+        raise SettingsError(f"job.namespace: {job.namespace!r} is not a Kubernetes namespace name")
+    if len(job.name) > 253 or not _DNS_SUBDOMAIN.fullmatch(job.name):
+        raise SettingsError(f"job.name: {job.name!r} is not a Kubernetes object name")
+    if len(job.uid) > 128 or not _UID.fullmatch(job.uid):
+        raise SettingsError(f"job.uid: {job.uid!r} is not a Kubernetes uid")
 
 
 def _finite(v: Any) -> bool:

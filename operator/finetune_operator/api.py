@@ -45,19 +45,31 @@ KUEUE_RETRIABLE_IN_GROUP = "kueue.x-k8s.io/retriable-in-group"
 COSCHEDULING_POD_GROUP = "scheduling.x-k8s.io/pod-group"  # label (scheduler-plugins >= v0.24)
 VOLCANO_GROUP_NAME = "scheduling.k8s.io/group-name"  # annotation
 
+# Gang scheduling on real clusters: Kueue pod groups (one group per attempt; see
+# localcluster/KUEUE.md and the README's "Shared clusters").
+KUEUE_QUEUE_NAME = "kueue.x-k8s.io/queue-name"  # set by the user on the FineTuneJob
+KUEUE_PRIORITY_CLASS = "kueue.x-k8s.io/priority-class"
+KUEUE_POD_GROUP_NAME = "kueue.x-k8s.io/pod-group-name"
+KUEUE_POD_GROUP_TOTAL_COUNT = "kueue.x-k8s.io/pod-group-total-count"
+KUEUE_RETRIABLE_IN_GROUP = "kueue.x-k8s.io/retriable-in-group"
+# What Kueue puts on the pods it manages: the gate it removes at admission, and its label.
+KUEUE_ADMISSION_GATE = "kueue.x-k8s.io/admission"
+KUEUE_MANAGED = "kueue.x-k8s.io/managed"
+
 
 # The job's status ----------------------------------------------------------------------------
 class Phase:
     """status.phase."""
 
     PENDING = "Pending"
+    QUEUED = "Queued"  # Kueue holds the pod until the job's queue admits it
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     SUSPENDED = "Suspended"
 
 
-PHASES = (Phase.PENDING, Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED, Phase.SUSPENDED)
+PHASES = (Phase.PENDING, Phase.QUEUED, Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED, Phase.SUSPENDED)
 FINISHED = (Phase.SUCCEEDED, Phase.FAILED)
 # Standard conditions, one True at a time: `kubectl wait --for=condition=Succeeded` works.
 CONDITION_TYPES = (Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED, Phase.SUSPENDED)
@@ -69,6 +81,7 @@ class Waiting:
     CAPACITY = "Capacity"  # no room yet (no node with free GPUs, a full quota): worth waiting for
     START = "Start"  # placed, or placeable, but it cannot run yet (an image, a volume, a config)
     PERMISSION = "Permission"  # the operator may not create the pod: an installation to fix
+    ADMISSION = "Admission"  # Queued: Kueue has not admitted the pod yet (no time limit)
 
 
 class Reason:
@@ -76,6 +89,9 @@ class Reason:
 
     # The lifecycle
     POD_CREATED = "PodCreated"
+    QUEUED = "Queued"  # Kueue holds the pod: no quota for it yet in its ClusterQueue
+    INADMISSIBLE = "Inadmissible"  # Kueue cannot admit it as things are (no such LocalQueue, ...)
+    NOT_QUEUED = "NotQueued"  # an Event: the job names a queue, and Kueue does not manage its pod
     POD_PENDING = "PodPending"  # created, waiting to start, for no reason Kubernetes names
     RUNNING = "Running"
     RETRYING = "Retrying"  # a transient failure: the next attempt starts after a back-off

@@ -46,7 +46,16 @@ from typing import Any
 from finetune_contract import SettingsError, TrainerResult, parse_last_progress
 
 from . import retry, spec_checks, waiting
-from .api import CONTAINER, FINISHED, LABEL_ATTEMPT, Phase, Reason, Waiting
+from .api import (
+    CONTAINER,
+    FINISHED,
+    KUEUE_POD_GROUP_NAME,
+    KUEUE_QUEUE_NAME,
+    LABEL_ATTEMPT,
+    Phase,
+    Reason,
+    Waiting,
+)
 from .config import OperatorConfig
 from .job_status import (
     StatusUpdate,
@@ -60,8 +69,9 @@ from .job_status import (
     success_message,
 )
 from .kube import KubeApi, api_status, is_status
+from .kueue import KueueStop, kueue_gated, kueue_managed, kueue_stop, workload_words
 from .metrics import Metrics
-from .pod import pod_name, pod_selector, render_pod
+from .pod import pod_name, pod_selector, queue_name, render_pod
 from .pod_state import PodOutcome, observe_pod
 from .refusal import classify
 from .trainer_settings import trainer_settings
@@ -73,6 +83,10 @@ WAIT_FOR_TERMINATION = 2.0  # seconds between looks at a pod that is being delet
 # The longest a job that is not finished goes without a timed look (a safety net under the
 # watches, for waits that have no deadline of their own).
 RESYNC_SECONDS = 300.0
+# A job Kueue holds is looked at this often for its Workload's words (its admission itself comes
+# through the pod watch: Kueue removes the pod's gate), and sooner while Kueue has said nothing yet.
+QUEUED_POLL_SECONDS = 15.0
+QUEUED_FIRST_POLL_SECONDS = 2.0
 _REPORTED = ("metrics", "finetune", "progress")  # status parts that come from the trainer's output
 # A pending pod's reasons that only say it is on its way (created, scheduled, pulling, mounting).
 _ROUTINE = (Reason.POD_PENDING, "ContainerCreating", "PodInitializing")
@@ -266,7 +280,8 @@ class Reconciler:
         newest = max(pods, default=0)
         if newest > p.count("attempts"):
             # Created just before the operator stopped, before the status recorded it: adopt it.
-            self._record_attempt(p, newest, resumed=p.status.get("phase") == Phase.SUSPENDED)
+            resumed = p.status.get("phase") in (Phase.SUSPENDED, Phase.QUEUED)
+            self._record_attempt(p, newest, resumed, pods[newest])
         attempts = p.count("attempts")
         in_flight = attempts > p.count("endedAttempts")
         current = pods.get(attempts) if in_flight else None
@@ -306,10 +321,20 @@ class Reconciler:
                 return self._attempt_failed(
                     p, PodOutcome("Failed", Reason.POD_MISSING, message, transient=True)
                 )
+            stop = kueue_stop(current)
+            if stop is not None:
+                return self._kueue_stopped(p, current, stop)
             if outcome is None:
                 return WAIT_FOR_TERMINATION  # someone deletes it: judge it once it has terminated
             if outcome.phase == "Failed":
                 return self._attempt_failed(p, outcome)
+            if outcome.phase == "Pending" and kueue_gated(current):
+                return self._queued(p, current)
+            if not p.get("startTime"):
+                # Kueue admitted the attempt just now: the job's clock starts here, not when it
+                # was queued (as for a batch Job that Kueue unsuspends).
+                p.update.fields["startTime"] = p.stamp
+                remaining = self._deadline_remaining(p)
             if outcome.phase == "Pending":
                 return self._pending(p, current, outcome, remaining)
             p.transition(Phase.RUNNING, Reason.RUNNING, f"attempt {attempts}: pod {name} is running")
@@ -323,7 +348,9 @@ class Reconciler:
         next_at = parse_time(p.get("nextAttemptTime"))
         if next_at and p.now < next_at:
             return _soonest((next_at - p.now).total_seconds(), remaining)
-        return self._start_attempt(p, attempts + 1, resumed=p.status.get("phase") == Phase.SUSPENDED)
+        # After a suspension, or a preemption by Kueue, the next attempt resumes (from the checkpoint).
+        resumed = p.status.get("phase") in (Phase.SUSPENDED, Phase.QUEUED)
+        return self._start_attempt(p, attempts + 1, resumed=resumed)
 
     # ------------------------------------------------------------------------------------------
     def _deadline_remaining(self, p: _Pass) -> float | None:
@@ -337,21 +364,34 @@ class Reconciler:
         """The attempt in flight has ended (accounted for in the same patch as its outcome)."""
         p.update.fields["endedAttempts"] = p.count("attempts")
 
-    def _record_attempt(self, p: _Pass, attempt: int, resumed: bool) -> None:
+    def _record_attempt(self, p: _Pass, attempt: int, resumed: bool, pod: dict[str, Any]) -> None:
         """The status records attempt `attempt`, whose pod exists."""
         name = pod_name(p.meta["name"], attempt)
         fields = p.update.fields
         fields.update(attempts=attempt, podName=name, nextAttemptTime=None)
+        what = "resumed" if resumed else ("started" if attempt == 1 else "retried")
+        message = f"attempt {attempt} {what}: created pod {name}"
+        if kueue_gated(pod):
+            # Queued: the job's clock (activeDeadlineSeconds) starts when Kueue admits it.
+            if resumed:
+                fields["startTime"] = None
+            queue = pod["metadata"].get("labels", {}).get(KUEUE_QUEUE_NAME, "")
+            p.transition(
+                Phase.QUEUED, Reason.QUEUED, f"{message}, waiting for admission by LocalQueue {queue}"
+            )
+            p.update.fields["waiting"] = waiting.Wait(
+                Waiting.ADMISSION, Reason.QUEUED, "", p.now, None
+            ).status()
+            return
         if resumed or not p.status.get("startTime"):
             fields["startTime"] = p.stamp
-        what = "resumed" if resumed else ("started" if attempt == 1 else "retried")
-        p.transition(Phase.PENDING, Reason.POD_CREATED, f"attempt {attempt} {what}: created pod {name}")
+        p.transition(Phase.PENDING, Reason.POD_CREATED, message)
 
     def _start_attempt(self, p: _Pass, attempt: int, resumed: bool) -> float | None:
         pod = render_pod(p.job, attempt, self.config)
         name = pod["metadata"]["name"]
         try:
-            self.kube.create_pod(pod)
+            created = self.kube.create_pod(pod)
         except Exception as exc:
             status = api_status(exc)
             if status is None or status.code not in (403, 409, 422):
@@ -367,7 +407,19 @@ class Reconciler:
                 )
                 return WAIT_FOR_TERMINATION
             return self._refused(p, name, status)
-        self._record_attempt(p, attempt, resumed)
+        self._record_attempt(p, attempt, resumed, created)
+        queue = queue_name(p.job)
+        if queue and not kueue_managed(created):
+            p.events.append(
+                (
+                    "Warning",
+                    Reason.NOT_QUEUED,
+                    f"the job asks for the Kueue LocalQueue {queue}, but Kueue did not take pod "
+                    f"{name}: Kueue is not installed or does not manage namespace "
+                    f"{p.meta['namespace']} (its managedJobsNamespaceSelector); the pod runs "
+                    "without waiting for quota",
+                )
+            )
         self.metrics.attempts.inc()
         if attempt == 1 and not p.status.get("attempts"):
             created = parse_time(p.meta.get("creationTimestamp"))
@@ -402,11 +454,64 @@ class Reconciler:
         delay = min(self.config.backoff_max_seconds, max(self.config.backoff_base_seconds, waited))
         return _soonest(delay, wait.left(p.now), self._deadline_remaining(p))
 
+    def _queued(self, p: _Pass, pod: dict[str, Any]) -> float | None:
+        """Kueue holds the attempt's pod until its LocalQueue admits the attempt: phase Queued,
+        with the Workload's words, and no time limit (the job's clock has not started)."""
+        labels = pod["metadata"].get("labels") or {}
+        queue = labels.get(KUEUE_QUEUE_NAME, "")
+        group = labels.get(KUEUE_POD_GROUP_NAME) or pod["metadata"]["name"]
+        words = None
+        try:
+            words = workload_words(self.kube.get_workload(p.meta["namespace"], group))
+        except Exception as exc:  # no permission, or Kueue's API not served: the phase still says it
+            log.debug("%s/%s: no Workload %s: %s", p.meta["namespace"], p.meta["name"], group, exc)
+        if words is None:
+            reason, message = Reason.QUEUED, f"waiting for admission by LocalQueue {queue}"
+        else:
+            kueue_reason, said = words
+            reason = Reason.INADMISSIBLE if kueue_reason == "Inadmissible" else Reason.QUEUED
+            message = f"waiting for admission by LocalQueue {queue}: {said}"
+        since = waiting.remembered_since(p.status.get("waiting"), Waiting.ADMISSION, p.now)
+        # A pod adopted in this very pass (created before a crash) was reported Queued already.
+        said = any(r == reason for _, r, _ in p.events)
+        kind = None if said else ("Warning" if reason == Reason.INADMISSIBLE else "Normal")
+        p.transition(Phase.QUEUED, reason, message, kind)
+        p.update.fields["waiting"] = waiting.Wait(Waiting.ADMISSION, reason, message, since, None).status()
+        return QUEUED_POLL_SECONDS if words else QUEUED_FIRST_POLL_SECONDS
+
+    def _kueue_stopped(self, p: _Pass, pod: dict[str, Any], stop: KueueStop) -> float | None:
+        """Kueue preempted (or evicted) the attempt and deletes its pod, whose trainer checkpoints on
+        SIGTERM: the attempt ends without counting a failure, and the next one (a new pod group)
+        is created once the pod is gone, queued until Kueue admits it again, and resumes from the
+        checkpoint."""
+        attempts = p.count("attempts")
+        self._end_attempt(p)
+        fields = p.update.fields
+        fields["nextAttemptTime"] = None
+        fields["startTime"] = None  # the next admission starts the job's clock again
+        if _active(pod) and not _terminating(pod):
+            p.delete(pod)
+        self.metrics.retries.labels(reason=stop.reason).inc()
+        p.transition(
+            Phase.QUEUED,
+            stop.reason,
+            f"attempt {attempts} stopped by Kueue ({stop.kueue_reason}): {stop.message}; "
+            "the next attempt waits for admission and resumes from the checkpoint",
+            "Warning",
+        )
+        fields["waiting"] = waiting.Wait(Waiting.ADMISSION, stop.reason, "", p.now, None).status()
+        return WAIT_FOR_TERMINATION
+
     def _pending(
         self, p: _Pass, pod: dict[str, Any], outcome: PodOutcome, remaining: float | None
     ) -> float | None:
         kind = outcome.waiting or Waiting.START
         since = parse_time(outcome.since) or p.now
+        admitted = parse_time(p.get("startTime"))
+        if kueue_managed(pod) and admitted and admitted > since:
+            # The pod's PodScheduled condition dates from its creation, gated: the time in
+            # Kueue's queue is not time waiting for capacity.
+            since = admitted
         wait = waiting.Wait(
             kind, outcome.reason, outcome.message, since, waiting.limit(kind, p.policy, self.config)
         )

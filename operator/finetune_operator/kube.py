@@ -29,6 +29,7 @@ from kubernetes.client.exceptions import ApiException
 from .api import API_VERSION, FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION
 
 _JOBS = f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{PLURAL}"
+_WORKLOADS = "/apis/kueue.x-k8s.io/v1beta2/namespaces/{ns}/workloads"
 
 
 def load_api_client() -> kubernetes.client.ApiClient:
@@ -97,6 +98,10 @@ class KubeReads(Protocol):
     def pod_log_tail(
         self, namespace: str, name: str, container: str, lines: int, limit_bytes: int, since_seconds: int
     ) -> str: ...
+
+    def get_workload(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """Kueue's Workload of that name (kueue.x-k8s.io/v1beta2), None if there is none."""
+        ...
 
     def can_i(self, verb: str, resource: str, namespace: str, group: str = "") -> bool:
         """Whether the operator's own identity may do this (a SelfSubjectAccessReview: a question
@@ -230,6 +235,14 @@ class Kube:
         return self._request(
             "GET", f"/api/v1/namespaces/{namespace}/pods/{quote(name)}/log", query=query, raw=True
         )
+
+    def get_workload(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._request("GET", f"{_WORKLOADS.format(ns=namespace)}/{quote(name)}")
+        except ApiException as exc:
+            if exc.status == 404:  # not created yet, gone with its pods, or Kueue not installed
+                return None
+            raise
 
     def can_i(self, verb: str, resource: str, namespace: str, group: str = "") -> bool:
         review = {

@@ -44,9 +44,13 @@ from .api import (
     VOLCANO_GROUP_NAME,
 )
 from .config import OperatorConfig
-from .trainer_settings import CACHE_MOUNT, DATA_MOUNT, OUTPUT_MOUNT, RESULT_PATH, output_dir, trainer_settings
+from .trainer_settings import CACHE_MOUNT, DATA_MOUNT, OUTPUT_MOUNT, RESULT_PATH, trainer_settings
 
 MAX_NAME = 63  # a DNS label: pod names become hostnames, and label values have the same limit
+# The CRD's default for spec.runPolicy.terminationGracePeriodSeconds (a job stored before the field
+# existed gets it too): time for the largest model's checkpoint on a slow network disk, see
+# trainer/finetune_trainer/README.md ("Grace on SIGTERM").
+DEFAULT_TERMINATION_GRACE_SECONDS = 120
 
 # What the template may pass through to the pod spec, unchanged.
 _PASS_THROUGH = (
@@ -73,6 +77,14 @@ def attempt_name(job_name: str, attempt: int) -> str:
     """``<job>-attempt-<n>``, at most 63 characters: a single-node attempt's pod, and a
     multi-node attempt's ConfigMap, Kueue pod group and PodGroup."""
     return _bounded(job_name, f"-attempt-{attempt}")
+
+
+def queue_name(job: dict[str, Any]) -> str:
+    """The Kueue LocalQueue the job asks for: its label, or one in ``spec.template.labels``
+    ("" without one: the job is not queued by Kueue)."""
+    meta_labels = (job.get("metadata") or {}).get("labels") or {}
+    template_labels = ((job.get("spec") or {}).get("template") or {}).get("labels") or {}
+    return meta_labels.get(KUEUE_QUEUE_NAME) or template_labels.get(KUEUE_QUEUE_NAME) or ""
 
 
 def pod_name(job_name: str, attempt: int, rank: int = 0, nodes: int = 1) -> str:
@@ -201,7 +213,8 @@ def render_pod(job: dict[str, Any], attempt: int, config: OperatorConfig, rank: 
     gpus = gpus_of(job)
     dataset = spec.get("dataset") or {}
     output = spec.get("output") or {}
-    settings_json = trainer_settings(job).to_json()
+    settings = trainer_settings(job)
+    settings_json = settings.to_json()
     writes = rank == 0  # rank 0 alone reads and writes the output volume and the cache
 
     labels = dict(template.get("labels") or {})
@@ -222,7 +235,7 @@ def render_pod(job: dict[str, Any], attempt: int, config: OperatorConfig, rank: 
         {"name": "HOME", "value": "/tmp"},
         *({"name": k, "value": v} for k, v in config.trainer_env),
     ]
-    log_dir = f"{output_dir(namespace, name)}/launch-logs"
+    log_dir = f"{settings.output.dir}/launch-logs"  # the job's own folder, as the trainer's
     if nodes > 1:
         env += _master_env(job, attempt, rank)
         # Rank 0 keeps the launcher's per-process logs with the job's output; the others in
@@ -266,8 +279,13 @@ def render_pod(job: dict[str, Any], attempt: int, config: OperatorConfig, rank: 
         if config.cache_claim
         else {"emptyDir": {}}
     )
+    run_policy = spec.get("runPolicy") or {}
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        # SIGTERM -> the trainer checkpoints at the next step or evaluation batch -> SIGKILL after this.
+        "terminationGracePeriodSeconds": int(
+            run_policy.get("terminationGracePeriodSeconds", DEFAULT_TERMINATION_GRACE_SECONDS)
+        ),
         # The trainer never talks to the API server.
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,

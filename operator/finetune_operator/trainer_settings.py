@@ -1,14 +1,15 @@
 """A FineTuneJob's spec -> the trainer's settings (finetune_contract.TrainerSettings).
 
 The spec and the contract share the camelCase vocabulary, so this is mostly a copy of the fields
-the user set; what the pod decides (mount points, where the result goes) is filled in here.
+the user set; what the pod decides (mount points, where the result goes) and whose run it is (the
+job's namespace, name and uid, which every checkpoint records) are filled in here.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from finetune_contract import TrainerSettings
+from finetune_contract import SettingsError, TrainerSettings
 
 DATA_MOUNT = "/data"  # the dataset volume, read-only (spec.dataset.subPath is mounted here)
 OUTPUT_MOUNT = "/output"  # the output volume (spec.output.subPath is mounted here)
@@ -44,10 +45,15 @@ _TRAINING_KEYS = (
 )
 
 
-def output_dir(namespace: str, name: str) -> str:
-    """The job's folder in the output volume: two jobs sharing a volume never collide, and a
-    retried attempt finds the previous attempt's checkpoints there."""
-    return f"{OUTPUT_MOUNT}/{namespace}-{name}"
+def output_dir(namespace: str, name: str, uid: str) -> str:
+    """The job's folder in the output volume, ``/output/<namespace>/<name>/<uid>``: every
+    attempt of the job finds the previous attempts' checkpoints there; two jobs sharing a volume
+    never meet, not even a job deleted and created again with the same name (a new uid), and a
+    person finds a job's folders by namespace and name (``kubectl get ftj NAME -o
+    jsonpath={.metadata.uid}`` says which is the current one). One folder level per part, so
+    no two jobs map to the same path (``a-b``/``c`` and ``a``/``b-c`` once did) and each part
+    stays within a file name's 255 bytes (namespace <= 63, name <= 253, uid 36)."""
+    return f"{OUTPUT_MOUNT}/{namespace}/{name}/{uid}"
 
 
 def _pick(section: dict[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -74,7 +80,11 @@ def trainer_settings(job: dict[str, Any]) -> TrainerSettings:
     # PaddleClas evaluates with a short-side resize of 256 for 224 crops: keep that ratio.
     dataset["resizeShort"] = max(image_size, round(image_size * 256 / 224))
     dataset["root"] = DATA_MOUNT
+    namespace, name, uid = meta.get("namespace", "default"), meta.get("name", "job"), meta.get("uid", "")
+    if not uid:
+        raise SettingsError("metadata.uid: the job has no uid (not read from the API server?)")
     data = {
+        "job": {"namespace": namespace, "name": name, "uid": uid},
         "model": {
             "architecture": model.get("architecture", "ResNet50_vd"),
             "pretrained": {
@@ -85,7 +95,7 @@ def trainer_settings(job: dict[str, Any]) -> TrainerSettings:
         "finetune": _pick(spec.get("finetune"), _FINETUNE_KEYS),
         "training": _pick(spec.get("training"), _TRAINING_KEYS),
         "output": {
-            "dir": output_dir(meta.get("namespace", "default"), meta.get("name", "job")),
+            "dir": output_dir(namespace, name, uid),
             "resultPath": RESULT_PATH,
         },
         "cacheDir": CACHE_MOUNT,

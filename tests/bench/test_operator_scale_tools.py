@@ -97,7 +97,7 @@ def test_native_done_needs_the_complete_condition() -> None:
 def test_native_job_runs_the_pod_the_operator_renders() -> None:
     job = native_job("job-00001", gpus=1)
     ftj = job_manifest("job-00001", gpus=1)
-    ftj["metadata"].update(namespace="native", uid="11111111-2222-3333-4444-555555555555")
+    ftj["metadata"].update(namespace="native", uid="00000000-0000-0000-0000-000000000000")
     ours = render_pod(ftj, 1, OperatorConfig())["spec"]
     assert job["spec"]["template"]["spec"] == ours
     assert job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": 1}

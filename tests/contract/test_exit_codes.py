@@ -21,6 +21,7 @@ def test_permanent_and_transient_codes_are_disjoint_and_named():
         (contract.EXIT_DATA_ERROR, "DataError", False),
         (contract.EXIT_PRETRAINED_ERROR, "PretrainedWeightsError", False),
         (contract.EXIT_NON_FINITE_LOSS, "NonFiniteLoss", False),
+        (contract.EXIT_CHECKPOINT_REFUSED, "CheckpointRefused", False),
         (contract.EXIT_DOWNLOAD_ERROR, "DownloadFailed", True),
         (contract.EXIT_TRANSIENT, "TransientError", True),
         (contract.EXIT_INTERRUPTED, "Interrupted", True),

@@ -31,7 +31,8 @@ def test_a_full_settings_object_round_trips_through_json():
             },
             "finetune": {"freeze": "stages", "freezeStages": 2, "lrMultList": [0.1, 0.1, 0.2, 0.2, 1]},
             "training": {"epochs": 3, "batchSize": 8, "learningRate": 0.002, "seed": 7},
-            "output": {"dir": "/output/ns-job"},
+            "output": {"dir": "/output/ns/job/0b6c1a4e-6f3e-4b6e-9d59-8a6f0f8d2c11"},
+            "job": {"namespace": "ns", "name": "job", "uid": "0b6c1a4e-6f3e-4b6e-9d59-8a6f0f8d2c11"},
         }
     )
     assert TrainerSettings.from_json(settings.to_json()) == settings
@@ -86,6 +87,18 @@ def test_a_full_settings_object_round_trips_through_json():
         ({"world": {"nodes": 2}}, "world: set both nodes and processesPerNode (or neither)"),
         ({"world": {"processesPerNode": 8}}, "world: set both nodes and processesPerNode (or neither)"),
         ({"world": {"ranks": 2}}, "world.ranks: unknown field"),
+        (
+            {"job": {"namespace": "ns", "name": "a"}},
+            "job: give namespace, name and uid together (missing uid)",
+        ),
+        ({"job": {"uid": "u"}}, "job: give namespace, name and uid together (missing name, namespace)"),
+        ({"job": {"namespace": "Team_A", "name": "a", "uid": "u"}}, "job.namespace: 'Team_A' is not a"),
+        ({"job": {"namespace": "n" * 64, "name": "a", "uid": "u"}}, "job.namespace:"),
+        ({"job": {"namespace": "ns", "name": "a/b", "uid": "u"}}, "job.name: 'a/b' is not a Kubernetes"),
+        ({"job": {"namespace": "ns", "name": "x" * 254, "uid": "u"}}, "job.name:"),
+        ({"job": {"namespace": "ns", "name": "a", "uid": ".."}}, "job.uid: '..' is not a Kubernetes uid"),
+        ({"job": {"namespace": "ns", "name": "a", "uid": "u/../v"}}, "job.uid:"),
+        ({"job": {"namespace": "ns", "name": "a", "uid": 5}}, "job.uid: must be a string"),
     ],
 )
 def test_wrong_settings_name_the_field(data, words):
@@ -103,3 +116,19 @@ def test_the_world_is_nodes_times_processes_and_unset_by_default():
     assert TrainerSettings().world.size == 0  # a trainer run by hand: the launcher decides
     world = TrainerSettings.from_dict({"world": {"nodes": 3, "processesPerNode": 8}}).world
     assert (world.nodes, world.processesPerNode, world.size) == (3, 8, 24)
+
+
+def test_a_job_identity_is_whole_or_absent():
+    """A run outside Kubernetes has none; the operator's runs name the job, which may be as long
+    as Kubernetes allows (a namespace of 63, a name of 253 characters)."""
+    assert TrainerSettings().job.uid == ""
+    settings = TrainerSettings.from_dict(
+        {
+            "job": {
+                "namespace": "n" * 63,
+                "name": "a." + "b" * 251,
+                "uid": "0b6c1a4e-6f3e-4b6e-9d59-8a6f0f8d2c11",
+            }
+        }
+    )
+    assert len(settings.job.name) == 253

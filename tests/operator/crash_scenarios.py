@@ -13,7 +13,7 @@ from typing import Any
 
 from finetune_contract import TrainerResult, encode_result
 
-from tests.operator.fake_kube import forbidden
+from tests.operator.fake_kube import checkpointed, forbidden, kueue_admit, kueue_preempt, kueue_says
 from tests.operator.reconcile_kit import NAME, NS, World, pod
 
 Step = Callable[[World], None]
@@ -79,6 +79,31 @@ def refuse(message: str | None, allowed: bool = True) -> Step:
         w.kube.allowed = lambda verb, resource, namespace: allowed
 
     return step
+
+
+def queued(w: World) -> None:
+    """The job names a Kueue LocalQueue, and Kueue manages the namespace (fake_kube's webhook)."""
+    w.kube.kueue_namespaces.add(NS)
+    w.kube.job(NS, NAME)["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
+
+
+NO_QUOTA = "couldn't assign flavors to pod set main: insufficient unused quota for nvidia.com/gpu"
+
+
+def kueue_waits(attempt: int) -> Step:
+    return lambda w: kueue_says(w.kube, NS, pod(attempt), "Pending", NO_QUOTA)
+
+
+def admit(attempt: int) -> Step:
+    return lambda w: kueue_admit(w.kube, NS, pod(attempt))
+
+
+def preempt(attempt: int) -> Step:
+    return lambda w: kueue_preempt(w.kube, NS, pod(attempt), "Preempted to accommodate a workload", hold=True)
+
+
+def stopped(attempt: int) -> Step:
+    return lambda w: checkpointed(w.kube, NS, pod(attempt))
 
 
 def nothing(w: World) -> None:
@@ -183,6 +208,26 @@ SCENARIOS = (
     Scenario(
         "missing-permission-then-fixed",
         (refuse(RBAC, allowed=False), nothing, wait(3600), refuse(None), wait(300), run(1), succeed(1)),
+        "Succeeded",
+        "Completed",
+    ),
+    Scenario(
+        "kueue-queued-then-admitted",
+        (queued, nothing, kueue_waits(1), wait(3600), admit(1), run(1), succeed(1)),
+        "Succeeded",
+        "Completed",
+        spec={"runPolicy": {"backoffLimit": 0, "activeDeadlineSeconds": 600}},
+    ),
+    Scenario(
+        "kueue-preempted-then-resumed",
+        (queued, admit(1), run(1), preempt(1), wait(5), stopped(1), kueue_waits(2), admit(2), succeed(2)),
+        "Succeeded",
+        "Completed",
+        spec={"runPolicy": {"backoffLimit": 0}},
+    ),
+    Scenario(
+        "kueue-suspended-while-queued",
+        (queued, kueue_waits(1), suspend(True), suspend(False), admit(2), run(2), succeed(2)),
         "Succeeded",
         "Completed",
     ),

@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from finetune_operator.api import GROUP, LABEL_ATTEMPT, LABEL_JOB
+from finetune_operator.api import (
+    GROUP,
+    KUEUE_ADMISSION_GATE,
+    KUEUE_MANAGED,
+    KUEUE_QUEUE_NAME,
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+)
 from finetune_operator.job_status import now_iso
 from finetune_operator.kube import event_name
 from kubernetes.client.exceptions import ApiException
@@ -91,6 +98,9 @@ class FakeKube:
     fail_reads: ApiException | None = None  # every read raises this (an API server outage)
     check_status_schema: bool = True  # False: store any status (the real API server judges it)
     created: list[str] = field(default_factory=list)  # every pod name ever created, in order
+    # A fake Kueue's webhook: pods with a queue label in these namespaces are gated and labelled.
+    kueue_namespaces: set[str] = field(default_factory=set)
+    workloads: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     _rv: int = 100
     _uid: int = 0
     _crash: tuple[int, str] | None = None
@@ -155,6 +165,11 @@ class FakeKube:
         text = self.logs.get((namespace, name), "")
         return "\n".join(text.splitlines()[-lines:])[-limit_bytes:]
 
+    def get_workload(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self._read()
+        found = self.workloads.get((namespace, name))
+        return copy.deepcopy(found) if found is not None else None
+
     def can_i(self, verb: str, resource: str, namespace: str, group: str = "") -> bool:
         self._read()
         return self.allowed(verb, resource, namespace)
@@ -199,6 +214,12 @@ class FakeKube:
                 creationTimestamp=now_iso(self.clock()),
             )
             stored["status"] = {"phase": "Pending"}
+            if meta["namespace"] in self.kueue_namespaces and KUEUE_QUEUE_NAME in meta.get("labels", {}):
+                stored["metadata"]["labels"][KUEUE_MANAGED] = "true"
+                stored.setdefault("spec", {})["schedulingGates"] = [
+                    {"name": KUEUE_ADMISSION_GATE},
+                    {"name": "kueue.x-k8s.io/topology"},
+                ]
             self.pods[key] = stored
             self.created.append(key[1])
             return copy.deepcopy(stored)
@@ -362,7 +383,7 @@ class FakeKube:
     def terminate(self) -> None:
         """The kubelets: every pod being deleted stops (SIGTERM, exit 143) and is removed."""
         for key, pod in list(self.pods.items()):
-            if pod["metadata"].get("deletionTimestamp"):
+            if pod["metadata"].get("deletionTimestamp") and not pod["metadata"].get("finalizers"):
                 del self.pods[key]
 
     def remove_pod(self, namespace: str, name: str) -> None:
@@ -387,3 +408,50 @@ def _terminal(pod: dict[str, Any]) -> bool:
 def forbidden(message: str, kind: str = "pods", name: str = "") -> ApiException:
     """A 403 as the API server sends it for a refused create."""
     return api_error(403, "Forbidden", message, {"name": name, "kind": kind} if name else {"kind": kind})
+
+
+# ---------------------------------------------------------------------------- a fake Kueue
+def kueue_says(kube: FakeKube, namespace: str, group: str, reason: str, message: str) -> None:
+    """The group's Workload is not admitted, in Kueue's words (QuotaReserved=False)."""
+    cond = {"type": "QuotaReserved", "status": "False", "reason": reason, "message": message}
+    kube.workloads[(namespace, group)] = {"metadata": {"name": group}, "status": {"conditions": [cond]}}
+
+
+def kueue_admit(kube: FakeKube, namespace: str, name: str) -> None:
+    """Kueue admits the pod's group: it removes the pod's gates."""
+    pod = kube.pods[(namespace, name)]
+    pod["spec"]["schedulingGates"] = []
+    pod["metadata"]["resourceVersion"] = kube._next_rv()
+
+
+def kueue_preempt(kube: FakeKube, namespace: str, name: str, message: str, hold: bool = False) -> None:
+    """Kueue preempts the pod: the TerminationTarget condition, then a graceful deletion
+    (`terminate()`: the kubelet stops it once the trainer has checkpointed). `hold`: the trainer
+    is still checkpointing; the pod stays until `checkpointed()`."""
+    pod = kube.pods[(namespace, name)]
+    if hold:
+        pod["metadata"]["finalizers"] = [HOLD]
+    cond = {
+        "type": "TerminationTarget",
+        "status": "True",
+        "reason": "WorkloadEvictedDueToPreempted",
+        "message": message,
+        "lastTransitionTime": now_iso(kube.clock()),
+    }
+    pod["status"].setdefault("conditions", []).append(cond)
+    pod["metadata"]["deletionTimestamp"] = now_iso(kube.clock())
+    pod["metadata"]["resourceVersion"] = kube._next_rv()
+
+
+HOLD = "pfo.dev/test-kubelet"  # the kubelet's graceful termination, as a finalizer: terminate() waits
+
+
+def checkpointed(kube: FakeKube, namespace: str, name: str) -> None:
+    """The preempted trainer wrote its checkpoint and exited 143: the pod is Failed (keeping its
+    conditions, as the kubelet does) and removed by the next `terminate()`."""
+    pod = kube.pods[(namespace, name)]
+    conditions = pod["status"].get("conditions") or []
+    kube.finish(namespace, name, 143)
+    pod = kube.pods[(namespace, name)]
+    pod["status"]["conditions"] = conditions
+    pod["metadata"].pop("finalizers", None)

@@ -144,6 +144,18 @@ INVALID = [
         "greater than or equal to 1",
     ),
     (
+        "grace-too-short",
+        {"runPolicy.terminationGracePeriodSeconds": 5},
+        "spec.runPolicy.terminationGracePeriodSeconds",
+        "greater than or equal to 10",
+    ),
+    (
+        "grace-too-long",
+        {"runPolicy.terminationGracePeriodSeconds": 3601},
+        "spec.runPolicy.terminationGracePeriodSeconds",
+        "less than or equal to 3600",
+    ),
+    (
         "start-timeout-zero",
         {"runPolicy.startTimeoutSeconds": 0},
         "spec.runPolicy.startTimeoutSeconds",
@@ -411,6 +423,8 @@ def test_unknown_field_is_rejected_by_strict_field_validation(
 
 def test_examples_are_accepted(cluster: Any, crd_installed: str, namespace: str) -> None:
     for path in sorted(crd.EXAMPLES_DIR.glob("*.yaml")):
+        if path.name == "kueue-shared-cluster.yaml":
+            continue  # Kueue's kinds too: test_kueue_jobs.py checks it beside a running Kueue
         proc = cluster.kubectl(
             "apply",
             "--server-side",
@@ -525,7 +539,7 @@ def test_minimal_job_gets_the_documented_defaults(objects: Any, namespace: str) 
         "numWorkers": 2,
     }
     assert spec["resources"] == {"gpus": 1, "nodes": 1}
-    assert spec["runPolicy"] == {"backoffLimit": 2, "suspend": False}
+    assert spec["runPolicy"] == {"backoffLimit": 2, "suspend": False, "terminationGracePeriodSeconds": 120}
     assert "template" not in spec and "image" not in spec
 
 
@@ -567,10 +581,9 @@ def test_image_cannot_change_or_go(objects: Any, namespace: str) -> None:
 
 def test_run_policy_may_change(objects: Any, namespace: str) -> None:
     _create(objects, namespace, crd.minimal_job("policy"))
-    patched = _patch(
-        objects, namespace, "policy", {"spec": {"runPolicy": {"suspend": True, "backoffLimit": 5}}}
-    )
-    assert patched["spec"]["runPolicy"] == {"suspend": True, "backoffLimit": 5}
+    policy = {"suspend": True, "backoffLimit": 5, "terminationGracePeriodSeconds": 600}
+    patched = _patch(objects, namespace, "policy", {"spec": {"runPolicy": policy}})
+    assert patched["spec"]["runPolicy"] == policy
     patched = _patch(objects, namespace, "policy", {"spec": {"runPolicy": {"suspend": False}}})
     assert patched["spec"]["runPolicy"]["suspend"] is False
 
@@ -715,6 +728,10 @@ def test_kubectl_explain_teaches_the_fields(cluster: Any, crd_installed: str) ->
         assert field in text and phrase in text, f"explain ftj.spec.training lacks {field}: {phrase}"
     pretrained = " ".join(cluster.kubectl("explain", "ftj.spec.model.pretrained.url").stdout.split())
     assert "An https:// URL of a .pdparams file" in pretrained
+    grace = " ".join(
+        cluster.kubectl("explain", "ftj.spec.runPolicy.terminationGracePeriodSeconds").stdout.split()
+    )
+    assert "Seconds between SIGTERM and SIGKILL" in grace and "Default: 120" in grace
 
 
 def test_status_the_operator_writes_is_stored_unpruned(objects: Any, namespace: str) -> None:

@@ -29,7 +29,7 @@ import pytest
 from finetune_contract import decode_result
 
 from localcluster import ChartOperator, Cluster, install_chart, make_self_signed, serve_https
-from tests.operator.cluster_jobs import apply, condition, events, job_manifest, wait_job
+from tests.operator.cluster_jobs import apply, condition, events, get_job, job_manifest, wait_job
 
 PRETRAIN_CLASSES = (0, 1, 2)
 FINETUNE_CLASSES = (5, 6, 7, 8, 9)
@@ -160,6 +160,8 @@ def test_finetune_job_runs_the_trainer_image_on_the_real_node(e2e: Setup) -> Non
     result_file = only(sorted(e2e.output.glob("**/result.json")), "result.json")
     result = json.loads(result_file.read_text())
     assert result_file.stat().st_uid == 1000
+    uid = get_job(cluster, namespace, "digits")["metadata"]["uid"]  # type: ignore[index]
+    assert result_file == e2e.output / namespace / "digits" / uid / "result.json"  # the job's own folder
     message = decode_result(terminated["message"])
     assert message is not None and message.top1 == pytest.approx(result["top1"])
     assert 0.0 <= status["metrics"]["top1"] <= 1.0
@@ -239,6 +241,7 @@ def test_deleting_the_pod_mid_epoch_checkpoints_and_the_next_attempt_resumes(e2e
         )  # fmt: skip
         time.sleep(1.0)  # into the second epoch (31 steps of 16 images)
         grace = cluster.get_pod(namespace, first)["spec"]["terminationGracePeriodSeconds"]  # type: ignore[index]
+        assert grace == 120  # spec.runPolicy.terminationGracePeriodSeconds' default, rendered
         t0 = time.monotonic()
         cluster.kubectl("delete", "pod", first, "--wait=false", namespace=namespace)
         assert watcher.deleted.wait(grace + 30), f"{first} was not removed"
@@ -266,3 +269,37 @@ def test_deleting_the_pod_mid_epoch_checkpoints_and_the_next_attempt_resumes(e2e
     reasons = [reason for _, reason, _ in events(cluster, namespace, "resume")]
     print(f"\nSIGTERM -> checkpoint at step {step} and exit 143 in {stopped:.1f}s (grace {grace}s); "
           f"events: {reasons}")  # fmt: skip
+
+
+def test_a_job_recreated_with_the_same_name_starts_afresh_in_its_own_folder(e2e: Setup) -> None:
+    """Deleted and created again with the same name (how a spec is changed): a new run in a
+    folder of its own (<namespace>/<name>/<uid>), never the old run continued or reported
+    finished at once; the old run's folder is left as it was."""
+    cluster, namespace = e2e.cluster, e2e.namespace
+    manifest = e2e.job("again", training={"epochs": 1, "batchSize": 32, "warmupEpochs": 0, "numWorkers": 0})
+    finished = lambda s: s.get("phase") in ("Succeeded", "Failed")  # noqa: E731
+    folders = []
+    for run in (1, 2):
+        apply(cluster, namespace, manifest)
+        status = wait_job(
+            cluster, e2e.operator, namespace, "again", finished, f"finished ({run})", timeout=420
+        )
+        assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
+        uid = get_job(cluster, namespace, "again")["metadata"]["uid"]  # type: ignore[index]
+        folders.append(e2e.output / namespace / "again" / uid)
+        result = json.loads((folders[-1] / "result.json").read_text())
+        assert result.get("resumedFromEpoch") is None and result["epochsRun"] == 1
+        assert result["outputDir"] == f"/output/{namespace}/again/{uid}"
+        if run == 1:
+            first = (folders[0] / "result.json").read_text()
+            cluster.kubectl("delete", "ftj", "again", "--wait=true", "--timeout=60s", namespace=namespace)
+            cluster.kubectl(
+                "wait",
+                "--for=delete",
+                "pod/again-attempt-1",
+                "--timeout=120s",
+                namespace=namespace,
+                check=False,
+            )
+    assert folders[0] != folders[1]
+    assert (folders[0] / "result.json").read_text() == first

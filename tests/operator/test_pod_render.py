@@ -6,6 +6,7 @@ import pytest
 from finetune_operator.config import OperatorConfig
 from finetune_operator.pod import job_label_value, pod_name, pod_selector, render_pod
 
+from tests.operator import crd
 from tests.operator.jobs import job
 
 CONFIG = OperatorConfig(trainer_image="registry.local/trainer:7")
@@ -55,6 +56,15 @@ def test_name_labels_and_owner_reference():
     assert "activeDeadlineSeconds" not in pod["spec"]  # the operator enforces it across attempts
 
 
+def test_termination_grace_period_comes_from_the_run_policy():
+    """Time for the trainer's checkpoint between SIGTERM and SIGKILL: the job's, else the CRD's
+    default (a job stored before the field existed)."""
+    assert render_pod(job(), 1, CONFIG)["spec"]["terminationGracePeriodSeconds"] == 120
+    assert crd.node("spec.runPolicy.terminationGracePeriodSeconds")["default"] == 120
+    custom = render_pod(job(runPolicy={"terminationGracePeriodSeconds": 900}), 1, CONFIG)
+    assert custom["spec"]["terminationGracePeriodSeconds"] == 900
+
+
 def test_command_is_an_argument_list_carrying_the_settings():
     tricky = "'; rm -rf / #$(reboot)"
     pod = render_pod(
@@ -67,7 +77,7 @@ def test_command_is_an_argument_list_carrying_the_settings():
     assert not any(word in ("sh", "bash", "/bin/sh", "-c") for word in c["command"])
     settings = json.loads(c["command"][2])
     assert settings["dataset"]["trainList"] == tricky  # passed verbatim, as one argv element
-    assert settings["output"]["dir"] == "/output/team-a-flowers"
+    assert settings["output"]["dir"] == "/output/team-a/flowers/0b6c1a4e-6f3e-4b6e-9d59-8a6f0f8d2c11"
     assert settings == settings_from_pod(pod)
 
 
@@ -82,7 +92,7 @@ def test_several_gpus_use_paddle_distributed_launch():
         "0,1,2,3",
         "--log_dir",
     ]
-    assert c["command"][6] == "/output/team-a-flowers/launch-logs"
+    assert c["command"][6] == "/output/team-a/flowers/0b6c1a4e-6f3e-4b6e-9d59-8a6f0f8d2c11/launch-logs"
     assert c["command"][7:9] == ["finetune-train", "--settings-json"]
     assert c["resources"] == {
         "requests": {"cpu": "8", "memory": "32Gi"},

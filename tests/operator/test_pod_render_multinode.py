@@ -100,6 +100,8 @@ def test_every_rank_of_an_attempt(name, nodes, gpus, attempt):
         assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
         assert pod["spec"]["automountServiceAccountToken"] is False
         assert c["securityContext"]["readOnlyRootFilesystem"] is True  # /tmp is an emptyDir
+        # The job's grace on every rank: SIGTERM to any rank stops all at one step, rank 0 saves it.
+        assert pod["spec"]["terminationGracePeriodSeconds"] == 120
 
 
 @settings(max_examples=40, deadline=None)

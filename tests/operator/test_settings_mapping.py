@@ -26,8 +26,14 @@ def test_spec_fields_reach_the_trainer_with_the_pods_paths():
     assert settings.finetune.freeze == "stages"
     assert settings.finetune.freezeStages == 2
     assert settings.finetune.lrMultList == [0.1, 0.1, 0.2, 0.2, 1.0]
-    # The job's own folder in the output volume, and the termination-message file.
-    assert settings.output.dir == "/output/team-a-flowers"
+    # The job's own folder in the output volume (its uid: a job created again with the same
+    # name starts afresh), whose run it is, and the termination-message file.
+    assert settings.output.dir == "/output/team-a/flowers/0b6c1a4e-6f3e-4b6e-9d59-8a6f0f8d2c11"
+    assert (settings.job.namespace, settings.job.name, settings.job.uid) == (
+        "team-a",
+        "flowers",
+        "0b6c1a4e-6f3e-4b6e-9d59-8a6f0f8d2c11",
+    )
     assert settings.output.resultPath == "/dev/termination-log"
     assert settings.cacheDir == "/cache"
 
@@ -98,3 +104,24 @@ def test_contract_rejects_what_the_crd_let_through_naming_the_field():
 def test_the_world_is_the_pods_times_their_processes(resources, world):
     w = trainer_settings(job(resources=resources)).world
     assert (w.nodes, w.processesPerNode) == world
+
+
+def test_every_job_has_a_folder_of_its_own():
+    """Jobs whose names join to the same text, and a job created again with its old name, each
+    get their own folder; the path's parts stay within a file name's 255 bytes."""
+    jobs = [
+        {"namespace": "a-b", "name": "c", "uid": "u1"},
+        {"namespace": "a", "name": "b-c", "uid": "u2"},
+        {"namespace": "a", "name": "b-c", "uid": "u3"},  # deleted and created again
+        {"namespace": "n" * 63, "name": "x" * 253, "uid": "0b6c1a4e-6f3e-4b6e-9d59-8a6f0f8d2c11"},
+    ]
+    folders = [trainer_settings(job(metadata=meta)).output.dir for meta in jobs]
+    assert len(set(folders)) == len(jobs)
+    for meta, folder in zip(jobs, folders, strict=True):
+        assert folder == f"/output/{meta['namespace']}/{meta['name']}/{meta['uid']}"
+        assert all(len(part.encode()) <= 255 for part in folder.split("/"))
+
+
+def test_a_job_without_a_uid_is_refused():
+    with pytest.raises(SettingsError, match=r"^metadata.uid"):
+        trainer_settings(job(metadata={"uid": ""}))

@@ -11,7 +11,7 @@ import numpy as np
 import paddle
 import pytest
 from finetune_contract import (
-    EXIT_BAD_SETTINGS,
+    EXIT_CHECKPOINT_REFUSED,
     EXIT_DATA_ERROR,
     EXIT_INTERRUPTED,
     EXIT_NON_FINITE_LOSS,
@@ -194,10 +194,26 @@ def test_result_stays_under_4096_bytes_with_long_parameter_lists(dataset, tmp_pa
 
 def test_checkpoint_of_another_model_in_the_output_dir_is_refused(dataset, tmp_path):
     assert train.run(tiny_settings(dataset, tmp_path / "out", training__epochs=1)).exitCode == 0
-    other = tiny_settings(dataset, tmp_path / "out", model__architecture="ResNet34_vd")
+    other = tiny_settings(dataset, tmp_path / "out", training__epochs=1, model__architecture="ResNet34_vd")
     result = train.run(other)
-    assert result.exitCode == EXIT_BAD_SETTINGS
-    assert "holds a checkpoint of ResNet18_vd" in result.message
+    assert result.exitCode == EXIT_CHECKPOINT_REFUSED and result.reason == "CheckpointRefused"
+    assert 'model.architecture: "ResNet18_vd" in the checkpoint, "ResNet34_vd" now' in result.message
+
+
+def sigterm_after_step(monkeypatch, n):
+    """Send this process SIGTERM right after the n-th training step (1-based, over all epochs)."""
+    real_step = loop.train_step
+    calls = {"n": 0}
+
+    def step_then_sigterm(*args, **kwargs):
+        loss = real_step(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == n:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    monkeypatch.setattr(loop, "train_step", step_then_sigterm)
+    return real_step
 
 
 def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(dataset, tmp_path, monkeypatch):
@@ -206,17 +222,7 @@ def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(dataset, tmp
     reference = train.run(tiny_settings(dataset, tmp_path / "ref", training__epochs=3))
     assert reference.exitCode == 0
 
-    real_step = loop.train_step
-    calls = {"n": 0}
-
-    def step_then_sigterm(*args, **kwargs):
-        loss = real_step(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 7:  # epoch 3, step 1 done
-            os.kill(os.getpid(), signal.SIGTERM)
-        return loss
-
-    monkeypatch.setattr(loop, "train_step", step_then_sigterm)
+    real_step = sigterm_after_step(monkeypatch, 7)  # epoch 3, step 1 done
     out = tmp_path / "resumed"
     first = train.run(tiny_settings(dataset, out, training__epochs=3))
     assert first.exitCode == EXIT_INTERRUPTED and first.reason == "Interrupted"
@@ -243,13 +249,16 @@ def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(dataset, tmp
         assert ours["valLoss"] == pytest.approx(theirs["valLoss"], rel=1e-3)
     ref_w, _, _ = checkpoint.load_checkpoint(checkpoint.find_latest(tmp_path / "ref"))
     res_w, _, _ = checkpoint.load_checkpoint(checkpoint.find_latest(out))
-    worst = max(float(np.abs(ref_w[k].numpy() - res_w[k].numpy()).max()) for k in ref_w)
+    worst = max(float(np.abs(ref_w[k] - res_w[k]).max()) for k in ref_w)
     assert worst < 1e-4
 
 
 def test_resume_loads_weights_from_the_checkpoint(dataset, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    assert train.run(tiny_settings(dataset, out, training__epochs=1)).exitCode == 0
+    real = sigterm_after_step(monkeypatch, 3)  # the last step of epoch 1
+    assert train.run(tiny_settings(dataset, out, training__epochs=2)).exitCode == EXIT_INTERRUPTED
+    monkeypatch.setattr(loop, "train_step", real)
+    assert checkpoint.find_latest(out).name == "epoch-0000-step00003"  # trained, not evaluated
     saved, _, _ = checkpoint.load_checkpoint(checkpoint.find_latest(out))
     seen = {}
     real = loop.train_step
@@ -261,9 +270,9 @@ def test_resume_loads_weights_from_the_checkpoint(dataset, tmp_path, monkeypatch
 
     monkeypatch.setattr(loop, "train_step", capture)
     result = train.run(tiny_settings(dataset, out, training__epochs=2))
-    assert result.resumedFromEpoch == 1 and result.epochsRun == 2
+    assert result.resumedFromEpoch == 0 and result.epochsRun == 2
     for key, value in saved.items():
-        np.testing.assert_array_equal(seen[key], value.numpy(), err_msg=key)
+        np.testing.assert_array_equal(seen[key], value, err_msg=key)
 
 
 def test_only_rank_zero_writes(dataset, tmp_path, monkeypatch, capsys):
@@ -301,32 +310,67 @@ def test_out_of_memory_is_a_transient_failure(dataset, tmp_path, monkeypatch):
     assert "out of memory" in result.message and "batchSize" in result.message
 
 
-def test_sigterm_during_evaluation_keeps_the_epoch(dataset, tmp_path, monkeypatch):
-    real = loop.evaluate
+@pytest.mark.parametrize("during_batch", [0, 2, 4])
+def test_sigterm_during_evaluation_abandons_it_and_keeps_the_training(tmp_path, monkeypatch, during_batch):
+    """SIGTERM while evaluating (18 images, 5 batches): the pass is abandoned at the next batch,
+    not finished (the grace period is short), the epoch's training is checkpointed with its
+    tally, and the next attempt evaluates it without training it again: history, schedule and
+    result as in an uninterrupted run. In the last batch there is nothing left to abandon: the
+    epoch ends and its own checkpoint is the position."""
+    dataset = write_list_dataset(tmp_path / "data", classes=3, train_per_class=4, val_per_class=6)
+    reference = train.run(tiny_settings(dataset, tmp_path / "ref"))
+    real_split = loop.split_corrupt
+    seen = {"batches": 0}
 
-    def evaluate_then_sigterm(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args, **kwargs)
+    def sigterm_during_evaluation(images, labels, indices, dataset_, counter):
+        if not dataset_.train:
+            if seen["batches"] == during_batch:
+                os.kill(os.getpid(), signal.SIGTERM)
+            seen["batches"] += 1
+        return real_split(images, labels, indices, dataset_, counter)
 
-    monkeypatch.setattr(loop, "evaluate", evaluate_then_sigterm)
+    monkeypatch.setattr(loop, "split_corrupt", sigterm_during_evaluation)
     out = tmp_path / "out"
     result = train.run(tiny_settings(dataset, out))
     assert result.exitCode == EXIT_INTERRUPTED
-    assert "stopped after epoch 1 (checkpoint saved)" in result.message
-    assert checkpoint.find_latest(out).name == "epoch-0001"
-    monkeypatch.setattr(loop, "evaluate", real)
+    latest = checkpoint.find_latest(out)
+    if during_batch < 4:
+        assert f"during evaluation (abandoned after {during_batch + 1} of 5 batches)" in result.message
+        assert seen["batches"] == during_batch + 1
+        assert result.epochsRun == 0
+        assert latest.name == "epoch-0000-step00003"
+        _, _, state = checkpoint.load_checkpoint(latest)
+        assert (state["epoch"], state["stepInEpoch"], state["globalStep"]) == (0, 3, 3)
+        assert state["epochTraining"]["images"] == 12 and state["epochTraining"]["loss_sum"] > 0
+    else:
+        assert "stopped after epoch 1 (checkpoint saved)" in result.message
+        assert latest.name == "epoch-0001"
+
+    monkeypatch.setattr(loop, "split_corrupt", real_split)
     resumed = train.run(tiny_settings(dataset, out))
-    assert resumed.exitCode == 0 and resumed.resumedFromEpoch == 1 and resumed.epochsRun == 2
+    assert resumed.exitCode == 0 and resumed.epochsRun == 2
+    assert resumed.resumedFromEpoch == (0 if during_batch < 4 else 1)
+    _, _, ours = checkpoint.load_checkpoint(checkpoint.find_latest(out))
+    _, _, theirs = checkpoint.load_checkpoint(checkpoint.find_latest(tmp_path / "ref"))
+    assert ours["globalStep"] == theirs["globalStep"] == 6  # no step trained twice
+    assert ours["trainImages"] == theirs["trainImages"] == 24
+    for mine, ref in zip(ours["history"], theirs["history"], strict=True):
+        assert mine["trainLoss"] == pytest.approx(ref["trainLoss"], rel=1e-4)
+        assert mine["top1"] == pytest.approx(ref["top1"], abs=1e-6)
+        assert mine["learningRate"] == pytest.approx(ref["learningRate"])
+    assert resumed.top1 == pytest.approx(reference.top1, abs=1e-6)
 
 
-def test_auto_freeze_decision_is_reported_and_kept_on_resume(dataset, tmp_path):
+def test_auto_freeze_decision_is_reported_and_kept_on_resume(dataset, tmp_path, monkeypatch):
     weights = tmp_path / "pre.pdparams"
     paddle.save(build_model("ResNet18_vd", 10).state_dict(), str(weights))
     out = tmp_path / "out"
-    settings = tiny_settings(dataset, out, training__epochs=1, finetune__freeze="auto")
+    settings = tiny_settings(dataset, out, training__epochs=2, finetune__freeze="auto")
     settings.model.pretrained.path = str(weights)
+    real = sigterm_after_step(monkeypatch, 4)  # epoch 2, step 1: epoch 1 is checkpointed
     first = train.run(settings)
-    assert first.exitCode == 0, first.message
+    monkeypatch.setattr(loop, "train_step", real)
+    assert first.exitCode == EXIT_INTERRUPTED, first.message
     freeze = first.freeze
     assert freeze.decidedBy == "auto" and freeze.rule in (1, 2, 3, 4)
     assert freeze.strategy in ("fc-only", "none", "stages", "from-scratch")
@@ -334,7 +378,6 @@ def test_auto_freeze_decision_is_reported_and_kept_on_resume(dataset, tmp_path):
     if freeze.strategy == "fc-only":
         assert freeze.trainableParameters == 512 * 3 + 3
     # The next attempt continues with the same decision, from the checkpoint, without re-deciding.
-    settings.training.epochs = 2
     second = train.run(settings)
     assert second.resumedFromEpoch == 1
     assert second.freeze == freeze

@@ -5,11 +5,14 @@ result; also after a resume, and never at the cost of the run."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 
 import numpy as np
 import pytest
-from finetune_trainer import checkpoint, curves, train, visual
+from finetune_contract import EXIT_INTERRUPTED
+from finetune_trainer import checkpoint, curves, loop, train, visual
 from finetune_trainer.per_class import confusion_matrix
 from finetune_trainer.schedule import lr_at
 from PIL import Image
@@ -145,11 +148,20 @@ def test_the_curves_are_redrawn_from_the_history(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # written under a temporary name, then renamed
 
 
-def test_a_resumed_attempt_logs_its_own_run_and_reports_the_best_epoch(dataset, tmp_path):
+def test_a_resumed_attempt_logs_its_own_run_and_reports_the_best_epoch(dataset, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    first = train.run(tiny_settings(dataset, out, training__epochs=1, training__warmupEpochs=0))
-    assert first.exitCode == 0
-    second = train.run(tiny_settings(dataset, out, training__epochs=2, training__warmupEpochs=0))
+    settings = tiny_settings(dataset, out, training__epochs=2, training__warmupEpochs=0)
+    real_end_epoch = loop.end_epoch
+
+    def end_epoch_then_sigterm(*args, **kwargs):  # SIGTERM once epoch 1 is evaluated and saved
+        real_end_epoch(*args, **kwargs)
+        monkeypatch.setattr(loop, "end_epoch", real_end_epoch)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(loop, "end_epoch", end_epoch_then_sigterm)
+    first = train.run(settings)
+    assert first.exitCode == EXIT_INTERRUPTED and first.epochsRun == 1, first.message
+    second = train.run(settings)  # the same job and settings: it resumes (resume.py)
     assert second.exitCode == 0 and second.resumedFromEpoch == 1
     runs = read_runs(out / "vdl")
     assert set(runs) == {"from-start", "from-epoch-0001"}

@@ -3,7 +3,9 @@
 Every epoch: train on the shard, evaluate top-1/top-5 on the validation set, keep the best
 epoch's weights, checkpoint, and print a progress line; at the end, export the best model. A
 SIGTERM (eviction, preemption) only sets a flag while the loop runs: the loop checkpoints its
-position at the next step and stops with ``Interrupted``, so the next attempt loses nothing.
+position at the next training step or evaluation batch (an evaluation is abandoned, not finished:
+the grace period before SIGKILL is short) and stops with ``Interrupted``, so the next attempt
+loses nothing.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ import math
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import paddle
 import paddle.nn.functional as F
-from finetune_contract import EXIT_NON_FINITE_LOSS
+from finetune_contract import EXIT_CHECKPOINT_REFUSED, EXIT_NON_FINITE_LOSS
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
@@ -31,6 +34,7 @@ from .per_class import MAX_CONFUSION_CLASSES, to_sparse
 from .report import print_progress
 from .setup import Distributed, Session
 from .state import Interrupted, TrainerFailure
+from .statefile import UnsafeFileError
 from .visual import Visuals
 
 
@@ -116,16 +120,22 @@ def evaluate(
     amp_dtype: str | None,
     counter: CorruptImageCounter,
     dist: Distributed,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Top-1, top-min(5, classes), mean loss, image count and the confusion matrix (None beyond
-    ``per_class.MAX_CONFUSION_CLASSES`` classes) over the validation set (all ranks)."""
+    ``per_class.MAX_CONFUSION_CLASSES`` classes) over the validation set (all ranks). ``stop`` is
+    asked before every batch: when it says so, the pass is abandoned (Interrupted)."""
     model.eval()
     k = min(5, num_classes)
     cells = num_classes * num_classes if num_classes <= MAX_CONFUSION_CLASSES else 0
     # correct@1, correct@k, loss sum, count, then the confusion matrix's cells (true * C + predicted)
     totals = paddle.zeros([4 + cells], dtype="float64")
     with paddle.no_grad():
-        for images, labels, indices in loader:
+        for done, (images, labels, indices) in enumerate(loader):
+            if stop is not None and stop():
+                raise Interrupted(
+                    f"received SIGTERM during evaluation (abandoned after {done} of {len(loader)} batches)"
+                )
             batch = split_corrupt(images, labels, indices, dataset, counter)
             if batch is None:
                 continue
@@ -173,12 +183,27 @@ def train(s: Session, guard: SigtermGuard) -> None:
     epochs = s.settings.training.epochs
     s.visuals = Visuals(s)
     print_progress(s.dist.is_main, s.state.epoch, epochs, phase="Training", stepsPerEpoch=s.steps_per_epoch)
-    guard.in_loop = True  # from here on SIGTERM is handled at the next step or epoch boundary
+    guard.in_loop = True  # from here on SIGTERM is handled at the next step or evaluation batch
     while s.state.epoch < epochs:
         trained = train_epoch(s, guard)
-        metrics = evaluate(
-            s.net, s.val_loader, s.val_set, s.index.num_classes, s.amp_dtype, s.counter, s.dist
-        )
+        s.log(f"epoch {s.state.epoch + 1}/{epochs}: evaluating on {len(s.val_set)} images")
+        try:
+            metrics = evaluate(
+                s.net,
+                s.val_loader,
+                s.val_set,
+                s.index.num_classes,
+                s.amp_dtype,
+                s.counter,
+                s.dist,
+                # One rank abandoning it alone would leave the others waiting in the sum of
+                # the counts (their shards differ in batches): several ranks finish it and
+                # agree on stopping after the checkpoint (stop_agreed).
+                stop=(lambda: guard.requested) if s.dist.world_size == 1 else None,
+            )
+        except Interrupted:
+            save_interrupted(s, trained)  # the epoch's training is done: evaluate it next time
+            raise
         end_epoch(s, trained, metrics)
         if stop_agreed(s, guard):  # arrived during evaluation or saving: this epoch's checkpoint is complete
             raise Interrupted(f"received SIGTERM; stopped after epoch {s.state.epoch} (checkpoint saved)")
@@ -233,8 +258,10 @@ def train_epoch(s: Session, guard: SigtermGuard) -> EpochTraining:
     loader = make_loader(s.train_set, s.sampler, t.numWorkers)
     s.net.train()
     freeze_batchnorm_stats(s.model)
-    seen = EpochTraining()
-    tick = time.perf_counter()
+    # Resumed inside the epoch: continue the tally of its steps before the checkpoint.
+    resumed = state.stepInEpoch > 0 and state.epochTraining
+    seen = EpochTraining(**state.epochTraining) if resumed else EpochTraining()
+    tick = time.perf_counter() - seen.seconds
     bar = _progress_bar(s)
     try:
         for images, labels, indices in loader:
@@ -272,13 +299,12 @@ def train_epoch(s: Session, guard: SigtermGuard) -> EpochTraining:
             if stop:
                 raise Interrupted()
     except Interrupted:
-        save_interrupted(s)
+        seen.seconds = time.perf_counter() - tick
+        save_interrupted(s, seen)
         raise
     finally:
         bar.close()
     seen.seconds = time.perf_counter() - tick
-    state.trainImages += seen.images
-    state.trainSeconds += seen.seconds
     return seen
 
 
@@ -311,6 +337,9 @@ def end_epoch(s: Session, trained: EpochTraining, metrics: dict[str, float]) -> 
     state = s.state
     state.epoch += 1
     state.stepInEpoch = 0
+    state.epochTraining = {}
+    state.trainImages += trained.images  # over all ranks
+    state.trainSeconds += trained.seconds
     record = {
         "epoch": state.epoch,
         "top1": round(metrics["top1"], 6),
@@ -330,7 +359,7 @@ def end_epoch(s: Session, trained: EpochTraining, metrics: dict[str, float]) -> 
         state.bestConfusion = to_sparse(confusion) if confusion is not None else None
     if s.dist.is_main:
         if improved:
-            ckpt.save_best(s.output, s.model, state.best)
+            ckpt.save_best(s.output, s.model, state.best, state.job)
             write_labels(s.output / "best_model" / LABELS_FILE, s.index.label_names)
         save_checkpoint(s)
     s.visuals.epoch(record)
@@ -366,12 +395,14 @@ def save_checkpoint(s: Session) -> None:
     ckpt.save_checkpoint(s.output, s.model, s.optimizer, state.to_checkpoint())
 
 
-def save_interrupted(s: Session) -> None:
-    """On SIGTERM: checkpoint the position inside the epoch, so the next attempt loses nothing."""
+def save_interrupted(s: Session, trained: EpochTraining) -> None:
+    """On SIGTERM: checkpoint the position inside the epoch (up to all its steps, when the
+    evaluation was abandoned), so the next attempt loses nothing."""
     if not s.dist.is_main or s.state.stepInEpoch == 0:
         return  # the end-of-epoch checkpoint already holds this position
     s.visuals.flush()
     try:
+        s.state.epochTraining = asdict(trained)
         save_checkpoint(s)
         s.log(
             f"interrupted: saved epoch {s.state.epoch + 1} step {s.state.stepInEpoch} "
@@ -383,9 +414,18 @@ def save_interrupted(s: Session) -> None:
 
 def export_best(s: Session) -> None:
     """The best epoch's weights, exported for inference with the label names."""
-    best = s.output / "best_model" / "model.pdparams"
-    if best.is_file():
-        s.model.set_state_dict(paddle.load(str(best)))
+    try:
+        best = ckpt.load_best(s.output)
+    except (OSError, UnsafeFileError) as exc:
+        raise TrainerFailure(
+            EXIT_CHECKPOINT_REFUSED,
+            f"the best model cannot be exported: {exc}; remove {s.output / ckpt.BEST_DIR} and "
+            f"{s.output / 'checkpoints'} to train again",
+        ) from None
+    if best is not None:
+        s.model.set_state_dict(best)
+    else:
+        s.log(f"warning: no best model in {s.output / ckpt.BEST_DIR}: exporting the last epoch's weights")
     d = s.settings.dataset
     prefix = export_inference(s.model, s.output, d.imageSize, s.index.label_names, d.resizeShort)
     s.log(f"exported the best model for inference to {prefix} (+ {LABELS_FILE})")

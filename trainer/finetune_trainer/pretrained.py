@@ -19,26 +19,22 @@ truncated bodies) and worth retrying. They map to the contract's exit codes.
 
 Loading never relies on Paddle's warnings: ``load_pretrained`` compares every key and shape and
 reports four lists (loaded, stripped, missing, unexpected). ``.pdparams`` files are pickles; they
-are read with an unpickler that admits only numpy arrays and plain containers (what ``paddle.save``
-writes for a state dict), so a crafted file cannot run code in the trainer.
+are read by ``statefile.load``, which admits only numpy arrays and plain containers (what
+``paddle.save`` writes for a state dict), so a crafted file cannot run code in the trainer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import ipaddress
 import logging
 import os
-import pickle
 import re
 import tempfile
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -47,6 +43,9 @@ import requests
 from finetune_contract import LoadSummary, PretrainedSource
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
+
+from . import statefile
+from .statefile import UnsafeFileError
 
 log = logging.getLogger(__name__)
 
@@ -260,39 +259,16 @@ def _verify(path: Path, sha: str, field_name: str) -> None:
 # --------------------------------------------------------------------------------------------
 # Reading a .pdparams file safely
 # --------------------------------------------------------------------------------------------
-_NUMPY_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-}
-
-
-class _StateUnpickler(pickle.Unpickler):
-    """Admits only what paddle.save writes for a state dict: numpy arrays in plain containers."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _NUMPY_GLOBALS:
-            for candidate in (module, module.replace("numpy._core", "numpy.core"), "numpy.core.multiarray"):
-                with contextlib.suppress(ImportError, AttributeError):
-                    return getattr(importlib.import_module(candidate), name)
-        if (module, name) == ("collections", "OrderedDict"):
-            return OrderedDict
-        raise pickle.UnpicklingError(f"refers to {module}.{name}, which a weights file never needs")
-
-
 def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-    """The arrays of a ``.pdparams`` file, keyed by structured name."""
+    """The arrays of a ``.pdparams`` file, keyed by structured name (read by ``statefile.load``:
+    plain data only, nothing in the file is run)."""
     path = Path(path)
     if not path.is_file():
         raise PretrainedError(f"{path}: pretrained weights file does not exist")
     try:
-        with path.open("rb") as f:
-            data = _StateUnpickler(f).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
-        raise PretrainedError(f"{path}: not a Paddle state dict (.pdparams): {exc}") from exc
+        data = statefile.load(path)
+    except UnsafeFileError as exc:
+        raise PretrainedError(f"{path}: not a Paddle state dict (.pdparams): {exc.reason}") from None
     if not isinstance(data, dict):
         raise PretrainedError(f"{path}: not a Paddle state dict: holds a {type(data).__name__}, not a dict")
     state = {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, np.ndarray)}

@@ -5,6 +5,7 @@ stripped and a freeze decision), then the optimiser, schedule and loaders the lo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import paddle
 from finetune_contract import EXIT_BAD_SETTINGS, FreezeDecision, LoadSummary, TrainerSettings, WorldSettings
 
 from . import checkpoint as ckpt
-from . import ranks
+from . import ranks, resume
 from .data import (
     CORRUPT_LABEL,
     CorruptImageCounter,
@@ -247,13 +248,25 @@ def index_data(settings: TrainerSettings) -> DatasetIndex:
 # Where training starts: a checkpoint, or the pretrained weights and a freeze decision
 # --------------------------------------------------------------------------------------------
 def starting_point(
-    settings: TrainerSettings, model: paddle.nn.Layer, index: DatasetIndex, output: Path, log: Log
+    settings: TrainerSettings,
+    model: paddle.nn.Layer,
+    index: DatasetIndex,
+    output: Path,
+    log: Log,
+    is_main: bool = True,
 ) -> tuple[RunState, dict[str, Any] | None, int | None]:
     """(run state, optimiser state to restore or None, the epoch resumed from or None). Resumes
-    from the output directory's latest checkpoint, keeping its freeze decision; else loads the
-    pretrained weights and decides what to train."""
-    latest = ckpt.find_latest(output)
-    if latest is None:
+    from the output directory's newest checkpoint that verifies (``checkpoint.py``), if it is
+    this job's and made with these settings (``resume.py``), keeping its freeze decision; else
+    loads the pretrained weights and decides what to train."""
+    found, rejected = ckpt.latest_checkpoint(output, log)
+    if is_main:
+        for path in rejected:
+            with contextlib.suppress(OSError):
+                log(f"set {path.name} aside as {ckpt.set_aside(path).name}")
+    if found is None:
+        if rejected:
+            log("warning: no checkpoint could be used: starting afresh")
         state = RunState(
             seed=settings.training.seed,
             architecture=settings.model.architecture,
@@ -263,23 +276,19 @@ def starting_point(
         report = apply_freeze(model, decision.strategy, decision.stages)
         optimizer_state, resumed = None, None
     else:
-        weights, optimizer_state, saved = ckpt.load_checkpoint(latest)
-        state = RunState.from_checkpoint(saved)
-        if (state.architecture, state.numClasses) != (settings.model.architecture, index.num_classes):
-            raise TrainerFailure(
-                EXIT_BAD_SETTINGS,
-                f"output.dir {output} holds a checkpoint of {state.architecture} with {state.numClasses} "
-                f"classes, but this run is {settings.model.architecture} with {index.num_classes}: "
-                "use a new output.dir",
-            )
+        resume.check_resumable(found.state, settings, index.num_classes, found.path)
+        state = RunState.from_checkpoint(found.state)
         if state.freeze is None:
-            raise ValueError(f"{latest}/state.json holds no freeze decision")
+            raise ValueError(f"{found.path}/state.json holds no freeze decision")
         decision = state.freeze
         # Freeze first: "from-scratch" re-initialises the weights, which the checkpoint then replaces.
         report = apply_freeze(model, decision.strategy, decision.stages)
-        model.set_state_dict(weights)
-        resumed = state.epoch
-        log(f"resuming from {latest} (epoch {state.epoch}, step {state.stepInEpoch} of the next)")
+        model.set_state_dict(found.weights)
+        optimizer_state, resumed = found.optimizer, state.epoch
+        log(f"resuming from {found.path} (epoch {state.epoch}, step {state.stepInEpoch} of the next)")
+    state.job = resume.job_identity(settings)
+    state.settings = resume.resume_settings(settings)
+    state.fingerprint = resume.fingerprint(state.settings)
     state.freeze = f = report.applied(decision)
     log(
         f"freeze: {f.strategy} (decided by {f.decidedBy}{f', rule {f.rule}' if f.rule else ''}; "

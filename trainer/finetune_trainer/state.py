@@ -95,6 +95,13 @@ class RunState:
     numClasses: int = 0
     scheduler: dict[str, Any] = field(default_factory=dict)
     scaler: dict[str, Any] = field(default_factory=dict)
+    # The current epoch's training so far (images, lossSum, seconds), when a checkpoint is taken
+    # inside it (SIGTERM), so the resumed epoch reports its loss and speed over all its steps.
+    epochTraining: dict[str, Any] = field(default_factory=dict)
+    # Whose run this is and with which settings (resume.py): a run continues only its own.
+    job: dict[str, str] | None = None
+    settings: dict[str, Any] | None = None
+    fingerprint: str = ""
     # The best epoch's confusion matrix, sparse (per_class.to_sparse); None if not counted.
     bestConfusion: list[list[int]] | None = None
 

@@ -84,6 +84,12 @@ these rules and fails if one is missing.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+# Kueue (jobs labelled kueue.x-k8s.io/queue-name): a queued attempt's Workload, read by name for
+# its ClusterQueue's words (why it waits). Nothing of Kueue's is ever written; harmless where
+# Kueue is not installed.
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["get"]
 {{- end }}
 
 {{/* The leader-election Lease's name (in the release namespace). */}}
