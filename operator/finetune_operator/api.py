@@ -36,7 +36,8 @@ MASTER_PORT_NAME = "master"
 MASTER_KEY = "master"  # the ConfigMap's key: "<rank 0's pod IP>:36543"
 
 # Gang scheduling on real clusters: Kueue pod groups (one group per attempt; see
-# localcluster/KUEUE.md), and PodGroups of the coscheduling plugin or Volcano.
+# localcluster/KUEUE.md and the README's "Shared clusters"), and PodGroups of the
+# coscheduling plugin or Volcano.
 KUEUE_QUEUE_NAME = "kueue.x-k8s.io/queue-name"  # set by the user on the FineTuneJob
 KUEUE_PRIORITY_CLASS = "kueue.x-k8s.io/priority-class"
 KUEUE_POD_GROUP_NAME = "kueue.x-k8s.io/pod-group-name"
@@ -45,13 +46,6 @@ KUEUE_RETRIABLE_IN_GROUP = "kueue.x-k8s.io/retriable-in-group"
 COSCHEDULING_POD_GROUP = "scheduling.x-k8s.io/pod-group"  # label (scheduler-plugins >= v0.24)
 VOLCANO_GROUP_NAME = "scheduling.k8s.io/group-name"  # annotation
 
-# Gang scheduling on real clusters: Kueue pod groups (one group per attempt; see
-# localcluster/KUEUE.md and the README's "Shared clusters").
-KUEUE_QUEUE_NAME = "kueue.x-k8s.io/queue-name"  # set by the user on the FineTuneJob
-KUEUE_PRIORITY_CLASS = "kueue.x-k8s.io/priority-class"
-KUEUE_POD_GROUP_NAME = "kueue.x-k8s.io/pod-group-name"
-KUEUE_POD_GROUP_TOTAL_COUNT = "kueue.x-k8s.io/pod-group-total-count"
-KUEUE_RETRIABLE_IN_GROUP = "kueue.x-k8s.io/retriable-in-group"
 # What Kueue puts on the pods it manages: the gate it removes at admission, and its label.
 KUEUE_ADMISSION_GATE = "kueue.x-k8s.io/admission"
 KUEUE_MANAGED = "kueue.x-k8s.io/managed"

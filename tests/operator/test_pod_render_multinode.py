@@ -196,12 +196,9 @@ def test_settings_differ_from_a_single_node_jobs_only_in_the_world():
     }
 
 
-def test_multi_node_jobs_are_refused_until_the_reconciler_runs_gangs():
-    """The reconciler still starts one pod per attempt: a lone rank 0 would wait for its peers
-    holding GPUs, so the operator refuses the job with the field named instead."""
+def test_multi_node_jobs_are_not_refused():
+    """The reconciler runs an attempt's ranks as a gang (controller.py): nothing refuses them."""
     from finetune_operator.spec_checks import refused
 
-    why = refused(multi(3, 8), OperatorConfig(allow_host_path=True))
-    assert why is not None and why.startswith("spec.resources.nodes: 3 nodes: ")
-    assert "use nodes: 1" in why
+    assert refused(multi(3, 8), OperatorConfig(allow_host_path=True)) is None
     assert refused(job(resources={"nodes": 1, "gpus": 8}), CONFIG) is None

@@ -512,10 +512,17 @@ CASES = [
         deleted=[pod(1)],
     ),
     Case(
-        "a multi-node job is refused until the reconciler runs gangs, not started as a lone rank 0",
+        "a multi-node job starts all its ranks at once",
         spec={"resources": {"nodes": 2, "gpus": 8}},
-        expect={"phase": "Failed", "reason": "InvalidSpec"},
-        created=[],
+        expect={
+            "phase": "Pending",
+            "reason": "PodCreated",
+            "attempts": 1,
+            "podName": f"{pod(1)}-rank-0",
+            "ranks": {"attempt": 1, "pending": 2, "running": 0, "succeeded": 0, "failed": 0},
+        },
+        created=[f"{pod(1)}-rank-0", f"{pod(1)}-rank-1"],
+        events=["PodCreated"],
     ),
     Case(
         "hostPath volumes where the installation allows them",
