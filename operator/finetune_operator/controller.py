@@ -359,6 +359,7 @@ class Reconciler:
                 message = f"pod {missing} (rank {rank}) disappeared before it finished"
                 p.events.append(("Warning", Reason.POD_MISSING, message))
                 self._rank_status(p, attempts, ranks, gang)
+                p.update.fields["ranks"].update(failedRank=rank, failedReason=Reason.POD_MISSING)
                 missing_outcome = PodOutcome("Failed", Reason.POD_MISSING, message, transient=True)
                 return self._attempt_failed(p, missing_outcome, ranks, rank)
             self._rank_status(p, attempts, ranks, gang)
