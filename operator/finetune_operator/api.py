@@ -101,6 +101,7 @@ class Reason:
     POD_SECURITY_VIOLATION = "PodSecurityViolation"  # refused by the namespace's Pod Security level
     MISSING_PERMISSION = "MissingPermission"  # the operator may not create pods there: a broken install
     POD_EXISTS = "PodExists"  # a pod of the attempt's name that is not this job's is in the way
+    CONFIG_MAP_EXISTS = "ConfigMapExists"  # a ConfigMap of the attempt's name that is not its own
     UNSCHEDULABLE = "Unschedulable"
     START_TIMEOUT = "StartTimeout"  # placed on a node, never started, for no reason the kubelet names
     DEADLINE_EXCEEDED = "DeadlineExceeded"

@@ -374,7 +374,7 @@ class Reconciler:
                 p.update.fields["startTime"] = p.stamp
                 remaining = self._deadline_remaining(p)
             if nodes > 1 and not self._publish_master(p, attempts, ranks.get(0)):
-                return WAIT_FOR_TERMINATION  # a stale ConfigMap of that name was in the way
+                return WAIT_FOR_TERMINATION  # another ConfigMap of that name is in the way
             if outcome.phase == "Pending":
                 return self._pending(p, ranks, outcome, remaining, gang, nodes)
             if nodes == 1:
@@ -536,7 +536,7 @@ class Reconciler:
     def _publish_master(self, p: _Pass, attempt: int, rank0: dict[str, Any] | None) -> bool:
         """Once rank 0 has an IP, the attempt's ConfigMap tells the other ranks its address
         (their kubelets hold them until it exists). False: a ConfigMap of that name that is not
-        this rank 0's (a deleted job's, on its way out) was deleted; try again soon."""
+        this rank 0's is in the way; try again soon."""
         if rank0 is None or not (rank0.get("status") or {}).get("podIP"):
             return True
         config_map = render_master_config(p.job, attempt, rank0)
@@ -554,7 +554,15 @@ class Reconciler:
             owners = (found.get("metadata") or {}).get("ownerReferences") or []
             rank0_uid = rank0["metadata"]["uid"]
             if found and not any(o.get("uid") == rank0_uid for o in owners):
-                self.kube.delete_config_map(namespace, name, found["metadata"]["uid"])
+                # Not this rank 0's: a deleted job's (the garbage collector removes it with its
+                # pod) or someone else's. The operator may not delete ConfigMaps (RBAC.md).
+                p.transition(
+                    Phase.PENDING,
+                    Reason.CONFIG_MAP_EXISTS,
+                    f"ConfigMap {name} exists and is not this attempt's (rank 0's address): "
+                    "waiting for it to go",
+                    "Warning",
+                )
                 return False
         p.update.fields["ranks"] = {**ranks, "attempt": attempt, "master": address}
         return True

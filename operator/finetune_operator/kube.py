@@ -135,10 +135,6 @@ class KubeWrites(Protocol):
         """409 AlreadyExists if one of that name exists."""
         ...
 
-    def delete_config_map(self, namespace: str, name: str, uid: str) -> None:
-        """Delete that very ConfigMap (uid precondition); nothing happens if it is gone or replaced."""
-        ...
-
     def create_pod_group(self, group: dict[str, Any]) -> dict[str, Any]:
         """A gang scheduler's PodGroup (its apiVersion says which); 409 AlreadyExists if one of
         that name exists."""
@@ -256,14 +252,6 @@ class Kube:
         ns = config_map["metadata"]["namespace"]
         query = [("fieldManager", FIELD_MANAGER)]
         return self._request("POST", f"/api/v1/namespaces/{ns}/configmaps", query=query, body=config_map)
-
-    def delete_config_map(self, namespace: str, name: str, uid: str) -> None:
-        body = {"propagationPolicy": "Background", "preconditions": {"uid": uid}}
-        try:
-            self._request("DELETE", f"/api/v1/namespaces/{namespace}/configmaps/{quote(name)}", body=body)
-        except ApiException as exc:
-            if exc.status not in (404, 409):
-                raise
 
     def create_pod_group(self, group: dict[str, Any]) -> dict[str, Any]:
         ns = group["metadata"]["namespace"]

@@ -265,14 +265,6 @@ class FakeKube:
 
         return self._write("create_configmap", key[1], config_map, apply)
 
-    def delete_config_map(self, namespace: str, name: str, uid: str) -> None:
-        def apply() -> None:
-            found = self.config_maps.get((namespace, name))
-            if found is not None and found["metadata"]["uid"] == uid:
-                del self.config_maps[(namespace, name)]
-
-        self._write("delete_configmap", name, uid, apply)
-
     def create_pod_group(self, group: dict[str, Any]) -> dict[str, Any]:
         meta = group["metadata"]
         key = (meta["namespace"], meta["name"])

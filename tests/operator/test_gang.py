@@ -88,9 +88,9 @@ def test_the_master_config_map_is_created_once_rank_0_has_an_ip():
     assert [x for x in w.kube.writes if x.verb == "create_configmap"] == creates, "created again"
 
 
-def test_a_stale_config_map_of_the_same_name_is_replaced():
+def test_a_stale_config_map_of_the_same_name_is_waited_out():
     """A deleted job of the same name left its attempt's ConfigMap (the garbage collector has not
-    removed it yet): the ranks must not read its old address."""
+    removed it yet): the operator, which may not delete ConfigMaps, says so and waits."""
     w = World(**GANG)
     w.settle()
     w.kube.config_maps[(NS, pod(1))] = {
@@ -98,10 +98,15 @@ def test_a_stale_config_map_of_the_same_name_is_replaced():
         "data": {MASTER_KEY: "10.9.9.9:36543"},
     }
     w.kube.run(NS, rank(1, 0))
+    again = w.reconcile()
+    assert (w.status["phase"], w.status["reason"]) == (Phase.PENDING, Reason.CONFIG_MAP_EXISTS)
+    assert again is not None and again <= 2
+    assert "master" not in w.status["ranks"]
+    w.kube.collect_garbage()  # its owner is gone
     w.settle()
     ip = w.kube.pod(NS, rank(1, 0))["status"]["podIP"]
     assert w.kube.config_maps[(NS, pod(1))]["data"][MASTER_KEY] == f"{ip}:36543"
-    assert [x.target for x in w.kube.writes if x.verb == "delete_configmap"] == [pod(1)]
+    assert w.status["ranks"]["master"] == f"{ip}:36543"
 
 
 def test_one_rank_failing_ends_the_attempt_once_and_deletes_the_others():
