@@ -5,8 +5,8 @@ Level-based: every decision comes from the job (spec and status) and the pods th
 a restarted operator picks up where the last one stopped. One pass reads the job and its pods,
 decides, and writes in this order:
 
-1. the attempt's pod, created while deciding (whether it was created, refused or invalid decides
-   the status);
+1. the attempt's pods (one per rank), its PodGroup and, once rank 0 has an IP, its ConfigMap,
+   created while deciding (whether they were created, refused or invalid decides the status);
 2. Events, before the status: a process that dies between the two posts them again on its next
    pass rather than never; under the same names (kube.event_name: the job's version, the
    Event's place in the pass and the Event), so the API server keeps one and `kubectl describe`
@@ -18,8 +18,11 @@ decides, and writes in this order:
 What makes every crash point safe (tests/operator/test_crash_points.py dies before and after each
 write of each pass):
 
-* `status.attempts` is the highest attempt started. Its pod is created first, named after the
-  job and the attempt; a pod the status has not recorded yet is adopted, not duplicated.
+* `status.attempts` is the highest attempt started. Its pods are created first, named after the
+  job, the attempt and the rank; a pod the status has not recorded yet is adopted, not
+  duplicated. A multi-node attempt's `status.ranks.attempt` says all its ranks were created:
+  until then a missing rank is created (a crash came between two creations), after it a missing
+  rank is a vanished pod.
 * `status.endedAttempts`: attempts up to it have ended and are accounted for;
   `status.failedAttempts`: how many of them failed. The one patch that judges attempt N writes
   both, so a failure is counted exactly once, however often the pod is seen afterwards and even
@@ -27,8 +30,9 @@ write of each pass):
   (`PodMissing`), retried after the back-off like any other.
 * The next attempt's pod is created only by a pass after the one that ended the previous
   attempt, so an end is never lost to a crash between the two writes.
-* At most one attempt's pod runs: pods of ended attempts are deleted, and the next attempt waits
-  until they are gone (their trainer may still be writing its checkpoint).
+* At most one attempt's pods run: pods of ended attempts are deleted (all ranks, as soon as one
+  failed), and the next attempt waits until they are gone (their trainer may still be writing
+  its checkpoint).
 
 The only in-process state is a throttle for log reads and the metrics, which a restart merely
 resets.
