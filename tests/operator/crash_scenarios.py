@@ -27,6 +27,7 @@ class Scenario:
     reason: str = ""
     failed: int = 0  # failedAttempts at the end
     spec: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)  # the operator's settings (OperatorConfig)
 
 
 def run(attempt: int) -> Step:
@@ -296,6 +297,14 @@ SCENARIOS = (
         "Succeeded",
         "Completed",
         spec=GANG,
+    ),
+    Scenario(
+        "gang-coscheduled-success",
+        (nothing, ranks_run(1), ranks_exit(1, 0)),
+        "Succeeded",
+        "Completed",
+        spec=GANG,
+        config={"gang_scheduler": "coscheduling"},
     ),
     Scenario(
         "gang-rank-0-succeeds-first",

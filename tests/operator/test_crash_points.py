@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -28,7 +28,7 @@ from finetune_operator.metrics import Metrics
 
 from tests.operator.crash_scenarios import SCENARIOS, Scenario
 from tests.operator.fake_kube import Crash
-from tests.operator.reconcile_kit import NAME, NS, World
+from tests.operator.reconcile_kit import CONFIG, NAME, NS, World
 
 KEYS = ("phase", "reason", "attempts", "endedAttempts", "failedAttempts", "podName", "metrics")
 
@@ -49,7 +49,7 @@ class Run:
 def play(scenario: Scenario, crash: tuple[int, int, str] | None = None) -> Run:
     """Play the scenario, reconciling after every step until a pass writes nothing; with `crash`
     = (pass, write, when), the process dies there once and a new one takes over."""
-    world = World(**scenario.spec)
+    world = World(replace(CONFIG, **scenario.config), **scenario.spec)
     kube = world.kube
     out = Run()
     create = kube.create_pod
@@ -165,6 +165,14 @@ def test_the_crash_points_cover_every_kind_of_write() -> None:
         reference = play(scenario)
         verbs |= reference.verbs
         total += 2 * sum(reference.writes_per_pass)
-    assert verbs == {"create_pod", "delete_pod", "patch_status", "delete_job", "event", "create_configmap"}
+    assert verbs == {
+        "create_pod",
+        "delete_pod",
+        "patch_status",
+        "delete_job",
+        "event",
+        "create_configmap",
+        "create_podgroup",
+    }
     print(f"{len(SCENARIOS)} scenarios, {total // 2} writes, {total} crash points")
     assert total >= 400
