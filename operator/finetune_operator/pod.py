@@ -123,20 +123,15 @@ def trainer_command(
     trainer per GPU (one on CPU) of this node; it runs a non-``.py`` script as a program, so
     the console script is given by name (the launcher has no ``-m``). Its per-process logs go
     to ``log_dir``. Several nodes: ``--nnodes``, this pod's ``--rank`` and the attempt as
-    ``--job_id`` (the rendezvous' key) and no ``--devices``; the master's address comes from
-    ``PADDLE_MASTER``."""
+    ``--job_id`` (the rendezvous' key); the master's address comes from ``PADDLE_MASTER``."""
     trainer = ["finetune-train", "--settings-json", settings_json]
     if gpus <= 1 and nodes <= 1:
         return trainer
     launch = ["python", "-m", "paddle.distributed.launch"]
     if nodes > 1:
-        # No --devices: the launcher gives each process one of the GPUs the pod sees (the device
-        # plugin's, however CUDA_VISIBLE_DEVICES names them), or gloo on a node without any.
-        # Listing "0,1,..." breaks its rank assignment where those are not the visible labels
-        # (found on the real node: ValueError in Device.get_selected_devices).
         launch += ["--nnodes", str(nodes), "--rank", str(rank), "--nproc_per_node", str(max(gpus, 1))]
         launch += ["--job_id", job_id]
-    elif gpus >= 1:
+    if gpus >= 1:
         launch += ["--devices", ",".join(str(i) for i in range(gpus))]
     return [*launch, "--log_dir", log_dir, *trainer]
 
