@@ -58,6 +58,7 @@ from .settings import (
     SettingsError,
     TrainerSettings,
     TrainingSettings,
+    WorldSettings,
 )
 
 __all__ = [
@@ -99,6 +100,7 @@ __all__ = [
     "TrainerResult",
     "TrainerSettings",
     "TrainingSettings",
+    "WorldSettings",
     "decode_result",
     "encode_result",
     "exit_reason",

@@ -90,6 +90,23 @@ class OutputSettings:
 
 
 @dataclass
+class WorldSettings:
+    """The processes the job asked for: ``nodes`` pods of ``processesPerNode`` trainer processes
+    (one per GPU, or one on CPU), all of one data-parallel run. 0 and 0: whatever started the
+    trainer decides (run by hand). Each process's rank is not a setting: the pod's
+    ``paddle.distributed.launch`` assigns it (node rank from ``--rank``), so every rank of an
+    attempt gets the same settings."""
+
+    nodes: int = 0
+    processesPerNode: int = 0
+
+    @property
+    def size(self) -> int:
+        """The number of processes (0: not set)."""
+        return self.nodes * self.processesPerNode
+
+
+@dataclass
 class JobSettings:
     """Whose run this is: the FineTuneJob's namespace, name and uid (all empty for a run outside
     Kubernetes). Every checkpoint records it, and a run never resumes another job's checkpoint:
@@ -147,6 +164,10 @@ RUN_ONLY_SETTINGS: tuple[str, ...] = (
     "output.dir",
     "output.resultPath",
     "cacheDir",
+    # The split over processes: fixed by the job's immutable spec, and a checkpoint holds the
+    # whole model and optimiser, which every split reads alike (rank 0 sends it to the others).
+    "world.nodes",
+    "world.processesPerNode",
 )
 
 
@@ -158,6 +179,7 @@ class TrainerSettings:
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
+    world: WorldSettings = field(default_factory=WorldSettings)
     cacheDir: str = "/cache"  # downloaded pretrained weights
 
     def to_dict(self) -> dict[str, Any]:
@@ -225,6 +247,14 @@ class TrainerSettings:
         if t.labelSmoothing >= 1:
             raise SettingsError("training.labelSmoothing: must be < 1")
         _one_of("training.amp", t.amp, AMP_MODES)
+        w = self.world
+        _at_least("world.nodes", w.nodes, 0)
+        _at_least("world.processesPerNode", w.processesPerNode, 0)
+        if (w.nodes == 0) != (w.processesPerNode == 0):
+            raise SettingsError(
+                "world: set both nodes and processesPerNode (or neither) "
+                f"(got nodes {w.nodes}, processesPerNode {w.processesPerNode})"
+            )
 
 
 # Kubernetes' own rules: a namespace is a DNS label, a custom resource's name a DNS subdomain.

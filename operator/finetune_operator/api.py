@@ -24,17 +24,28 @@ FIELD_MANAGER = "paddle-finetune-operator"
 # The pods ------------------------------------------------------------------------------------
 LABEL_JOB = f"{GROUP}/job-name"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
+LABEL_RANK = f"{GROUP}/rank"  # 0..nodes-1: one pod per rank (node) of an attempt
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "paddle-finetune-operator"
 CONTAINER = "trainer"
+# A multi-node job's rendezvous: paddle.distributed.launch on rank 0 serves it on this port of
+# its pod IP (Kubeflow's PaddleJob uses the same, port name "master"); the collectives then use
+# ephemeral ports between the pods. The other ranks learn rank 0's address from a ConfigMap.
+MASTER_PORT = 36543
+MASTER_PORT_NAME = "master"
+MASTER_KEY = "master"  # the ConfigMap's key: "<rank 0's pod IP>:36543"
 
 # Gang scheduling on real clusters: Kueue pod groups (one group per attempt; see
-# localcluster/KUEUE.md and the README's "Shared clusters").
+# localcluster/KUEUE.md and the README's "Shared clusters"), and PodGroups of the
+# coscheduling plugin or Volcano.
 KUEUE_QUEUE_NAME = "kueue.x-k8s.io/queue-name"  # set by the user on the FineTuneJob
 KUEUE_PRIORITY_CLASS = "kueue.x-k8s.io/priority-class"
 KUEUE_POD_GROUP_NAME = "kueue.x-k8s.io/pod-group-name"
 KUEUE_POD_GROUP_TOTAL_COUNT = "kueue.x-k8s.io/pod-group-total-count"
 KUEUE_RETRIABLE_IN_GROUP = "kueue.x-k8s.io/retriable-in-group"
+COSCHEDULING_POD_GROUP = "scheduling.x-k8s.io/pod-group"  # label (scheduler-plugins >= v0.24)
+VOLCANO_GROUP_NAME = "scheduling.k8s.io/group-name"  # annotation
+
 # What Kueue puts on the pods it manages: the gate it removes at admission, and its label.
 KUEUE_ADMISSION_GATE = "kueue.x-k8s.io/admission"
 KUEUE_MANAGED = "kueue.x-k8s.io/managed"
@@ -90,6 +101,7 @@ class Reason:
     POD_SECURITY_VIOLATION = "PodSecurityViolation"  # refused by the namespace's Pod Security level
     MISSING_PERMISSION = "MissingPermission"  # the operator may not create pods there: a broken install
     POD_EXISTS = "PodExists"  # a pod of the attempt's name that is not this job's is in the way
+    CONFIG_MAP_EXISTS = "ConfigMapExists"  # a ConfigMap of the attempt's name that is not its own
     UNSCHEDULABLE = "Unschedulable"
     START_TIMEOUT = "StartTimeout"  # placed on a node, never started, for no reason the kubelet names
     DEADLINE_EXCEEDED = "DeadlineExceeded"

@@ -233,6 +233,9 @@ class CachedKube:
     def get_workload(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.live.get_workload(namespace, name)
 
+    def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.live.get_config_map(namespace, name)  # rare (multi-node starts): not cached
+
     def can_i(self, verb: str, resource: str, namespace: str, group: str = "") -> bool:
         return self.live.can_i(verb, resource, namespace, group)
 
@@ -248,6 +251,12 @@ class CachedKube:
         created = self.live.create_pod(pod)  # a 409 sends the pass to the API server
         self.observe("pod", "ADDED", created)
         return created
+
+    def create_config_map(self, config_map: dict[str, Any]) -> dict[str, Any]:
+        return self.live.create_config_map(config_map)
+
+    def create_pod_group(self, group: dict[str, Any]) -> dict[str, Any]:
+        return self.live.create_pod_group(group)
 
     def delete_pod(self, namespace: str, name: str, uid: str) -> None:
         self.live.delete_pod(namespace, name, uid)  # the watch shows the pod going, then gone

@@ -19,6 +19,9 @@ from pathlib import Path
 DEFAULT_TRAINER_IMAGE = "ghcr.io/paddle-finetune-operator/trainer:0.1.0"
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# Gang schedulers whose PodGroup the operator creates per attempt (Kueue needs no object: its pod
+# groups are labels on the pods, added whenever the job names a queue).
+GANG_SCHEDULERS = ("", "coscheduling", "volcano")
 DEFAULT_LEASE_NAME = "paddle-finetune-operator"
 # Where a pod finds its own namespace (the ServiceAccount's mounted token folder).
 IN_CLUSTER_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -56,6 +59,12 @@ class OperatorConfig:
     # Environment for every trainer container, e.g. HTTPS_PROXY or REQUESTS_CA_BUNDLE for a
     # private CA that serves pretrained weights (the job spec has no env of its own).
     trainer_env: tuple[tuple[str, str], ...] = ()
+    # An attempt's pods as one PodGroup for a gang scheduler: the coscheduling plugin of
+    # scheduler-plugins or Volcano; empty: none (the operator's own pending timeout still ends an
+    # attempt whose ranks cannot all be placed). scheduler_name: the pods' schedulerName
+    # (empty: the cluster's default scheduler; Volcano: "volcano" unless set).
+    gang_scheduler: str = ""
+    scheduler_name: str = ""
     # hostPath volumes give a job's pod the node's files: refused unless the installation allows
     # them (and even then only where the namespace's Pod Security level does).
     allow_host_path: bool = False
@@ -115,6 +124,20 @@ _OPTIONS: tuple[tuple[str, str, str, type, str], ...] = (
         "PFO_TRAINER_ENV",
         str,
         "NAME=VALUE pairs for trainer pods, comma-separated",
+    ),
+    (
+        "gang_scheduler",
+        "--gang-scheduler",
+        "PFO_GANG_SCHEDULER",
+        str,
+        "a PodGroup per attempt for: coscheduling or volcano (default: none)",
+    ),
+    (
+        "scheduler_name",
+        "--scheduler-name",
+        "PFO_SCHEDULER_NAME",
+        str,
+        "schedulerName of trainer pods (default: the cluster's; volcano with --gang-scheduler=volcano)",
     ),
     (
         "allow_host_path",
@@ -281,6 +304,15 @@ def validate(config: OperatorConfig) -> None:
         raise ConfigError(f"--log-tail-lines: must be >= 1 (got {config.log_tail_lines})")
     if config.run_as_user < 1:
         raise ConfigError(f"--run-as-user: must be a non-zero uid (got {config.run_as_user})")
+    if config.gang_scheduler not in GANG_SCHEDULERS:
+        raise ConfigError(
+            f"--gang-scheduler / PFO_GANG_SCHEDULER: {config.gang_scheduler!r} is not one of "
+            "coscheduling, volcano (or empty: none)"
+        )
+    if config.scheduler_name and not _DNS_SUBDOMAIN.fullmatch(config.scheduler_name):
+        raise ConfigError(
+            f"--scheduler-name / PFO_SCHEDULER_NAME: {config.scheduler_name!r} is not a scheduler name"
+        )
     _validate_leader_election(config)
 
 

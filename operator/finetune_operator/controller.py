@@ -5,8 +5,8 @@ Level-based: every decision comes from the job (spec and status) and the pods th
 a restarted operator picks up where the last one stopped. One pass reads the job and its pods,
 decides, and writes in this order:
 
-1. the attempt's pod, created while deciding (whether it was created, refused or invalid decides
-   the status);
+1. the attempt's pods (one per rank), its PodGroup and, once rank 0 has an IP, its ConfigMap,
+   created while deciding (whether they were created, refused or invalid decides the status);
 2. Events, before the status: a process that dies between the two posts them again on its next
    pass rather than never; under the same names (kube.event_name: the job's version, the
    Event's place in the pass and the Event), so the API server keeps one and `kubectl describe`
@@ -18,8 +18,11 @@ decides, and writes in this order:
 What makes every crash point safe (tests/operator/test_crash_points.py dies before and after each
 write of each pass):
 
-* `status.attempts` is the highest attempt started. Its pod is created first, named after the
-  job and the attempt; a pod the status has not recorded yet is adopted, not duplicated.
+* `status.attempts` is the highest attempt started. Its pods are created first, named after the
+  job, the attempt and the rank; a pod the status has not recorded yet is adopted, not
+  duplicated. A multi-node attempt's `status.ranks.attempt` says all its ranks were created:
+  until then a missing rank is created (a crash came between two creations), after it a missing
+  rank is a vanished pod.
 * `status.endedAttempts`: attempts up to it have ended and are accounted for;
   `status.failedAttempts`: how many of them failed. The one patch that judges attempt N writes
   both, so a failure is counted exactly once, however often the pod is seen afterwards and even
@@ -27,8 +30,9 @@ write of each pass):
   (`PodMissing`), retried after the back-off like any other.
 * The next attempt's pod is created only by a pass after the one that ended the previous
   attempt, so an end is never lost to a crash between the two writes.
-* At most one attempt's pod runs: pods of ended attempts are deleted, and the next attempt waits
-  until they are gone (their trainer may still be writing its checkpoint).
+* At most one attempt's pods run: pods of ended attempts are deleted (all ranks, as soon as one
+  failed), and the next attempt waits until they are gone (their trainer may still be writing
+  its checkpoint).
 
 The only in-process state is when to read each running trainer's log (progress_pace.py) and the
 metrics, which a restart merely resets, and, when `kube` reads from the watch cache (cache.py),
@@ -58,12 +62,15 @@ from .api import (
     KUEUE_POD_GROUP_NAME,
     KUEUE_QUEUE_NAME,
     LABEL_ATTEMPT,
+    MASTER_KEY,
     Phase,
     Reason,
     Waiting,
 )
 from .cache import CachedKube
 from .config import OperatorConfig
+from .gang import CONFIG_WAIT, Gang, observe_gang, rank_of
+from .gang import counts as rank_counts
 from .job_status import (
     StatusUpdate,
     finetune_from_result,
@@ -78,8 +85,17 @@ from .job_status import (
 from .kube import KubeApi, KubeReads, api_status, is_status
 from .kueue import KueueStop, kueue_gated, kueue_managed, kueue_stop, workload_stop, workload_words
 from .metrics import Metrics
-from .pod import attempt_name, pod_name, pod_selector, queue_name, render_pod
-from .pod_state import PodOutcome, observe_pod
+from .pod import (
+    attempt_name,
+    nodes_of,
+    pod_name,
+    pod_selector,
+    queue_name,
+    render_attempt,
+    render_master_config,
+    render_pod_group,
+)
+from .pod_state import PodOutcome
 from .progress_pace import Pace, line_time
 from .refusal import classify
 from .trainer_settings import trainer_settings
@@ -301,9 +317,10 @@ class Reconciler:
                     raise
             p.gone = True
 
-    def _owned_pods(self, p: _Pass) -> dict[int, dict[str, Any]]:
+    def _owned_pods(self, p: _Pass) -> dict[int, dict[int, dict[str, Any]]]:
+        """The job's pods: attempt -> rank -> pod."""
         uid = p.meta["uid"]
-        pods = {}
+        pods: dict[int, dict[int, dict[str, Any]]] = {}
         selector = pod_selector(p.meta["name"])
         listed = self._reads(p).list_pods(p.meta["namespace"], selector)
         if p.fresh and isinstance(self.kube, CachedKube):  # the cache lagged: catch it up
@@ -313,9 +330,12 @@ class Reconciler:
             if not any(o.get("uid") == uid and o.get("controller") for o in owners):
                 continue  # a pod of an earlier job with the same name, on its way out
             try:
-                pods[int(pod["metadata"]["labels"][LABEL_ATTEMPT])] = pod
+                attempt = int(pod["metadata"]["labels"][LABEL_ATTEMPT])
             except (KeyError, ValueError):
                 continue
+            rank = rank_of(pod)
+            if rank >= 0:
+                pods.setdefault(attempt, {})[rank] = pod
         return pods
 
     # ------------------------------------------------------------------------------------------
@@ -326,15 +346,17 @@ class Reconciler:
 
         newest = max(pods, default=0)
         if newest > p.count("attempts"):
-            # Created just before the operator stopped, before the status recorded it: adopt it.
+            # Created just before the operator stopped, before the status recorded it: adopt it
+            # (and, below, create the ranks a crash kept from being created).
             resumed = p.status.get("phase") in (Phase.SUSPENDED, Phase.QUEUED)
             self._record_attempt(p, newest, resumed, pods[newest])
         attempts = p.count("attempts")
         in_flight = attempts > p.count("endedAttempts")
-        current = pods.get(attempts) if in_flight else None
-        for number, pod in pods.items():  # pods of ended attempts must not run
-            if (number != attempts or not in_flight) and _active(pod) and not _terminating(pod):
-                p.delete(pod)
+        ranks = pods.get(attempts, {}) if in_flight else {}
+        for number, group in pods.items():  # pods of ended attempts must not run
+            for pod in group.values():
+                if (number != attempts or not in_flight) and _active(pod) and not _terminating(pod):
+                    p.delete(pod)
 
         problem = spec_checks.refused(p.job, self.config)
         if problem is None:
@@ -346,12 +368,15 @@ class Reconciler:
             self._fail(p, Reason.INVALID_SPEC, problem)
             return self._finished(p, pods)
 
-        outcome = observe_pod(current) if current and not _terminating(current) else None
+        nodes = nodes_of(p.job)
+        gang = observe_gang(ranks, nodes) if ranks else None
+        outcome = gang.outcome if gang else None
         if outcome and outcome.phase == "Succeeded":
+            self._rank_status(p, attempts, ranks, gang)
             self._succeed(p, outcome)
             return self._finished(p, pods)
         if p.policy.get("suspend"):
-            return self._suspend(p, current, outcome, pods)
+            return self._suspend(p, ranks, outcome, pods)
         remaining = self._deadline_remaining(p)
         if remaining is not None and remaining <= 0:
             deadline = p.policy["activeDeadlineSeconds"]
@@ -361,42 +386,68 @@ class Reconciler:
             return self._finished(p, pods)
 
         if in_flight:
-            name = pod_name(p.meta["name"], attempts)
-            if current is None:
+            name = pod_name(p.meta["name"], attempts, 0, nodes)
+            if gang is None:
+                what = f"pod {name}" if nodes == 1 else f"the pods of attempt {attempts}"
                 if not p.fresh:
-                    raise _Stale(f"the cache does not show pod {name}")
+                    raise _Stale(f"the cache does not show {what}")
                 missed = self._missed_kueue_stop(p, attempts)
                 if missed is not None:
-                    return self._kueue_stopped(p, None, missed)
-                message = f"pod {name} disappeared before it finished"
+                    return self._kueue_stopped(p, {}, missed)
+                message = f"{what} disappeared before it finished"
                 p.events.append(("Warning", Reason.POD_MISSING, message))
                 return self._attempt_failed(
-                    p, PodOutcome("Failed", Reason.POD_MISSING, message, transient=True)
+                    p, PodOutcome("Failed", Reason.POD_MISSING, message, transient=True), ranks
                 )
-            stop = kueue_stop(current)
-            if stop is not None:
-                return self._kueue_stopped(p, current, stop)
+            for pod in ranks.values():  # Kueue stops all ranks (a preemption is no failure)
+                stop = kueue_stop(pod)
+                if stop is not None:
+                    return self._kueue_stopped(p, ranks, stop)
+            if outcome is not None and outcome.phase == "Failed":
+                self._rank_status(p, attempts, ranks, gang)
+                return self._attempt_failed(p, outcome, ranks, gang.rank)
+            if gang.missing:
+                if not self._all_created(p, attempts):
+                    # A crash (or a refusal) came between the creation of two ranks.
+                    return self._start_attempt(p, attempts, resumed=False, existing=ranks)
+                rank = gang.missing[0]
+                missing = pod_name(p.meta["name"], attempts, rank, nodes)
+                if not p.fresh:
+                    raise _Stale(f"the cache does not show pod {missing}")
+                message = f"pod {missing} (rank {rank}) disappeared before it finished"
+                p.events.append(("Warning", Reason.POD_MISSING, message))
+                self._rank_status(p, attempts, ranks, gang)
+                p.update.fields["ranks"].update(failedRank=rank, failedReason=Reason.POD_MISSING)
+                missing_outcome = PodOutcome("Failed", Reason.POD_MISSING, message, transient=True)
+                return self._attempt_failed(p, missing_outcome, ranks, rank)
+            self._rank_status(p, attempts, ranks, gang)
             if outcome is None:
-                self._check_gone_in_time(p, [current])
+                self._check_gone_in_time(p, list(ranks.values()))
                 return WAIT_FOR_TERMINATION  # someone deletes it: judge it once it has terminated
-            if outcome.phase == "Failed":
-                return self._attempt_failed(p, outcome)
-            if outcome.phase == "Pending" and kueue_gated(current):
-                return self._queued(p, current)
+            gated = [pod for pod in ranks.values() if kueue_gated(pod)]
+            if gated and outcome.phase == "Pending":
+                return self._queued(p, gated[0])
             if not p.get("startTime"):
                 # Kueue admitted the attempt just now: the job's clock starts here, not when it
                 # was queued (as for a batch Job that Kueue unsuspends).
                 p.update.fields["startTime"] = p.stamp
                 remaining = self._deadline_remaining(p)
+            if nodes > 1 and not self._publish_master(p, attempts, ranks.get(0)):
+                return WAIT_FOR_TERMINATION  # another ConfigMap of that name is in the way
             if outcome.phase == "Pending":
-                return self._pending(p, current, outcome, remaining)
-            p.transition(Phase.RUNNING, Reason.RUNNING, f"attempt {attempts}: pod {name} is running")
+                return self._pending(p, ranks, outcome, remaining, gang, nodes)
+            if nodes == 1:
+                message = f"attempt {attempts}: pod {name} is running"
+            else:
+                message = f"attempt {attempts}: all {nodes} ranks are running (rank 0: pod {name})"
+            p.transition(Phase.RUNNING, Reason.RUNNING, message)
             return _soonest(self._poll_progress(p, name), remaining)
 
         # No attempt in flight: start the next once the last one's pods are gone and its back-off
         # is over.
-        if any(_active(pod) for pod in pods.values()):
-            self._check_gone_in_time(p, [pod for pod in pods.values() if _active(pod)])
+        active = [pod for group in pods.values() for pod in group.values() if _active(pod)]
+        if active:
+            self._check_gone_in_time(p, active)
             return WAIT_FOR_TERMINATION
         next_at = parse_time(p.get("nextAttemptTime"))
         if next_at and p.now < next_at:
@@ -430,13 +481,46 @@ class Reconciler:
         """The attempt in flight has ended (accounted for in the same patch as its outcome)."""
         p.update.fields["endedAttempts"] = p.count("attempts")
 
-    def _record_attempt(self, p: _Pass, attempt: int, resumed: bool, pod: dict[str, Any]) -> None:
-        """The status records attempt `attempt`, whose pod exists."""
-        name = pod_name(p.meta["name"], attempt)
+    def _all_created(self, p: _Pass, attempt: int) -> bool:
+        """Whether every rank of `attempt` was created (the status says so once they all
+        existed; a single-node attempt is recorded only once its pod exists)."""
+        return nodes_of(p.job) == 1 or (p.get("ranks") or {}).get("attempt") == attempt
+
+    def _rank_status(
+        self, p: _Pass, attempt: int, ranks: dict[int, dict[str, Any]], gang: Gang | None = None
+    ) -> None:
+        """status.ranks of a multi-node attempt whose ranks all exist(ed): how many are pending,
+        running, succeeded and failed, the rank that failed and why, and rank 0's address."""
+        if nodes_of(p.job) == 1:
+            return
+        old = p.get("ranks") or {}
+        record: dict[str, Any] = {"attempt": attempt, **rank_counts(ranks)}
+        if old.get("attempt") == attempt and old.get("master"):
+            record["master"] = old["master"]
+        outcome = gang.outcome if gang else None
+        if outcome is not None and outcome.phase == "Failed":
+            record["failedRank"] = gang.rank if gang else 0
+            record["failedReason"] = outcome.reason
+        # A merge patch: the keys of the last attempt's record that this one lacks are deleted.
+        p.update.fields["ranks"] = {**{k: None for k in old}, **record}
+
+    def _record_attempt(
+        self, p: _Pass, attempt: int, resumed: bool, ranks: dict[int, dict[str, Any]]
+    ) -> None:
+        """The status records attempt `attempt`, whose pods (some or all ranks) exist."""
+        nodes = nodes_of(p.job)
+        name = pod_name(p.meta["name"], attempt, 0, nodes)
         fields = p.update.fields
         fields.update(attempts=attempt, podName=name, nextAttemptTime=None)
         what = "resumed" if resumed else ("started" if attempt == 1 else "retried")
-        message = f"attempt {attempt} {what}: created pod {name}"
+        if nodes == 1:
+            message = f"attempt {attempt} {what}: created pod {name}"
+        else:
+            last = pod_name(p.meta["name"], attempt, nodes - 1, nodes)
+            message = f"attempt {attempt} {what}: created pods {name} .. {last} ({nodes} ranks)"
+        if len(ranks) == nodes:
+            self._rank_status(p, attempt, ranks)
+        pod = next(iter(ranks.values()))
         if kueue_gated(pod):
             # Queued: the job's clock (activeDeadlineSeconds) starts when Kueue admits it.
             if resumed:
@@ -453,29 +537,58 @@ class Reconciler:
             fields["startTime"] = p.stamp
         p.transition(Phase.PENDING, Reason.POD_CREATED, message)
 
-    def _start_attempt(self, p: _Pass, attempt: int, resumed: bool) -> float | None:
-        pod = render_pod(p.job, attempt, self.config)
-        name = pod["metadata"]["name"]
-        try:
-            created = self.kube.create_pod(pod)
-        except Exception as exc:
-            status = api_status(exc)
-            if status is None or status.code not in (403, 409, 422):
-                raise
-            if status.code == 409 and not p.fresh:
-                raise _Stale(f"pod {name} exists where the cache shows none") from exc
-            if status.code == 409:
-                # Not ours (ours would have been adopted): a pod of a deleted job of the same
-                # name on its way out, or one a concurrent pass just created. Look again soon.
-                p.transition(
-                    Phase.PENDING,
-                    Reason.POD_EXISTS,
-                    f"pod {name} exists and is not this job's yet: waiting for it to go",
-                    "Warning",
-                )
-                return WAIT_FOR_TERMINATION
-            return self._refused(p, name, status)
-        self._record_attempt(p, attempt, resumed, created)
+    def _start_attempt(
+        self,
+        p: _Pass,
+        attempt: int,
+        resumed: bool,
+        existing: dict[int, dict[str, Any]] | None = None,
+    ) -> float | None:
+        """Create the ranks of `attempt` that do not exist yet (all of a new attempt), rank 0
+        first, and record the attempt. Names are derived from the job, the attempt and the rank,
+        so a pass repeated after a crash finds the ranks it made instead of making second ones."""
+        ranks = dict(existing or {})
+        recorded = p.count("attempts") == attempt
+        group = render_pod_group(p.job, attempt, self.config)
+        if group is not None and len(ranks) < nodes_of(p.job):
+            try:  # before the pods, which name it: the gang scheduler places them together
+                self.kube.create_pod_group(group)
+            except Exception as exc:
+                if not is_status(exc, 409):
+                    raise
+        for pod in render_attempt(p.job, attempt, self.config):
+            rank = rank_of(pod)
+            if rank in ranks:
+                continue
+            name = pod["metadata"]["name"]
+            try:
+                ranks[rank] = self.kube.create_pod(pod)
+            except Exception as exc:
+                status = api_status(exc)
+                if status is None or status.code not in (403, 409, 422):
+                    raise
+                if status.code == 409 and not p.fresh:
+                    raise _Stale(f"pod {name} exists where the cache shows none") from exc
+                if ranks and not recorded:
+                    # Some ranks exist: the attempt has begun (the rest are created later).
+                    self._record_attempt(p, attempt, resumed, ranks)
+                    self.metrics.attempts.inc()
+                if status.code == 409:
+                    # Not ours (ours would have been adopted): a pod of a deleted job of the same
+                    # name on its way out, or one a concurrent pass just created. Look again soon.
+                    p.transition(
+                        Phase.PENDING,
+                        Reason.POD_EXISTS,
+                        f"pod {name} exists and is not this job's yet: waiting for it to go",
+                        "Warning",
+                    )
+                    return WAIT_FOR_TERMINATION
+                return self._refused(p, name, status, {attempt: ranks} if ranks else {})
+        if recorded:
+            self._rank_status(p, attempt, ranks)  # the last ranks of a recorded attempt
+            return WAIT_FOR_TERMINATION
+        self._record_attempt(p, attempt, resumed, ranks)
+        created = ranks[0]
         queue = queue_name(p.job)
         if queue and not kueue_managed(created):
             p.events.append(
@@ -483,25 +596,62 @@ class Reconciler:
                     "Warning",
                     Reason.NOT_QUEUED,
                     f"the job asks for the Kueue LocalQueue {queue}, but Kueue did not take pod "
-                    f"{name}: Kueue is not installed or does not manage namespace "
-                    f"{p.meta['namespace']} (its managedJobsNamespaceSelector); the pod runs "
-                    "without waiting for quota",
+                    f"{created['metadata']['name']}: Kueue is not installed or does not manage "
+                    f"namespace {p.meta['namespace']} (its managedJobsNamespaceSelector); the pod "
+                    "runs without waiting for quota",
                 )
             )
         self.metrics.attempts.inc()
         if attempt == 1 and not p.status.get("attempts"):
-            created = parse_time(p.meta.get("creationTimestamp"))
-            if created:
-                self.metrics.pod_creation.observe(max(0.0, (p.now - created).total_seconds()))
+            created_at = parse_time(p.meta.get("creationTimestamp"))
+            if created_at:
+                self.metrics.pod_creation.observe(max(0.0, (p.now - created_at).total_seconds()))
         return _soonest(RESYNC_SECONDS, self._deadline_remaining(p))
 
-    def _refused(self, p: _Pass, name: str, status: Any) -> float | None:
-        """The API server refused the attempt's pod: fail, or wait and try again (refusal.py)."""
+    def _publish_master(self, p: _Pass, attempt: int, rank0: dict[str, Any] | None) -> bool:
+        """Once rank 0 has an IP, the attempt's ConfigMap tells the other ranks its address
+        (their kubelets hold them until it exists). False: a ConfigMap of that name that is not
+        this rank 0's is in the way; try again soon."""
+        if rank0 is None or not (rank0.get("status") or {}).get("podIP"):
+            return True
+        config_map = render_master_config(p.job, attempt, rank0)
+        address = config_map["data"][MASTER_KEY]
+        ranks = p.get("ranks") or {}
+        if ranks.get("attempt") == attempt and ranks.get("master") == address:
+            return True
+        namespace, name = p.meta["namespace"], config_map["metadata"]["name"]
+        try:
+            self.kube.create_config_map(config_map)
+        except Exception as exc:
+            if not is_status(exc, 409):
+                raise
+            found = self.kube.get_config_map(namespace, name) or {}
+            owners = (found.get("metadata") or {}).get("ownerReferences") or []
+            rank0_uid = rank0["metadata"]["uid"]
+            if found and not any(o.get("uid") == rank0_uid for o in owners):
+                # Not this rank 0's: a deleted job's (the garbage collector removes it with its
+                # pod) or someone else's. The operator may not delete ConfigMaps (RBAC.md).
+                p.transition(
+                    Phase.PENDING,
+                    Reason.CONFIG_MAP_EXISTS,
+                    f"ConfigMap {name} exists and is not this attempt's (rank 0's address): "
+                    "waiting for it to go",
+                    "Warning",
+                )
+                return False
+        p.update.fields["ranks"] = {**ranks, "attempt": attempt, "master": address}
+        return True
+
+    def _refused(
+        self, p: _Pass, name: str, status: Any, pods: dict[int, dict[int, dict[str, Any]]]
+    ) -> float | None:
+        """The API server refused one of the attempt's pods: fail (deleting `pods`, the ranks
+        created before it), or wait and try again (refusal.py)."""
         namespace = p.meta["namespace"]
         refusal = classify(status, name, namespace, lambda: self.kube.can_i("create", "pods", namespace))
         if refusal.wait is None:
             self._fail(p, refusal.reason, refusal.message)
-            return self._finished(p, {})
+            return self._finished(p, pods)
         since = waiting.remembered_since(p.status.get("waiting"), refusal.wait, p.now)
         wait = waiting.Wait(
             refusal.wait,
@@ -512,7 +662,7 @@ class Reconciler:
         )
         if wait.expired(p.now):
             self._fail(p, refusal.reason, f"{refusal.message} (for more than {wait.limit:g}s)")
-            return self._finished(p, {})
+            return self._finished(p, pods)
         if refusal.reason == Reason.MISSING_PERMISSION:
             log.error("%s/%s: %s", namespace, p.meta["name"], refusal.message)
         p.transition(Phase.PENDING, refusal.reason, refusal.message, "Warning")
@@ -562,7 +712,7 @@ class Reconciler:
             )
             return None
 
-    def _kueue_stopped(self, p: _Pass, pod: dict[str, Any] | None, stop: KueueStop) -> float | None:
+    def _kueue_stopped(self, p: _Pass, ranks: dict[int, dict[str, Any]], stop: KueueStop) -> float | None:
         """Kueue preempted (or evicted) the attempt and deletes its pod, whose trainer checkpoints on
         SIGTERM: the attempt ends without counting a failure, and the next one (a new pod group)
         is created once the pod is gone, queued until Kueue admits it again, and resumes from the
@@ -572,8 +722,7 @@ class Reconciler:
         fields = p.update.fields
         fields["nextAttemptTime"] = None
         fields["startTime"] = None  # the next admission starts the job's clock again
-        if pod is not None and _active(pod) and not _terminating(pod):
-            p.delete(pod)
+        _delete_active(p, ranks)
         self.metrics.retries.labels(reason=stop.reason).inc()
         p.transition(
             Phase.QUEUED,
@@ -586,8 +735,19 @@ class Reconciler:
         return WAIT_FOR_TERMINATION
 
     def _pending(
-        self, p: _Pass, pod: dict[str, Any], outcome: PodOutcome, remaining: float | None
+        self,
+        p: _Pass,
+        ranks: dict[int, dict[str, Any]],
+        outcome: PodOutcome,
+        remaining: float | None,
+        gang: Gang,
+        nodes: int,
     ) -> float | None:
+        """The attempt waits: for the rank that holds the group back (`gang.rank`), for capacity
+        or to start. The limits apply to the whole group, which is deleted whole when one is over. A
+        group that is partly placed (some ranks hold their nodes' GPUs while another waits for
+        room) may wait no longer than a start, whatever the scheduling limit."""
+        pod = ranks[gang.rank]
         kind = outcome.waiting or Waiting.START
         since = parse_time(outcome.since) or p.now
         admitted = parse_time(p.get("startTime"))
@@ -595,23 +755,38 @@ class Reconciler:
             # The pod's PodScheduled condition dates from its creation, gated: the time in
             # Kueue's queue is not time waiting for capacity.
             since = admitted
-        wait = waiting.Wait(
-            kind, outcome.reason, outcome.message, since, waiting.limit(kind, p.policy, self.config)
-        )
+        limit = waiting.limit(kind, p.policy, self.config)
+        partly = kind == Waiting.CAPACITY and bool(gang.placed)
+        if partly:
+            start = waiting.limit(Waiting.START, p.policy, self.config)
+            limit = start if limit is None or start is None else min(limit, start)
+        wait = waiting.Wait(kind, outcome.reason, outcome.message, since, limit)
         name = pod["metadata"]["name"]
         detail = f": {outcome.message}" if outcome.message else ""
         if wait.expired(p.now):
-            if kind == Waiting.CAPACITY:
+            if partly:
+                held = ", ".join(str(r) for r in gang.placed)
+                message = (
+                    f"the ranks could not all be placed for more than {wait.limit:g}s "
+                    f"(ranks {held} held their nodes){detail}"
+                )
+            elif kind == Waiting.CAPACITY:
                 message = f"the pod waited for capacity for more than {wait.limit:g}s{detail}"
             else:
                 message = f"the pod could not start for more than {wait.limit:g}s{detail}"
+            if nodes > 1:
+                message = f"attempt {p.count('attempts')}: {message}; all its pods are deleted"
             reason = outcome.reason
-            if reason in _ROUTINE:  # no reason of the scheduler's or the kubelet's to give
+            if reason in _ROUTINE or reason == CONFIG_WAIT:  # no reason of the scheduler's or the kubelet's
                 reason = Reason.UNSCHEDULABLE if kind == Waiting.CAPACITY else Reason.START_TIMEOUT
             self._fail(p, reason, message)
-            return self._finished(p, {p.count("attempts"): pod})
-        routine = outcome.reason in _ROUTINE
-        if routine:
+            return self._finished(p, {p.count("attempts"): ranks})
+        rank = gang.rank
+        routine = outcome.reason in _ROUTINE or (rank > 0 and outcome.reason == CONFIG_WAIT)
+        if routine and outcome.reason == CONFIG_WAIT:
+            config_map = attempt_name(p.meta["name"], p.count("attempts"))
+            message = f"rank {rank} waits for rank 0's address (ConfigMap {config_map})"
+        elif routine:
             message = outcome.message or f"pod {name} is starting"
         elif kind == Waiting.CAPACITY:
             message = f"waiting for capacity{detail}"
@@ -630,8 +805,13 @@ class Reconciler:
         self._end_attempt(p)
         return retry.decide(outcome, failures, int(p.policy.get("backoffLimit", 2)))
 
-    def _attempt_failed(self, p: _Pass, outcome: PodOutcome) -> float | None:
+    def _attempt_failed(
+        self, p: _Pass, outcome: PodOutcome, ranks: dict[int, dict[str, Any]], rank: int = 0
+    ) -> float | None:
+        """A rank failed (`outcome` is its own): the attempt ends, counted once, and the other
+        ranks are deleted after the status that says why."""
         attempts = p.count("attempts")
+        _delete_active(p, ranks)
         decision = self._count_failure(p, outcome)
         if not decision.retry:
             self._fail(p, decision.reason, decision.message)
@@ -651,7 +831,11 @@ class Reconciler:
         return _soonest(delay, self._deadline_remaining(p))
 
     def _suspend(
-        self, p: _Pass, current: dict[str, Any] | None, outcome: PodOutcome | None, pods: dict[int, Any]
+        self,
+        p: _Pass,
+        ranks: dict[int, dict[str, Any]],
+        outcome: PodOutcome | None,
+        pods: dict[int, dict[int, dict[str, Any]]],
     ) -> float | None:
         message = "the job is suspended (spec.runPolicy.suspend): no pod runs until it is resumed"
         if p.status.get("phase") == Phase.SUSPENDED:
@@ -665,10 +849,10 @@ class Reconciler:
                     return self._finished(p, pods)
             else:
                 self._end_attempt(p)  # a suspension ends the attempt; it is not a failure
-            if current is not None and _active(current):
-                p.delete(current)
-                name = current["metadata"]["name"]
-                message = f"the job is suspended (spec.runPolicy.suspend): deleted pod {name}"
+            active = sorted(pod["metadata"]["name"] for pod in ranks.values() if _active(pod))
+            if active:
+                _delete_active(p, ranks, terminating=True)
+                message = f"the job is suspended (spec.runPolicy.suspend): deleted pod {', '.join(active)}"
         p.update.fields["nextAttemptTime"] = None
         p.transition(Phase.SUSPENDED, Reason.SUSPENDED, message)
         return None
@@ -705,12 +889,11 @@ class Reconciler:
         if created:
             self.metrics.duration.labels(phase=phase).observe(max(0.0, (p.now - created).total_seconds()))
 
-    def _finished(self, p: _Pass, pods: dict[int, dict[str, Any]]) -> float | None:
+    def _finished(self, p: _Pass, pods: dict[int, dict[int, dict[str, Any]]]) -> float | None:
         """A Succeeded/Failed job: no pod of it runs any more, its top-1 is reported, and it is
         deleted when its TTL is over."""
-        for pod in pods.values():
-            if _active(pod) and not _terminating(pod):
-                p.delete(pod)
+        for ranks in pods.values():
+            _delete_active(p, ranks)
         top1 = (p.get("metrics") or {}).get("top1")
         if top1 is not None:
             p.top1 = top1
@@ -772,6 +955,13 @@ class Reconciler:
 def _active(pod: dict[str, Any]) -> bool:
     """May still run: not Succeeded or Failed (being deleted or not)."""
     return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+
+
+def _delete_active(p: _Pass, ranks: dict[int, dict[str, Any]], terminating: bool = False) -> None:
+    """Delete the ranks that may still run (and those being deleted too, with `terminating`)."""
+    for pod in ranks.values():
+        if _active(pod) and (terminating or not _terminating(pod)):
+            p.delete(pod)
 
 
 def _terminating(pod: dict[str, Any]) -> bool:

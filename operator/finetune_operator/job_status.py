@@ -120,8 +120,16 @@ class StatusUpdate:
         return self
 
     def changes(self, old_status: dict[str, Any]) -> dict[str, Any]:
-        """Only the fields whose value differs from the current status (None deletes a key)."""
-        return {k: v for k, v in self.fields.items() if old_status.get(k) != v}
+        """Only the fields whose value differs from the current status (None deletes a key, also
+        a key of an object: the patch is a JSON merge patch)."""
+        return {k: v for k, v in self.fields.items() if old_status.get(k) != _set_keys(v)}
+
+
+def _set_keys(value: Any) -> Any:
+    """An object as a merge patch leaves it: without the keys the patch deletes."""
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if v is not None}
+    return value
 
 
 # --------------------------------------------------------------------------------------------

@@ -100,6 +100,10 @@ class KubeReads(Protocol):
         self, namespace: str, name: str, container: str, lines: int, limit_bytes: int, since_seconds: int
     ) -> str: ...
 
+    def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The ConfigMap of that name, None if there is none."""
+        ...
+
     def get_workload(self, namespace: str, name: str) -> dict[str, Any] | None:
         """Kueue's Workload of that name (kueue.x-k8s.io/v1beta2), None if there is none."""
         ...
@@ -126,6 +130,15 @@ class KubeWrites(Protocol):
 
     def delete_pod(self, namespace: str, name: str, uid: str) -> None:
         """Delete that very pod (uid precondition); nothing happens if it is gone or replaced."""
+        ...
+
+    def create_config_map(self, config_map: dict[str, Any]) -> dict[str, Any]:
+        """409 AlreadyExists if one of that name exists."""
+        ...
+
+    def create_pod_group(self, group: dict[str, Any]) -> dict[str, Any]:
+        """A gang scheduler's PodGroup (its apiVersion says which); 409 AlreadyExists if one of
+        that name exists."""
         ...
 
     def delete_job(self, namespace: str, name: str, uid: str) -> None:
@@ -235,6 +248,25 @@ class Kube:
         except ApiException as exc:
             if exc.status not in (404, 409):  # already gone, or replaced by another pod
                 raise
+
+    # ConfigMaps (a multi-node attempt's rank 0 address) and PodGroups ---------------------------
+    def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{quote(name)}")
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def create_config_map(self, config_map: dict[str, Any]) -> dict[str, Any]:
+        ns = config_map["metadata"]["namespace"]
+        query = [("fieldManager", FIELD_MANAGER)]
+        return self._request("POST", f"/api/v1/namespaces/{ns}/configmaps", query=query, body=config_map)
+
+    def create_pod_group(self, group: dict[str, Any]) -> dict[str, Any]:
+        ns = group["metadata"]["namespace"]
+        path = f"/apis/{group['apiVersion']}/namespaces/{ns}/podgroups"
+        return self._request("POST", path, query=[("fieldManager", FIELD_MANAGER)], body=group)
 
     def pod_log_tail(
         self, namespace: str, name: str, container: str, lines: int, limit_bytes: int, since_seconds: int

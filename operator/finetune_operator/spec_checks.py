@@ -17,9 +17,9 @@ from .config import OperatorConfig
 
 def refused(job: dict[str, Any], config: OperatorConfig) -> str | None:
     """Why this installation will not run the job (naming the field), or None."""
+    spec = job.get("spec") or {}
     if config.allow_host_path:
         return None
-    spec = job.get("spec") or {}
     for section in ("dataset", "output"):
         if "hostPath" in ((spec.get(section) or {}).get("volume") or {}):
             return (

@@ -75,6 +75,7 @@ def trainer_settings(job: dict[str, Any]) -> TrainerSettings:
         # Relative to the dataset volume (after its subPath), which is mounted at /data.
         pretrained["path"] = f"{DATA_MOUNT}/{pretrained['path']}"
     dataset = _pick(spec.get("dataset"), _DATASET_KEYS)
+    resources = spec.get("resources") or {}
     image_size = dataset.get("imageSize", 224)
     # PaddleClas evaluates with a short-side resize of 256 for 224 crops: keep that ratio.
     dataset["resizeShort"] = max(image_size, round(image_size * 256 / 224))
@@ -98,5 +99,7 @@ def trainer_settings(job: dict[str, Any]) -> TrainerSettings:
             "resultPath": RESULT_PATH,
         },
         "cacheDir": CACHE_MOUNT,
+        # The pods (ranks) of an attempt and the trainer processes in each: one per GPU, one on CPU.
+        "world": {"nodes": resources.get("nodes", 1), "processesPerNode": max(resources.get("gpus", 1), 1)},
     }
     return TrainerSettings.from_dict(data)

@@ -83,6 +83,11 @@ def test_a_full_settings_object_round_trips_through_json():
         ({"training": {"momentum": -0.1}}, "training.momentum: must be a finite number >= 0"),
         ({"training": {"labelSmoothing": 1.0}}, "training.labelSmoothing: must be < 1"),
         ({"training": {"amp": "fp8"}}, "training.amp: 'fp8' is not one of"),
+        ({"world": {"nodes": -1, "processesPerNode": 1}}, "world.nodes: must be an integer >= 0"),
+        ({"world": {"nodes": 2, "processesPerNode": "8"}}, "world.processesPerNode: must be an integer"),
+        ({"world": {"nodes": 2}}, "world: set both nodes and processesPerNode (or neither)"),
+        ({"world": {"processesPerNode": 8}}, "world: set both nodes and processesPerNode (or neither)"),
+        ({"world": {"ranks": 2}}, "world.ranks: unknown field"),
         (
             {"job": {"namespace": "ns", "name": "a"}},
             "job: give namespace, name and uid together (missing uid)",
@@ -106,6 +111,12 @@ def test_wrong_settings_name_the_field(data, words):
 def test_settings_json_must_be_json():
     with pytest.raises(SettingsError, match="settings: not valid JSON"):
         TrainerSettings.from_json("{")
+
+
+def test_the_world_is_nodes_times_processes_and_unset_by_default():
+    assert TrainerSettings().world.size == 0  # a trainer run by hand: the launcher decides
+    world = TrainerSettings.from_dict({"world": {"nodes": 3, "processesPerNode": 8}}).world
+    assert (world.nodes, world.processesPerNode, world.size) == (3, 8, 24)
 
 
 def test_a_job_identity_is_whole_or_absent():

@@ -14,7 +14,7 @@ from typing import Any
 from finetune_contract import TrainerResult, encode_result
 
 from tests.operator.fake_kube import checkpointed, forbidden, kueue_admit, kueue_preempt, kueue_says
-from tests.operator.reconcile_kit import NAME, NS, World, pod
+from tests.operator.reconcile_kit import NAME, NS, SUCCESS, World, pod
 
 Step = Callable[[World], None]
 
@@ -27,6 +27,7 @@ class Scenario:
     reason: str = ""
     failed: int = 0  # failedAttempts at the end
     spec: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)  # the operator's settings (OperatorConfig)
 
 
 def run(attempt: int) -> Step:
@@ -104,6 +105,56 @@ def preempt(attempt: int) -> Step:
 
 def stopped(attempt: int) -> Step:
     return lambda w: checkpointed(w.kube, NS, pod(attempt))
+
+
+# Multi-node lives (GANG: 2 ranks x 8 GPUs): steps that name the ranks' pods.
+GANG = {"resources": {"nodes": 2, "gpus": 8}}
+
+
+def rank(attempt: int, r: int) -> str:
+    return f"{pod(attempt)}-rank-{r}"
+
+
+def ranks_run(attempt: int, nodes: int = 2) -> Step:
+    return lambda w: [w.kube.run(NS, rank(attempt, r)) for r in range(nodes)] and None
+
+
+def rank_runs(attempt: int, r: int) -> Step:
+    return lambda w: w.kube.run(NS, rank(attempt, r))
+
+
+def rank_exits(attempt: int, r: int, code: int, message: str = "") -> Step:
+    """Rank r's container ends (rank 0 succeeding writes the trainer's result)."""
+    text = message or (SUCCESS if code == 0 and r == 0 else "")
+    return lambda w: w.kube.finish(NS, rank(attempt, r), code, text)
+
+
+def ranks_exit(attempt: int, code: int, nodes: int = 2) -> Step:
+    """Every rank ends with `code` at the same moment (a collective failure seen by all)."""
+    return lambda w: [rank_exits(attempt, r, code)(w) for r in range(nodes)] and None
+
+
+def rank_vanishes(attempt: int, r: int) -> Step:
+    return lambda w: w.kube.remove_pod(NS, rank(attempt, r))
+
+
+def rank_unschedulable(attempt: int, r: int) -> Step:
+    return lambda w: w.kube.unschedulable(NS, rank(attempt, r), GPUS)
+
+
+def ranks_admit(attempt: int, nodes: int = 2) -> Step:
+    return lambda w: [kueue_admit(w.kube, NS, rank(attempt, r)) for r in range(nodes)] and None
+
+
+def ranks_preempt(attempt: int, nodes: int = 2) -> Step:
+    message = "Preempted to accommodate a workload"
+    return lambda w: (
+        [kueue_preempt(w.kube, NS, rank(attempt, r), message, hold=True) for r in range(nodes)] and None
+    )
+
+
+def ranks_stopped(attempt: int, nodes: int = 2) -> Step:
+    return lambda w: [checkpointed(w.kube, NS, rank(attempt, r)) for r in range(nodes)] and None
 
 
 def nothing(w: World) -> None:
@@ -238,6 +289,101 @@ SCENARIOS = (
         "Failed",
         "InvalidSpec",
         spec={"dataset": {"volume": {"hostPath": {"path": "/srv/data"}}, "numClasses": 10}},
+    ),
+    # --- multi-node jobs: an attempt is all its ranks
+    Scenario(
+        "gang-success",
+        (nothing, ranks_run(1), rank_exits(1, 1, 0), rank_exits(1, 0, 0)),
+        "Succeeded",
+        "Completed",
+        spec=GANG,
+    ),
+    Scenario(
+        "gang-coscheduled-success",
+        (nothing, ranks_run(1), ranks_exit(1, 0)),
+        "Succeeded",
+        "Completed",
+        spec=GANG,
+        config={"gang_scheduler": "coscheduling"},
+    ),
+    Scenario(
+        "gang-rank-0-succeeds-first",
+        (nothing, ranks_run(1), rank_exits(1, 0, 0)),
+        "Succeeded",
+        "Completed",
+        spec=GANG,
+    ),
+    Scenario(
+        "gang-rank-1-killed-then-success",
+        (nothing, ranks_run(1), rank_exits(1, 1, 137), wait(10), ranks_run(2), ranks_exit(2, 0)),
+        "Succeeded",
+        "Completed",
+        failed=1,
+        spec=GANG,
+    ),
+    Scenario(
+        "gang-all-ranks-fail-counted-once",
+        (nothing, ranks_run(1), ranks_exit(1, 143), wait(10), ranks_run(2), ranks_exit(2, 143)),
+        "Failed",
+        "BackoffLimitExceeded",
+        failed=2,
+        spec={**GANG, "runPolicy": {"backoffLimit": 1}},
+    ),
+    Scenario(
+        "gang-permanent-failure-of-rank-1",
+        (nothing, ranks_run(1), rank_exits(1, 1, 3)),
+        "Failed",
+        "DataError",
+        failed=1,
+        spec=GANG,
+    ),
+    Scenario(
+        "gang-rank-vanishes-then-success",
+        (nothing, ranks_run(1), rank_vanishes(1, 1), wait(10), ranks_run(2), ranks_exit(2, 0)),
+        "Succeeded",
+        "Completed",
+        failed=1,
+        spec=GANG,
+    ),
+    Scenario(
+        "gang-cannot-be-placed-whole",
+        (nothing, rank_runs(1, 0), rank_unschedulable(1, 1), wait(200), wait(101)),
+        "Failed",
+        "Unschedulable",
+        spec={
+            **GANG,
+            "runPolicy": {"backoffLimit": 2, "schedulingTimeoutSeconds": 0, "startTimeoutSeconds": 300},
+        },
+    ),
+    Scenario(
+        "gang-suspended-while-running-then-resumed",
+        (nothing, ranks_run(1), suspend(True), wait(60), suspend(False), ranks_run(2), ranks_exit(2, 0)),
+        "Succeeded",
+        "Completed",
+        spec=GANG,
+    ),
+    Scenario(
+        "gang-kueue-queued-then-admitted",
+        (queued, nothing, kueue_waits(1), wait(600), ranks_admit(1), ranks_run(1), ranks_exit(1, 0)),
+        "Succeeded",
+        "Completed",
+        spec=GANG,
+    ),
+    Scenario(
+        "gang-kueue-preempted-then-resumed",
+        (
+            queued,
+            ranks_admit(1),
+            ranks_run(1),
+            ranks_preempt(1),
+            wait(5),
+            ranks_stopped(1),
+            ranks_admit(2),
+            ranks_exit(2, 0),
+        ),
+        "Succeeded",
+        "Completed",
+        spec={**GANG, "runPolicy": {"backoffLimit": 0}},
     ),
     Scenario(
         "ttl-after-success",

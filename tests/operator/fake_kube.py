@@ -29,6 +29,7 @@ from finetune_operator.api import (
     KUEUE_QUEUE_NAME,
     LABEL_ATTEMPT,
     LABEL_JOB,
+    LABEL_RANK,
 )
 from finetune_operator.job_status import now_iso
 from finetune_operator.kube import event_name
@@ -101,6 +102,10 @@ class FakeKube:
     # A fake Kueue's webhook: pods with a queue label in these namespaces are gated and labelled.
     kueue_namespaces: set[str] = field(default_factory=set)
     workloads: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    config_maps: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    pod_groups: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    # Pod IPs the fake network hands out (a scheduled pod gets the next one).
+    _ip: int = 10
     _rv: int = 100
     _uid: int = 0
     _crash: tuple[int, str] | None = None
@@ -170,6 +175,11 @@ class FakeKube:
         found = self.workloads.get((namespace, name))
         return copy.deepcopy(found) if found is not None else None
 
+    def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self._read()
+        found = self.config_maps.get((namespace, name))
+        return copy.deepcopy(found) if found is not None else None
+
     def can_i(self, verb: str, resource: str, namespace: str, group: str = "") -> bool:
         self._read()
         return self.allowed(verb, resource, namespace)
@@ -237,8 +247,37 @@ class FakeKube:
                 pod["metadata"]["resourceVersion"] = self._next_rv()
             else:
                 del self.pods[(namespace, name)]
+                self.collect_garbage()
 
         self._write("delete_pod", name, uid, apply)
+
+    def create_config_map(self, config_map: dict[str, Any]) -> dict[str, Any]:
+        meta = config_map["metadata"]
+        key = (meta["namespace"], meta["name"])
+
+        def apply() -> dict[str, Any]:
+            if key in self.config_maps:
+                raise api_error(409, "AlreadyExists", f'configmaps "{key[1]}" already exists')
+            stored = copy.deepcopy(config_map)
+            stored["metadata"].update(uid=self._next_uid("cm"), resourceVersion=self._next_rv())
+            self.config_maps[key] = stored
+            return copy.deepcopy(stored)
+
+        return self._write("create_configmap", key[1], config_map, apply)
+
+    def create_pod_group(self, group: dict[str, Any]) -> dict[str, Any]:
+        meta = group["metadata"]
+        key = (meta["namespace"], meta["name"])
+
+        def apply() -> dict[str, Any]:
+            if key in self.pod_groups:
+                raise api_error(409, "AlreadyExists", f'podgroups "{key[1]}" already exists')
+            stored = copy.deepcopy(group)
+            stored["metadata"].update(uid=self._next_uid("pg"), resourceVersion=self._next_rv())
+            self.pod_groups[key] = stored
+            return copy.deepcopy(stored)
+
+        return self._write("create_podgroup", key[1], group, apply)
 
     def delete_job(self, namespace: str, name: str, uid: str) -> None:
         def apply() -> None:
@@ -296,15 +335,24 @@ class FakeKube:
         self.collect_garbage()
 
     def collect_garbage(self) -> None:
+        """Objects whose owners are all gone: pods and PodGroups of deleted jobs, ConfigMaps of
+        deleted pods."""
         uids = {j["metadata"]["uid"] for j in self.jobs.values()}
-        for key, pod in list(self.pods.items()):
-            owners = [o["uid"] for o in pod["metadata"].get("ownerReferences") or []]
-            if owners and not set(owners) & uids:
-                del self.pods[key]
+        for store in (self.pods, self.pod_groups):
+            for key, obj in list(store.items()):
+                owners = [o["uid"] for o in obj["metadata"].get("ownerReferences") or []]
+                if owners and not set(owners) & uids:
+                    del store[key]
+        pod_uids = {p["metadata"]["uid"] for p in self.pods.values()}
+        for key, obj in list(self.config_maps.items()):
+            owners = [o["uid"] for o in obj["metadata"].get("ownerReferences") or []]
+            if owners and not set(owners) & pod_uids:
+                del self.config_maps[key]
 
-    def job_pods(self, namespace: str, name: str) -> dict[int, dict[str, Any]]:
+    def job_pods(self, namespace: str, name: str) -> dict[tuple[int, int], dict[str, Any]]:
+        """(attempt, rank) -> pod."""
         return {
-            int(p["metadata"]["labels"][LABEL_ATTEMPT]): p
+            (int(p["metadata"]["labels"][LABEL_ATTEMPT]), int(p["metadata"]["labels"].get(LABEL_RANK, 0))): p
             for (ns, _), p in self.pods.items()
             if ns == namespace and p["metadata"]["labels"].get(LABEL_JOB) == name
         }
@@ -316,6 +364,12 @@ class FakeKube:
         pod = self.pods[(namespace, name)]
         if node is not None:
             pod.setdefault("spec", {})["nodeName"] = node
+        ip = (pod.get("status") or {}).get("podIP")
+        if not ip and (pod.get("spec") or {}).get("nodeName") and status.get("phase") == "Running":
+            self._ip += 1
+            ip = f"10.244.0.{self._ip}"  # the network gives a started pod its IP
+        if ip and status.get("phase") in ("Pending", "Running"):
+            status = {**status, "podIP": ip}
         pod["status"] = status
         pod["metadata"]["resourceVersion"] = self._next_rv()
 
@@ -368,6 +422,7 @@ class FakeKube:
         if self.pods[(namespace, name)]["status"].get("phase") != "Running":
             self.run(namespace, name)
         terminated = {"exitCode": exit_code, "reason": reason or ("Completed" if exit_code == 0 else "Error")}
+        terminated["finishedAt"] = now_iso(self.clock())
         if message:
             terminated["message"] = message
         status: dict[str, Any] = {

@@ -175,7 +175,9 @@ specs: st.SearchStrategy[dict[str, Any]] = st.fixed_dictionaries(
             seed=ints(0, 2**31 - 1, -1, 2**31),
             numWorkers=ints(0, 64, -1, 65),
         ),
-        "resources": optional(gpus=ints(0, 16, -1, 17), cpu=quantity, memory=quantity),
+        "resources": optional(
+            gpus=ints(0, 16, -1, 17), nodes=ints(1, 3, 0, 65), cpu=quantity, memory=quantity
+        ),
         "runPolicy": optional(
             backoffLimit=ints(0, 100, -1, 101),
             activeDeadlineSeconds=ints(1, 10**7, 0, 0),

@@ -37,6 +37,12 @@ ALLOWED = {
     ("", "pods/log"): {"get"},
     ("", "events"): {"create"},
     ("kueue.x-k8s.io", "workloads"): {"get"},
+    ("", "configmaps"): {"get", "create"},
+}
+# Only with operator.gangScheduler set: create on that scheduler's PodGroups, nothing else.
+GANG_RULES = {
+    "coscheduling": {("scheduling.x-k8s.io", "podgroups"): {"create"}},
+    "volcano": {("scheduling.volcano.sh", "podgroups"): {"create"}},
 }
 # Leader election: one Lease, in the release namespace only, by name where RBAC allows it.
 LEASES = ("coordination.k8s.io", "leases")
@@ -100,6 +106,8 @@ def test_helm_lint_strict_is_clean(values: list[str]) -> None:
         (["--set", "replicaCount=0"], "at '/replicaCount': minimum: got 0, want 1"),
         (["--set", "leaderElection.leaseDurationSeconds=0"], "at '/leaderElection/leaseDurationSeconds'"),
         (["--set", "podDisruptionBudget.maxUnavailable=0"], "at '/podDisruptionBudget/maxUnavailable'"),
+        (["--set", "operator.gangScheduler=kube-batch"], "at '/operator/gangScheduler'"),
+        (["--set", "operator.schedulerName=My_Scheduler"], "at '/operator/schedulerName'"),
     ],
     ids=[
         "wrong-type",
@@ -112,6 +120,8 @@ def test_helm_lint_strict_is_clean(values: list[str]) -> None:
         "no-replicas",
         "zero-lease",
         "pdb-blocks-drains",
+        "bad-gang-scheduler",
+        "bad-scheduler-name",
     ],
 )
 def test_values_schema_rejects_bad_values_with_a_clear_message(values: list[str], expected: str) -> None:
@@ -331,6 +341,28 @@ def test_deployment_meets_pod_security_restricted_and_carries_the_settings() -> 
     (svc,) = by_kind(docs, "Service")
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
     assert svc["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+
+
+@pytest.mark.parametrize("scheduler", ["", "coscheduling", "volcano"])
+@pytest.mark.parametrize("namespaced", [False, True], ids=["clusterwide", "namespaced"])
+def test_pod_group_rights_only_with_a_gang_scheduler(scheduler: str, namespaced: bool) -> None:
+    from finetune_operator import config
+
+    values = f"operator.gangScheduler={scheduler}" + (",watchNamespaces={team-a}" if namespaced else "")
+    docs = documents(render("--set", values))
+    roles = [
+        r
+        for r in by_kind(docs, "ClusterRole") + by_kind(docs, "Role")
+        if not r["metadata"]["name"].endswith("-leader-election")
+    ]
+    assert roles
+    for role in roles:
+        grants = _grants(role["rules"])
+        assert {k: v for k, v in grants.items() if k not in ALLOWED} == GANG_RULES.get(scheduler, {})
+        assert grants[("", "configmaps")] == {"get", "create"}, "never delete, update or list ConfigMaps"
+    (deployment,) = by_kind(docs, "Deployment")
+    parsed = config.parse_config([], _env(deployment))
+    assert parsed.gang_scheduler == scheduler
 
 
 def test_operator_settings_in_the_chart_are_ones_the_operator_reads() -> None:

@@ -54,6 +54,8 @@ def test_empty_or_star_namespaces_mean_all(value):
         (["--namespaces", "a,,b"], {}, "empty name"),
         (["--run-as-user", "0"], {}, "--run-as-user: must be a non-zero uid"),
         (["--trainer-image", " "], {}, "--trainer-image / PFO_TRAINER_IMAGE: must not be empty"),
+        ([], {"PFO_GANG_SCHEDULER": "yunikorn"}, "--gang-scheduler / PFO_GANG_SCHEDULER: 'yunikorn' is not"),
+        (["--scheduler-name", "My Scheduler"], {}, "--scheduler-name / PFO_SCHEDULER_NAME: 'My Scheduler'"),
         (["--scheduling-timeout", "-1"], {}, "--scheduling-timeout: must be >= 0 seconds"),
         (["--start-timeout", "0"], {}, "--start-timeout: must be a number of seconds > 0"),
         (
@@ -206,3 +208,9 @@ def test_bad_leader_election_values_name_the_flag_and_the_variable(argv, fragmen
     with pytest.raises(ConfigError) as info:
         parse_config(argv, {})
     assert fragment in str(info.value)
+
+
+def test_gang_scheduler_settings():
+    assert (parse_config([], {}).gang_scheduler, parse_config([], {}).scheduler_name) == ("", "")
+    config = parse_config(["--gang-scheduler", "volcano"], {"PFO_SCHEDULER_NAME": "volcano"})
+    assert (config.gang_scheduler, config.scheduler_name) == ("volcano", "volcano")

@@ -4,8 +4,9 @@ continues on what the fake API holds. Systematic: the crash-free run of a scenar
 writes of each pass, and every (pass, write, before/after) is one case.
 
 Invariants, checked on every case:
-* one pod per attempt: no pod name is ever created twice, attempts are numbered 1..n with none
-  skipped, and a pod is never created while another pod of the job may still run;
+* one pod per rank of each attempt: no pod name is ever created twice, none is left uncreated
+  (a crash between two ranks' creations), attempts are numbered 1..n with none skipped, and a
+  pod is never created while a pod of another attempt of the job may still run;
 * no pod left behind: a finished job has no pod that may still run;
 * failures counted exactly once: failedAttempts ends where the crash-free run's does;
 * no transition lost or reported twice: the case's Events are the crash-free run's, in order (a
@@ -17,8 +18,9 @@ Invariants, checked on every case:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -26,7 +28,7 @@ from finetune_operator.metrics import Metrics
 
 from tests.operator.crash_scenarios import SCENARIOS, Scenario
 from tests.operator.fake_kube import Crash
-from tests.operator.reconcile_kit import NAME, NS, World
+from tests.operator.reconcile_kit import CONFIG, NAME, NS, World
 
 KEYS = ("phase", "reason", "attempts", "endedAttempts", "failedAttempts", "podName", "metrics")
 
@@ -47,13 +49,14 @@ class Run:
 def play(scenario: Scenario, crash: tuple[int, int, str] | None = None) -> Run:
     """Play the scenario, reconciling after every step until a pass writes nothing; with `crash`
     = (pass, write, when), the process dies there once and a new one takes over."""
-    world = World(**scenario.spec)
+    world = World(replace(CONFIG, **scenario.config), **scenario.spec)
     kube = world.kube
     out = Run()
     create = kube.create_pod
 
     def create_checked(pod: dict[str, Any]) -> dict[str, Any]:
-        running = kube.active_pods(NS, NAME)
+        attempt = attempt_of(pod["metadata"]["name"])
+        running = [n for n in kube.active_pods(NS, NAME) if attempt_of(n) != attempt]
         if running:
             out.problems.append(f"{pod['metadata']['name']} created while {running} may still run")
         return create(pod)
@@ -97,6 +100,11 @@ def play(scenario: Scenario, crash: tuple[int, int, str] | None = None) -> Run:
     return out
 
 
+def attempt_of(pod_name: str) -> int:
+    """The attempt in a pod's name (<job>-attempt-<n>, or <job>-attempt-<n>-rank-<r>)."""
+    return int(re.search(r"-attempt-(\d+)(-rank-\d+)?$", pod_name).group(1))  # type: ignore[union-attr]
+
+
 def crash_points(reference: Run) -> Iterator[tuple[int, int, str]]:
     for number, writes in enumerate(reference.writes_per_pass):
         for index in range(writes):
@@ -108,9 +116,11 @@ def check(scenario: Scenario, reference: Run, case: Run) -> list[str]:
     problems = list(case.problems)
     if len(set(case.created)) != len(case.created):
         problems.append(f"a pod was created twice: {case.created}")
-    attempts = [int(n.rsplit("-", 1)[1]) for n in case.created]
-    if attempts != list(range(1, len(attempts) + 1)):
+    attempts = sorted({attempt_of(n) for n in case.created})
+    if [attempt_of(n) for n in case.created] != sorted(attempt_of(n) for n in case.created):
         problems.append(f"attempts out of order: {case.created}")
+    if attempts != list(range(1, len(attempts) + 1)):
+        problems.append(f"attempts skipped: {case.created}")
     if case.created != reference.created:
         problems.append(f"pods {case.created}, without the crash {reference.created}")
     if case.final != reference.final:
@@ -155,6 +165,14 @@ def test_the_crash_points_cover_every_kind_of_write() -> None:
         reference = play(scenario)
         verbs |= reference.verbs
         total += 2 * sum(reference.writes_per_pass)
-    assert verbs == {"create_pod", "delete_pod", "patch_status", "delete_job", "event"}
+    assert verbs == {
+        "create_pod",
+        "delete_pod",
+        "patch_status",
+        "delete_job",
+        "event",
+        "create_configmap",
+        "create_podgroup",
+    }
     print(f"{len(SCENARIOS)} scenarios, {total // 2} writes, {total} crash points")
     assert total >= 400

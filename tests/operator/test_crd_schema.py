@@ -132,6 +132,7 @@ def test_printer_columns() -> None:
     wide = [(c["name"].upper(), c["jsonPath"]) for c in columns if c.get("priority", 0) == 1]
     assert wide == [
         ("ATTEMPTS", ".status.attempts"),
+        ("NODES", ".spec.resources.nodes"),
         ("MODEL", ".spec.model.architecture"),
         ("MESSAGE", ".status.message"),
     ]
@@ -151,6 +152,7 @@ def test_examples_are_fine_tune_jobs_or_claims() -> None:
         "flowers102-resnet50_vd_ssld-40epochs.yaml",
         "flowers102-pvc.yaml",
         "demo-digits.yaml",
+        "flowers102-resnet50_vd-2x8gpu.yaml",
     } <= names
     kueue = {"ResourceFlavor", "ClusterQueue", "LocalQueue", "WorkloadPriorityClass"}
     for path, doc in docs:
@@ -160,6 +162,16 @@ def test_examples_are_fine_tune_jobs_or_claims() -> None:
         assert doc["kind"] in {"FineTuneJob", "PersistentVolumeClaim"}, path
         if doc["kind"] == "FineTuneJob":
             assert doc["apiVersion"] == f"{crd.GROUP}/{crd.VERSION}", path
+
+
+def test_the_multi_node_example_keeps_the_recipes_global_batch() -> None:
+    (job,) = [d for p, d in crd.example_docs() if p.name == "flowers102-resnet50_vd-2x8gpu.yaml"]
+    (single,) = [d for p, d in crd.example_docs() if p.name == "flowers102-resnet50_vd.yaml"]
+    resources, training = job["spec"]["resources"], job["spec"]["training"]
+    assert (resources["nodes"], resources["gpus"]) == (2, 8)
+    global_batch = training["batchSize"] * resources["nodes"] * resources["gpus"]
+    assert global_batch == single["spec"]["training"]["batchSize"] * single["spec"]["resources"]["gpus"]
+    assert training["learningRate"] == single["spec"]["training"]["learningRate"]
 
 
 def test_flowers102_examples_follow_the_guides_recipe() -> None:

@@ -122,6 +122,10 @@ INVALID = [
     ("epochs-too-many", {"training.epochs": 1001}, "spec.training.epochs", "less than or equal to 1000"),
     ("batch-too-big", {"training.batchSize": 5000}, "spec.training.batchSize", "less than or equal to 4096"),
     ("gpus-too-many", {"resources.gpus": 17}, "spec.resources.gpus", "less than or equal to 16"),
+    ("nodes-zero", {"resources.nodes": 0}, "spec.resources.nodes", "greater than or equal to 1"),
+    ("nodes-too-many", {"resources.nodes": 65}, "spec.resources.nodes", "less than or equal to 64"),
+    ("nodes-string", {"resources.nodes": "2"}, "spec.resources.nodes", "must be of type integer"),
+    ("nodes-float", {"resources.nodes": 1.5}, "spec.resources.nodes", "must be of type integer"),
     ("num-classes-one", {"dataset.numClasses": 1}, "spec.dataset.numClasses", "greater than or equal to 2"),
     ("image-size-small", {"dataset.imageSize": 16}, "spec.dataset.imageSize", "greater than or equal to 32"),
     ("learning-rate-zero", {"training.learningRate": 0}, "spec.training.learningRate", "greater than 0"),
@@ -466,6 +470,8 @@ def test_the_guides_94_96_run_keeps_its_recipe_through_the_api_server(
         {"dataset.volume": {"csi": {"driver": "s3.csi.example.com", "volumeAttributes": {"bucket": "x"}}}},
         {"training.epochs": 1, "training.warmupEpochs": 0, "training.learningRate": 0.001},
         {"resources.cpu": 4, "resources.memory": "16Gi", "resources.gpus": 8},
+        {"resources.nodes": 64, "resources.gpus": 8},
+        {"resources.nodes": 2, "resources.gpus": 0},  # CPU ranks (gloo): the local cluster's real node
         {"finetune.lrMultList": [0.1, 0.1, 0.2, 0.2, 0.3]},
         {"template": {"affinity": {"nodeAffinity": {}}, "imagePullSecrets": [{"name": "registry"}]}},
         {
@@ -488,6 +494,8 @@ def test_the_guides_94_96_run_keeps_its_recipe_through_the_api_server(
         "csi-volume",
         "one-epoch",
         "resources",
+        "64-nodes-of-8-gpus",
+        "cpu-ranks",
         "lr-mult-list",
         "template",
         "labels-annotations-tolerations",
@@ -530,7 +538,7 @@ def test_minimal_job_gets_the_documented_defaults(objects: Any, namespace: str) 
         "seed": 0,
         "numWorkers": 2,
     }
-    assert spec["resources"] == {"gpus": 1}
+    assert spec["resources"] == {"gpus": 1, "nodes": 1}
     assert spec["runPolicy"] == {"backoffLimit": 2, "suspend": False, "terminationGracePeriodSeconds": 120}
     assert "template" not in spec and "image" not in spec
 
@@ -547,10 +555,11 @@ def _patch(objects: Any, namespace: str, name: str, body: dict[str, Any]) -> dic
         ({"spec": {"dataset": {"numClasses": 11}}}, "spec.dataset"),
         ({"spec": {"finetune": {"freeze": "none"}}}, "spec.finetune"),
         ({"spec": {"resources": {"gpus": 2}}}, "spec.resources"),
+        ({"spec": {"resources": {"nodes": 2}}}, "spec.resources"),
         ({"spec": {"output": {"subPath": "elsewhere"}}}, "spec.output"),
         ({"spec": {"image": "registry.example.com/trainer:2"}}, "spec.image"),
     ],
-    ids=["training", "model", "dataset", "finetune", "resources", "output", "image-added"],
+    ids=["training", "model", "dataset", "finetune", "resources", "nodes", "output", "image-added"],
 )
 def test_spec_is_immutable_after_creation(
     objects: Any, namespace: str, patch: dict[str, Any], field: str
@@ -675,9 +684,10 @@ def test_kubectl_get_shows_the_columns(cluster: Any, objects: Any, namespace: st
     assert lines[0].split() == ["NAME", "PHASE", "EPOCH", "TOP1", "AGE"], lines
     assert lines[1].split()[:4] == ["shown", "Succeeded", "20/20", "0.9402"], lines
     wide = cluster.kubectl("get", "ftj", "-o", "wide", namespace=namespace).stdout.splitlines()
-    assert wide[0].split() == ["NAME", "PHASE", "EPOCH", "TOP1", "AGE", "ATTEMPTS", "MODEL", "MESSAGE"], wide
+    header = ["NAME", "PHASE", "EPOCH", "TOP1", "AGE", "ATTEMPTS", "NODES", "MODEL", "MESSAGE"]
+    assert wide[0].split() == header, wide
     row = wide[1].split()
-    assert row[5:] == ["2", "ResNet50_vd", "finished", "20", "epochs"], wide
+    assert row[5:] == ["2", "1", "ResNet50_vd", "finished", "20", "epochs"], wide
     # The condition is standard: kubectl wait understands it.
     cluster.kubectl("wait", "--for=condition=Succeeded", "--timeout=10s", "ftj/shown", namespace=namespace)
 

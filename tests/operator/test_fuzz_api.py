@@ -6,6 +6,8 @@
   "restricted"), or be refused by the operator itself with the field named (hostPath volumes,
   which this installation does not allow by default). A spec the CRD lets through but a pod
   cannot carry would fail only once the operator tries, long after `kubectl apply` said yes.
+  Every spec is also rendered as a multi-node attempt (2..64 nodes) and its rank pods (0, 1 and
+  the last) go through the same dry run, although this version still refuses nodes > 1.
 * Whatever a trainer writes as its result (tests/contract/strategies.py: results of every type
   and range, and hostile JSON: wrong types, huge or non-finite numbers, unknown keys), the
   status patch the reconciler sends for it is one the API server accepts (dry-run patch of a
@@ -22,9 +24,10 @@ from typing import Any
 
 import pytest
 from finetune_contract import SettingsError, encode_result, format_progress
+from finetune_operator.api import LABEL_RANK
 from finetune_operator.config import OperatorConfig
 from finetune_operator.kube import ApiStatus
-from finetune_operator.pod import render_pod
+from finetune_operator.pod import render_attempt
 from finetune_operator.refusal import classify
 from finetune_operator.spec_checks import refused
 from finetune_operator.trainer_settings import trainer_settings
@@ -75,9 +78,9 @@ def _refusal(api: KubeRest, method: str, path: str, body: Any, **params: str) ->
 
 
 @settings(FUZZ, max_examples=400)
-@given(spec=specs)
+@given(spec=specs, more_nodes=st.integers(2, 64))
 def test_every_spec_the_api_server_accepts_runs_as_a_pod_it_accepts(
-    api: KubeRest, restricted: str, spec: dict
+    api: KubeRest, restricted: str, spec: dict, more_nodes: int
 ) -> None:
     job = {"apiVersion": f"{crd.GROUP}/{crd.VERSION}", "kind": "FineTuneJob", "metadata": {"name": "fuzz"}}
     job["spec"] = spec
@@ -97,11 +100,31 @@ def test_every_spec_the_api_server_accepts_runs_as_a_pod_it_accepts(
     except SettingsError as exc:
         pytest.fail(f"the API server accepted a spec the trainer cannot run: {exc}\n{json.dumps(spec)}")
     why = refused(accepted, CONFIG)
+    nodes = accepted["spec"]["resources"]["nodes"]
+    if why is not None and nodes > 1:
+        # Refused until the reconciler runs gangs, but its rank pods must be valid already.
+        event("multi-node: refused by this version; every rank pod checked")
+        assert why.startswith("spec.resources.nodes: "), why
+        why = refused({**accepted, "spec": {**accepted["spec"], "resources": {"nodes": 1}}}, CONFIG)
     if why is not None:
         event("refused by the operator (hostPath)")
         assert "hostPath" in json.dumps(spec) and why.startswith("spec.") and ".hostPath:" in why
         return
-    manifest = render_pod(accepted, 1, CONFIG)
+    # The spec as it is, and (a single-node one) as a multi-node job: nodes is independent of
+    # every other field, so the CRD accepts it with any 2..64 as well.
+    variants = [accepted]
+    if nodes == 1:
+        variants.append(copy.deepcopy(accepted))
+        variants[1]["spec"]["resources"]["nodes"] = more_nodes
+    for variant in variants:
+        count = variant["spec"]["resources"]["nodes"]
+        pods = render_attempt(variant, 1, CONFIG)
+        assert len(pods) == count
+        for rank in sorted({0, 1, count - 1} & set(range(count))):  # ranks 1.. differ only in the number
+            _pod_accepted(api, restricted, pods[rank], spec)
+
+
+def _pod_accepted(api: KubeRest, restricted: str, manifest: dict[str, Any], spec: dict[str, Any]) -> None:
     message = _refusal(api, "POST", f"/api/v1/namespaces/{restricted}/pods", manifest)
     if message is not None and 'restricted volume type "nfs"' in message:
         # "restricted" allows no nfs volume (the CRD says so): the operator must call it that.
@@ -113,7 +136,7 @@ def test_every_spec_the_api_server_accepts_runs_as_a_pod_it_accepts(
     assert message is None, (
         f"the API server accepted the job but refuses its pod: {message}\nspec: {json.dumps(spec)}"
     )
-    event("pod accepted")
+    event(f"pod accepted ({'rank 0' if manifest['metadata']['labels'][LABEL_RANK] == '0' else 'rank >= 1'})")
 
 
 # --------------------------------------------------------------------------------------------

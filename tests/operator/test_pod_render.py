@@ -39,6 +39,7 @@ def test_name_labels_and_owner_reference():
     assert meta["labels"] == {
         "finetune.paddle.dev/job-name": "flowers",
         "finetune.paddle.dev/attempt": "2",
+        "finetune.paddle.dev/rank": "0",
         "app.kubernetes.io/managed-by": "paddle-finetune-operator",
     }
     assert meta["ownerReferences"] == [
@@ -87,8 +88,8 @@ def test_several_gpus_use_paddle_distributed_launch():
         "python",
         "-m",
         "paddle.distributed.launch",
-        "--devices",
-        "0,1,2,3",
+        "--nproc_per_node",
+        "4",
         "--log_dir",
     ]
     assert c["command"][6] == "/output/team-a/flowers/0b6c1a4e-6f3e-4b6e-9d59-8a6f0f8d2c11/launch-logs"

@@ -512,6 +512,19 @@ CASES = [
         deleted=[pod(1)],
     ),
     Case(
+        "a multi-node job starts all its ranks at once",
+        spec={"resources": {"nodes": 2, "gpus": 8}},
+        expect={
+            "phase": "Pending",
+            "reason": "PodCreated",
+            "attempts": 1,
+            "podName": f"{pod(1)}-rank-0",
+            "ranks": {"attempt": 1, "pending": 2, "running": 0, "succeeded": 0, "failed": 0},
+        },
+        created=[f"{pod(1)}-rank-0", f"{pod(1)}-rank-1"],
+        events=["PodCreated"],
+    ),
+    Case(
         "hostPath volumes where the installation allows them",
         spec={"output": {"volume": {"hostPath": {"path": "/srv/out"}}}},
         config={"allow_host_path": True},

@@ -91,6 +91,21 @@ def test_contract_rejects_what_the_crd_let_through_naming_the_field():
         trainer_settings(job(finetune={"freeze": "stages"}))
 
 
+@pytest.mark.parametrize(
+    ("resources", "world"),
+    [
+        ({}, (1, 1)),  # the CRD's defaults: one node, one GPU
+        ({"gpus": 0}, (1, 1)),  # one CPU process
+        ({"gpus": 8}, (1, 8)),
+        ({"nodes": 3, "gpus": 8}, (3, 8)),
+        ({"nodes": 2, "gpus": 0}, (2, 1)),  # CPU ranks: one process per pod
+    ],
+)
+def test_the_world_is_the_pods_times_their_processes(resources, world):
+    w = trainer_settings(job(resources=resources)).world
+    assert (w.nodes, w.processesPerNode) == world
+
+
 def test_every_job_has_a_folder_of_its_own():
     """Jobs whose names join to the same text, and a job created again with its old name, each
     get their own folder; the path's parts stay within a file name's 255 bytes."""

@@ -26,7 +26,7 @@ from finetune_operator.pod import pod_selector
 from tests.operator.crash_scenarios import SCENARIOS, Scenario
 from tests.operator.fake_kube import Crash, FakeKube, api_error
 from tests.operator.reconcile_kit import NAME, NS, World
-from tests.operator.test_crash_points import KEYS, play
+from tests.operator.test_crash_points import KEYS, attempt_of, play
 
 SEEDS = range(8)
 
@@ -121,8 +121,10 @@ def play_cached(scenario: Scenario, seed: int, crash: tuple[int, int, str] | Non
 
     def create_checked(pod: dict[str, Any]) -> dict[str, Any]:
         # A pod may be asked for under the name of one the cache does not show (the API server
-        # refuses it: 409); one that is created must be the only one that may run.
-        running = kube.active_pods(NS, NAME)
+        # refuses it: 409); one that is created must be the only attempt that may run (the ranks
+        # of one attempt run together).
+        attempt = attempt_of(pod["metadata"]["name"])
+        running = [n for n in kube.active_pods(NS, NAME) if attempt_of(n) != attempt]
         created = create(pod)
         if running:
             out.problems.append(f"{pod['metadata']['name']} created while {running} may still run")
@@ -453,4 +455,4 @@ def test_a_pod_deleted_during_a_watch_gap_is_noticed_without_waiting_for_the_swe
     assert reconciler.reconcile(NS, NAME) == 2.0  # waits for the pod the cache shows
     world.clock.advance(20)  # past its deletion deadline (the fake's grace period is none)
     reconciler.reconcile(NS, NAME)
-    assert kube.job_pods(NS, NAME).keys() == {3}  # the next attempt, after a fresh look
+    assert kube.job_pods(NS, NAME).keys() == {(3, 0)}  # the next attempt, after a fresh look

@@ -283,7 +283,7 @@ def test_only_rank_zero_writes(dataset, tmp_path, monkeypatch, capsys):
         def is_main(self):
             return False
 
-    monkeypatch.setattr(setup, "setup_distributed", lambda: NotMain())
+    monkeypatch.setattr(setup, "setup_distributed", lambda world=None: NotMain())
     out = tmp_path / "out"
     result = train.run(tiny_settings(dataset, out, training__epochs=1))
     assert result.exitCode == 0

@@ -26,6 +26,7 @@ from finetune_contract import EXIT_CHECKPOINT_REFUSED, EXIT_NON_FINITE_LOSS
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
+from . import ranks
 from .data import CORRUPT_LABEL, CorruptImageCounter, ImageDataset, make_loader
 from .export import LABELS_FILE, export_inference, write_labels
 from .freeze import freeze_batchnorm_stats
@@ -72,17 +73,21 @@ def train_step(
     labels: paddle.Tensor,
     amp_dtype: str | None,
     label_smoothing: float,
+    weight: float = 1.0,
 ) -> tuple[paddle.Tensor, paddle.Tensor]:
-    """One forward/backward/update; returns the (unscaled) loss and the logits."""
+    """One forward/backward/update; returns the (unscaled) loss and the logits. ``weight`` 0
+    makes a step that contributes nothing (a rank whose batch was all corrupt images must still
+    take part in the gradient all-reduce)."""
     with paddle.amp.auto_cast(enable=amp_dtype is not None, level="O1", dtype=amp_dtype or "float16"):
         logits = model(images)
     loss = F.cross_entropy(logits.astype("float32"), labels, label_smoothing=label_smoothing)
+    objective = loss * weight if weight != 1.0 else loss
     if scaler is not None:
-        scaler.scale(loss).backward()
+        scaler.scale(objective).backward()
         scaler.step(optimizer)
         scaler.update()
     else:
-        loss.backward()
+        objective.backward()
         optimizer.step()
     optimizer.clear_grad()
     return loss, logits
@@ -191,13 +196,16 @@ def train(s: Session, guard: SigtermGuard) -> None:
                 s.amp_dtype,
                 s.counter,
                 s.dist,
-                stop=lambda: guard.requested,
+                # One rank abandoning it alone would leave the others waiting in the sum of
+                # the counts (their shards differ in batches): several ranks finish it and
+                # agree on stopping after the checkpoint (stop_agreed).
+                stop=(lambda: guard.requested) if s.dist.world_size == 1 else None,
             )
         except Interrupted:
             save_interrupted(s, trained)  # the epoch's training is done: evaluate it next time
             raise
         end_epoch(s, trained, metrics)
-        if guard.requested:  # arrived during evaluation or saving: this epoch's checkpoint is complete
+        if stop_agreed(s, guard):  # arrived during evaluation or saving: this epoch's checkpoint is complete
             raise Interrupted(f"received SIGTERM; stopped after epoch {s.state.epoch} (checkpoint saved)")
     guard.in_loop = False
     s.visuals.finish()
@@ -205,9 +213,16 @@ def train(s: Session, guard: SigtermGuard) -> None:
         export_best(s)
 
 
+def stop_agreed(s: Session, guard: SigtermGuard) -> bool:
+    """Whether any rank received SIGTERM: every rank asks at the same points and stops at the
+    same step (one rank stopping alone would leave the others blocked in a collective)."""
+    (requested,) = ranks.sum_over_ranks([1.0 if guard.requested else 0.0], s.dist)
+    return requested > 0
+
+
 @dataclass
 class EpochTraining:
-    """What one epoch of training saw (this rank)."""
+    """What one epoch of training saw (all ranks)."""
 
     images: int = 0
     loss_sum: float = 0.0
@@ -219,11 +234,12 @@ class EpochTraining:
     def mean_loss(self) -> float:
         return self.loss_sum / max(self.images, 1)
 
-    def count_hits(self, logits: paddle.Tensor, labels: paddle.Tensor) -> None:
+    @staticmethod
+    def hits(logits: paddle.Tensor, labels: paddle.Tensor) -> tuple[int, int]:
+        """A batch's top-1 and top-min(5, classes) hits."""
         top = paddle.topk(logits, k=min(5, logits.shape[1]), axis=1)[1]
         hits = (top == labels.reshape([-1, 1]).astype(top.dtype)).astype("int64")
-        self.correct1 += int(hits[:, 0].sum())
-        self.correct5 += int(hits.sum())
+        return int(hits[:, 0].sum()), int(hits.sum())
 
     @property
     def top1(self) -> float:
@@ -249,29 +265,39 @@ def train_epoch(s: Session, guard: SigtermGuard) -> EpochTraining:
     bar = _progress_bar(s)
     try:
         for images, labels, indices in loader:
-            if guard.requested:
-                raise Interrupted()
             batch = split_corrupt(images, labels, indices, s.train_set, s.counter)
+            loss_sum, count, hits = 0.0, 0, (0, 0)
             if batch is not None:
                 loss, logits = train_step(
                     s.net, s.optimizer, s.scaler, batch[0], batch[1], s.amp_dtype, t.labelSmoothing
                 )
-                loss_value = _finite_loss(s, float(loss))
                 count = int(batch[1].shape[0])
-                seen.images += count
-                seen.loss_sum += loss_value * count
-                seen.count_hits(logits, batch[1])
+                loss_sum = float(loss) * count
+                hits = seen.hits(logits, batch[1])
+            elif s.dist.world_size > 1:  # nothing usable here, but the other ranks all-reduce
+                blank = paddle.zeros_like(labels)
+                train_step(s.net, s.optimizer, s.scaler, images, blank, s.amp_dtype, 0.0, weight=0.0)
+            # The step over all ranks (loss, images, hits), and whether any rank received SIGTERM.
+            loss_sum, count, top1, top5, stop = ranks.sum_over_ranks(
+                [loss_sum, count, *hits, float(guard.requested)], s.dist
+            )
+            if count:
+                _finite_loss(s, loss_sum / count)
+                seen.images += int(count)
+                seen.loss_sum += loss_sum
+                seen.correct1 += int(top1)
+                seen.correct5 += int(top5)
             used_lr = s.scheduler.last_lr
             s.scheduler.step()
             state.stepInEpoch += 1
             state.globalStep += 1
             bar.update(1)
             if state.stepInEpoch % t.logEverySteps == 0 and seen.images:
-                rate = seen.images * s.dist.world_size / max(time.perf_counter() - tick, 1e-9)
+                rate = seen.images / max(time.perf_counter() - tick, 1e-9)
                 bar.set_postfix(loss=f"{seen.mean_loss:.4f}", img_s=f"{rate:.1f}", refresh=False)
                 s.visuals.step(state.globalStep, used_lr, seen.mean_loss, seen.top1, seen.top5)
-        if guard.requested:
-            raise Interrupted()
+            if stop:
+                raise Interrupted()
     except Interrupted:
         seen.seconds = time.perf_counter() - tick
         save_interrupted(s, seen)
@@ -308,11 +334,11 @@ def _finite_loss(s: Session, value: float) -> float:
 
 def end_epoch(s: Session, trained: EpochTraining, metrics: dict[str, float]) -> None:
     """Book the finished epoch: history, best model, checkpoint, log and progress lines."""
-    state, world = s.state, s.dist.world_size
+    state = s.state
     state.epoch += 1
     state.stepInEpoch = 0
     state.epochTraining = {}
-    state.trainImages += trained.images * world
+    state.trainImages += trained.images  # over all ranks
     state.trainSeconds += trained.seconds
     record = {
         "epoch": state.epoch,
@@ -321,8 +347,8 @@ def end_epoch(s: Session, trained: EpochTraining, metrics: dict[str, float]) -> 
         "valLoss": round(metrics["loss"], 6),
         "valImages": metrics["count"],  # evaluated, over all ranks (corrupt ones skipped)
         "trainLoss": round(trained.mean_loss, 6),
-        "trainTop1": round(trained.top1, 6),  # this rank's batches
-        "imagesPerSecond": round(trained.images * world / max(trained.seconds, 1e-9), 2),
+        "trainTop1": round(trained.top1, 6),  # over all ranks' batches
+        "imagesPerSecond": round(trained.images / max(trained.seconds, 1e-9), 2),
         "learningRate": s.scheduler.get_lr(),
     }
     state.history.append(record)

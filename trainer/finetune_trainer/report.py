@@ -7,7 +7,9 @@ training loop, before Paddle is imported.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,9 +37,15 @@ def print_progress(enabled: bool, epoch: int, epochs: int, **extra: Any) -> None
         print(format_progress(epoch, epochs, **extra), flush=True)
 
 
-def write_result(result: TrainerResult, output_dir: Path | None, result_path: str) -> None:
+def write_result(
+    result: TrainerResult, output_dir: Path | None, result_path: str, first_failure_since: float | None = None
+) -> None:
     """The full result in ``<output_dir>/result.json`` (when there is one), and its bounded
-    encoding (<= 4096 bytes) at ``result_path``, the container's termination-message file."""
+    encoding (<= 4096 bytes) at ``result_path``, the container's termination-message file.
+
+    ``first_failure_since`` (a failure of one of several processes sharing that file): leave a
+    message there that another process wrote at or after that time, since the first failure
+    is the cause."""
     if output_dir is not None:
         with contextlib.suppress(OSError):
             output_dir.mkdir(parents=True, exist_ok=True)
@@ -45,6 +53,19 @@ def write_result(result: TrainerResult, output_dir: Path | None, result_path: st
             (output_dir / RESULT_FILE).write_text(text)
     if result_path:
         try:
-            Path(result_path).write_text(encode_result(result))
+            _write_message(Path(result_path), encode_result(result), first_failure_since)
         except OSError as exc:  # e.g. /dev/termination-log outside a pod
             print(f"[finetune] cannot write the result to {result_path}: {exc}", file=sys.stderr)
+
+
+def _write_message(path: Path, text: str, keep_since: float | None) -> None:
+    if keep_since is None:
+        path.write_text(text)
+        return
+    with path.open("a+") as fh:  # created if missing, not truncated before the lock is held
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        if fh.read(1) and os.fstat(fh.fileno()).st_mtime >= keep_since:
+            return  # another process of this run failed first
+        fh.truncate(0)
+        fh.write(text)

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import paddle
-from finetune_contract import FreezeDecision, LoadSummary, TrainerSettings
+from finetune_contract import EXIT_BAD_SETTINGS, FreezeDecision, LoadSummary, TrainerSettings, WorldSettings
 
 from . import checkpoint as ckpt
-from . import resume
+from . import ranks, resume
 from .data import (
     CORRUPT_LABEL,
     CorruptImageCounter,
@@ -33,7 +33,7 @@ from .model import build_model
 from .pretrained import fetch_pretrained, load_pretrained
 from .report import Log
 from .schedule import WarmupCosine, build_optimizer, default_learning_rate, warmup_steps_for
-from .state import Attempt, RunState
+from .state import Attempt, RunState, TrainerFailure, failure_of
 
 if TYPE_CHECKING:
     from .visual import Visuals
@@ -51,11 +51,30 @@ class Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @classmethod
+    def from_env(cls) -> Distributed:
+        """This process's place as ``paddle.distributed.launch`` sets it (global rank and count,
+        over all nodes), before joining the process group."""
+        world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1") or 1)
+        return cls(int(os.environ.get("PADDLE_TRAINER_ID", "0") or 0), world) if world > 1 else cls()
 
-def setup_distributed() -> Distributed:
-    """Join the process group when started by ``paddle.distributed.launch`` with several ranks."""
-    world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1") or 1)
-    if world <= 1:
+
+def setup_distributed(world: WorldSettings | None = None) -> Distributed:
+    """Join the process group when started by ``paddle.distributed.launch`` with several ranks
+    (on one node or several: ``--nnodes``; on CPU the launcher picks the gloo backend). With
+    ``world`` set (the job's nodes x processes per node), the launcher must have started exactly
+    that many processes, checked before joining: every rank sees the same count and stops the
+    same way, where a wrong count would train on another global batch than the job asked for."""
+    started = Distributed.from_env().world_size
+    if world is not None and world.size and world.size != started:
+        raise TrainerFailure(
+            EXIT_BAD_SETTINGS,
+            f"world: the job asks for {world.nodes} node(s) x {world.processesPerNode} process(es) = "
+            f"{world.size}, but {started} process(es) were started (PADDLE_TRAINERS_NUM="
+            f"{os.environ.get('PADDLE_TRAINERS_NUM', 'unset')}): the pod's paddle.distributed.launch "
+            "arguments do not match the settings",
+        )
+    if started <= 1:
         return Distributed()
     paddle.distributed.init_parallel_env()
     return Distributed(paddle.distributed.get_rank(), paddle.distributed.get_world_size())
@@ -123,15 +142,11 @@ def prepare(settings: TrainerSettings, dist: Distributed, attempt: Attempt) -> S
     if dist.is_main:
         output.mkdir(parents=True, exist_ok=True)
 
-    index = attempt.index = index_data(settings)
-    log(
-        f"data: {len(index.train)} training / {len(index.val)} validation images, {index.num_classes} classes"
-    )
-    model = build_model(settings.model.architecture, index.num_classes, settings.finetune.lrMultList)
-    state, optimizer_state, attempt.resumed_from_epoch = starting_point(
-        settings, model, index, output, log, dist.is_main
-    )
-    attempt.state = state
+    if dist.world_size > 1:
+        index, model, state, optimizer_state, resumed = begin_together(settings, dist, output, log, attempt)
+    else:
+        index, model, state, optimizer_state, resumed = begin(settings, output, log, attempt)
+    attempt.state, attempt.resumed_from_epoch = state, resumed
 
     train_set = ImageDataset(
         index.train, d.imageSize, d.resizeShort, True, t.seed, d.cropScaleMin, d.horizontalFlip
@@ -166,6 +181,53 @@ def prepare(settings: TrainerSettings, dist: Distributed, attempt: Attempt) -> S
         sampler=sampler,
         val_loader=make_loader(val_shard, val_sampler, t.numWorkers),
     )
+
+
+Begun = tuple[DatasetIndex, paddle.nn.Layer, RunState, dict[str, Any] | None, int | None]
+
+
+def begin(settings: TrainerSettings, output: Path, log: Log, attempt: Attempt) -> Begun:
+    """One process, or rank 0: (data index, model, run state, optimiser state to restore or
+    None, the epoch resumed from or None)."""
+    index = attempt.index = index_data(settings)
+    log(
+        f"data: {len(index.train)} training / {len(index.val)} validation images, {index.num_classes} classes"
+    )
+    model = build_model(settings.model.architecture, index.num_classes, settings.finetune.lrMultList)
+    state, optimizer_state, resumed = starting_point(settings, model, index, output, log)
+    return index, model, state, optimizer_state, resumed
+
+
+def begin_together(
+    settings: TrainerSettings, dist: Distributed, output: Path, log: Log, attempt: Attempt
+) -> Begun:
+    """Several ranks: rank 0 begins (``begin``), the others take its start (``ranks.py``): the
+    run state, the freeze applied to their own model (whose weights DataParallel replaces with
+    rank 0's) and the optimiser state."""
+    made: dict[str, Any] = {}
+
+    def lead() -> tuple[DatasetIndex, dict[str, Any], dict[str, Any] | None]:
+        index, model, state, optimizer_state, resumed = begin(settings, output, log, attempt)
+        made.update(model=model, state=state, resumed=resumed)
+        start = {"state": state.to_checkpoint(), "resumed": resumed, "optimizer": optimizer_state is not None}
+        return index, start, optimizer_state
+
+    def follow(start: dict[str, Any]) -> DatasetIndex:
+        index = attempt.index = index_data(settings)
+        model = build_model(settings.model.architecture, index.num_classes, settings.finetune.lrMultList)
+        state = RunState.from_checkpoint(start["state"])
+        if state.freeze is None:
+            raise ValueError("rank 0 sent a start without a freeze decision")
+        apply_freeze(model, state.freeze.strategy, state.freeze.stages)
+        made.update(model=model, state=state, resumed=start["resumed"])
+        return index
+
+    index, _, optimizer_state = ranks.start_together(dist, settings.dataset.root, lead, follow, _failure)
+    return index, made["model"], made["state"], optimizer_state, made["resumed"]
+
+
+def _failure(exc: Exception) -> tuple[int, str]:
+    return failure_of(exc) or (1, f"{type(exc).__name__}: {str(exc)[-500:]}")
 
 
 def index_data(settings: TrainerSettings) -> DatasetIndex:

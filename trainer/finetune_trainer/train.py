@@ -14,8 +14,13 @@ result: bounded (``finetune_contract.encode_result``, <= 4096 bytes) in ``output
 in full in ``<output>/result.json``. Failures map to the contract's exit codes; the result then
 carries ``reason``, ``message`` and ``exitCode``.
 
-Several GPUs: under ``python -m paddle.distributed.launch`` each process trains on its shard
-(DataParallel averages gradients); evaluation counts are summed over ranks; only rank 0 writes.
+Several GPUs, one node or several: under ``python -m paddle.distributed.launch`` each process
+trains on its shard (DataParallel averages gradients) from the start rank 0 sends it
+(``ranks.py``); evaluation counts are summed over ranks; only rank 0 writes the output
+directory and a successful result. A failure's result goes to the termination message of its
+own pod unless another process of that pod wrote one first since this one started: the first
+failure is the cause, the rest are ranks stopped because of it (the launcher stops a pod's
+other processes when one fails).
 """
 
 from __future__ import annotations
@@ -34,11 +39,11 @@ from .state import Attempt, failure_of
 def run(settings: TrainerSettings) -> TrainerResult:
     """Run one training attempt; returns its result (``exitCode`` 0 on success)."""
     started = time.time()
-    dist = setup.Distributed()
+    dist = setup.Distributed.from_env()  # the rank is known before the process group is joined
     attempt = Attempt(epochs=settings.training.epochs, output_dir=settings.output.dir)
     try:
         with loop.SigtermGuard() as guard:
-            dist = setup.setup_distributed()
+            dist = setup.setup_distributed(settings.world)
             loop.train(setup.prepare(settings, dist, attempt), guard)
         code, message = EXIT_OK, None
     except Exception as exc:  # noqa: BLE001 - every failure must still produce a result
@@ -46,18 +51,28 @@ def run(settings: TrainerSettings) -> TrainerResult:
         if failure is None:
             # A bug or an unforeseen failure: report it (exit code 1, permanent), then let the
             # traceback through for the log.
-            _finish(settings, dist.is_main, attempt, 1, f"{type(exc).__name__}: {str(exc)[-500:]}", started)
+            _finish(settings, dist, attempt, 1, f"{type(exc).__name__}: {str(exc)[-500:]}", started)
             raise
         code, message = failure
-    return _finish(settings, dist.is_main, attempt, code, message, started)
+    return _finish(settings, dist, attempt, code, message, started)
 
 
 def _finish(
-    settings: TrainerSettings, is_main: bool, attempt: Attempt, code: int, message: str | None, started: float
+    settings: TrainerSettings,
+    dist: setup.Distributed,
+    attempt: Attempt,
+    code: int,
+    message: str | None,
+    started: float,
 ) -> TrainerResult:
     if code != EXIT_OK:
-        print(f"[finetune] failed ({exit_reason(code)}): {message}", file=sys.stderr, flush=True)
+        where = f" on rank {dist.rank}" if dist.world_size > 1 else ""
+        print(f"[finetune] failed{where} ({exit_reason(code)}): {message}", file=sys.stderr, flush=True)
     result = attempt.result(code, message, time.time() - started)
-    if is_main:
-        write_result(result, Path(settings.output.dir), settings.output.resultPath)
+    # A failure of one of several processes: the first failure of the pod tells the cause.
+    first_failure = started if code != EXIT_OK and dist.world_size > 1 else None
+    if dist.is_main:
+        write_result(result, Path(settings.output.dir), settings.output.resultPath, first_failure)
+    elif code != EXIT_OK:
+        write_result(result, None, settings.output.resultPath, first_failure)
     return result

@@ -71,8 +71,8 @@ these rules and fails if one is missing.
 - apiGroups: ["finetune.paddle.dev"]
   resources: ["finetunejobs/finalizers"]
   verbs: ["update"]
-# One pod per attempt: listed and watched by label, created, deleted on suspend, deadline and
-# pending timeout.
+# One pod per attempt and rank: listed and watched by label, created, deleted on suspend,
+# deadline and pending timeout, and when another rank of the attempt failed.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "create", "delete"]
@@ -90,6 +90,24 @@ these rules and fails if one is missing.
 - apiGroups: ["kueue.x-k8s.io"]
   resources: ["workloads"]
   verbs: ["get"]
+# Multi-node jobs: a ConfigMap per attempt telling ranks 1.. rank 0's address, created once rank
+# 0 has an IP and read back (get) when one of its name exists, to see whether it is this
+# attempt's. Never deleted by the operator (the garbage collector removes it with rank 0's pod),
+# updated or listed.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "create"]
+{{- if eq .Values.operator.gangScheduler "coscheduling" }}
+# operator.gangScheduler=coscheduling: a PodGroup per attempt (created before its pods).
+- apiGroups: ["scheduling.x-k8s.io"]
+  resources: ["podgroups"]
+  verbs: ["create"]
+{{- else if eq .Values.operator.gangScheduler "volcano" }}
+# operator.gangScheduler=volcano: a PodGroup per attempt (created before its pods).
+- apiGroups: ["scheduling.volcano.sh"]
+  resources: ["podgroups"]
+  verbs: ["create"]
+{{- end }}
 {{- end }}
 
 {{/* The leader-election Lease's name (in the release namespace). */}}
