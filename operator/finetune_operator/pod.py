@@ -123,16 +123,19 @@ def trainer_command(
     trainer per GPU (one on CPU) of this node; it runs a non-``.py`` script as a program, so
     the console script is given by name (the launcher has no ``-m``). Its per-process logs go
     to ``log_dir``. Several nodes: ``--nnodes``, this pod's ``--rank`` and the attempt as
-    ``--job_id`` (the rendezvous' key); the master's address comes from ``PADDLE_MASTER``."""
+    ``--job_id`` (the rendezvous' key); the master's address comes from ``PADDLE_MASTER``.
+
+    The process count is ``--nproc_per_node``, never ``--devices``: the container sees only the
+    GPUs allocated to it (numbered from 0), which the launcher finds and hands out one per
+    process, and a CPU build of Paddle (the local cluster's trainer image, on a node that
+    advertises GPUs it does not have) refuses any ``--devices`` but runs that many gloo ranks."""
     trainer = ["finetune-train", "--settings-json", settings_json]
     if gpus <= 1 and nodes <= 1:
         return trainer
     launch = ["python", "-m", "paddle.distributed.launch"]
     if nodes > 1:
-        launch += ["--nnodes", str(nodes), "--rank", str(rank), "--nproc_per_node", str(max(gpus, 1))]
-        launch += ["--job_id", job_id]
-    if gpus >= 1:
-        launch += ["--devices", ",".join(str(i) for i in range(gpus))]
+        launch += ["--nnodes", str(nodes), "--rank", str(rank), "--job_id", job_id]
+    launch += ["--nproc_per_node", str(max(gpus, 1))]
     return [*launch, "--log_dir", log_dir, *trainer]
 
 

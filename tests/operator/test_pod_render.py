@@ -88,8 +88,8 @@ def test_several_gpus_use_paddle_distributed_launch():
         "python",
         "-m",
         "paddle.distributed.launch",
-        "--devices",
-        "0,1,2,3",
+        "--nproc_per_node",
+        "4",
         "--log_dir",
     ]
     assert c["command"][6] == "/output/team-a/flowers/0b6c1a4e-6f3e-4b6e-9d59-8a6f0f8d2c11/launch-logs"

@@ -74,11 +74,11 @@ def test_every_rank_of_an_attempt(name, nodes, gpus, attempt):
         assert args_after(command, "--rank") == str(rank)
         assert args_after(command, "--nproc_per_node") == str(max(gpus, 1))
         assert args_after(command, "--job_id") == group
+        assert "--devices" not in command  # a CPU build of Paddle refuses it; the container sees its GPUs
         if gpus:
-            assert args_after(command, "--devices") == ",".join(str(i) for i in range(gpus))
             assert c["resources"]["limits"]["nvidia.com/gpu"] == gpus
         else:
-            assert "--devices" not in command and "nvidia.com/gpu" not in c["resources"].get("limits", {})
+            assert "nvidia.com/gpu" not in c["resources"].get("limits", {})
         assert command[command.index("--settings-json") - 1] == "finetune-train"
         env = env_of(pod)
         assert env["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
