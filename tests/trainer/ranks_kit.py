@@ -32,15 +32,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def calibrated_weights(path: Path, data_root: Path, classes: int = 5) -> Path:
+def calibrated_weights(path: Path, data_root: Path, classes: int = 5, size: int = 16) -> Path:
     """Stand-in pretrained weights: a ResNet18_vd whose BatchNorm statistics were measured on
-    images (forward passes in train mode, no updates), so frozen layers give sane features the
-    way real pretrained ones do (a fresh model's BatchNorm leaves activations unscaled)."""
+    ``size``-pixel images (forward passes in train mode, no updates), so frozen layers give sane
+    features the way real pretrained ones do (a fresh model's BatchNorm leaves activations
+    unscaled); train at that image size."""
     from finetune_trainer.data import ImageDataset, index_dataset
     from finetune_trainer.model import build_model
 
     index = index_dataset(write_list_dataset(data_root, classes=classes), "list", classes)
-    images = ImageDataset(index.train, 16, 16, train=True, seed=1)
+    images = ImageDataset(index.train, size, size, train=True, seed=1)
     paddle.seed(1)
     model = build_model("ResNet18_vd", classes)
     model.train()

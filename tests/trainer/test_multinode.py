@@ -32,6 +32,7 @@ head stripped and trained anew for 3.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import time
@@ -39,7 +40,9 @@ import time
 import numpy as np
 import pytest
 from finetune_contract import PROGRESS_PREFIX, decode_result
+from finetune_trainer import checkpoint
 
+from tests.operator import crd
 from tests.trainer.ranks_kit import Run, calibrated_weights, finish, run_split, start
 from tests.trainer.tiny_data import write_list_dataset
 
@@ -48,6 +51,7 @@ pytestmark = pytest.mark.slow
 EPOCHS = 6
 WEIGHT_TOLERANCE = 1e-6
 LOSS_TOLERANCE = 1e-5
+GRACE_SECONDS = crd.node("spec.runPolicy.terminationGracePeriodSeconds")["default"]
 
 
 @pytest.fixture(scope="module")
@@ -227,3 +231,79 @@ def test_a_world_the_launchers_did_not_start_stops_every_rank_before_training(se
         assert (result.exitCode, result.reason) == (2, "InvalidSettings"), run.explain()
         assert "world: the job asks for 3 node(s) x 1 process(es) = 3, but 2 process(es)" in result.message
     assert not (run.out / "checkpoints").exists()
+
+
+def _wait_for_log(run: Run, pattern: str, timeout: float = 600) -> None:
+    log = run.out.parent / f"{run.name}-logs-node0" / "workerlog.0"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.is_file() and re.search(pattern, log.read_text()):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"rank 0 never logged {pattern!r}")
+
+
+def test_sigterm_during_evaluation_stops_every_rank_at_the_next_batch_and_the_rerun_matches(setting):
+    """SIGTERM reaches node 1 while the ranks evaluate, on shards of different lengths (1201
+    validation images: 601 and 600, 151 and 150 batches of 4). The ranks agree on it before
+    every batch, the shorter shard answering in the round it has no batch for, so every rank
+    abandons the pass at the same batch: rank 0 checkpoints the trained epoch (not evaluated)
+    and both exit well inside the grace period, long before the evaluation would have ended.
+    The rerun evaluates that epoch first and ends where a run that never stopped ends."""
+    root, settings = setting
+    data = root / "long-val"
+    if not data.exists():
+        write_list_dataset(data, classes=3, train_per_class=4, val_per_class=401)
+        lines = (data / "val_list.txt").read_text().splitlines(keepends=True)
+        (data / "val_list.txt").write_text("".join(lines[:1201]))
+    settings = {
+        **settings,
+        "dataset.root": data,
+        "dataset.imageSize": 32,
+        "dataset.resizeShort": 32,
+        "training.batchSize": 4,  # 12 training images, 6 a rank: 2 steps an epoch
+        "training.epochs": 2,
+    }
+    procs, run = start(root, "eval-stopped", 2, 1, settings)
+    try:
+        _wait_for_log(run, r"\] epoch 1/2: evaluating on 1201 images")
+        time.sleep(0.5)
+        sent = time.monotonic()
+        procs[1].send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(timeout=GRACE_SECONDS)  # past it, the kubelet would SIGKILL: the test fails
+        elapsed = time.monotonic() - sent
+    finally:
+        finish(procs, run, timeout=60)
+    assert all(code != 0 for code in run.codes), run.explain()
+    messages = [decode_result(path.read_text()).message for path in run.result_paths]
+    pattern = r"during evaluation \(abandoned after (\d+) of (\d+) batches\)"
+    abandoned = [re.search(pattern, m) for m in messages]
+    assert all(abandoned), run.explain()
+    assert abandoned[0][1] == abandoned[1][1], messages  # the same batch on both ranks
+    assert int(abandoned[0][1]) < int(abandoned[0][2]) == 151, messages
+    latest = checkpoint.find_latest(run.out)
+    assert latest.name == "epoch-0000-step00002", run.explain()  # trained (2 steps), not evaluated
+    rank_0_log = (root / "eval-stopped-logs-node0" / "workerlog.0").read_text()
+    assert "interrupted: saved epoch 1 step 2" in rank_0_log
+
+    reference = run_split(root, "eval-reference", 2, 1, settings)
+    assert reference.codes == [0, 0], reference.explain()
+    rerun = run_split(root, "eval-stopped", 2, 1, settings)
+    assert rerun.codes == [0, 0], rerun.explain()
+    done = decode_result(rerun.result_paths[0].read_text())
+    assert done.exitCode == 0 and done.epochsRun == 2 and done.resumedFromEpoch == 0
+    final, expected = rerun.state(2), reference.state(2)
+    assert final["globalStep"] == expected["globalStep"] == 4  # no step trained twice
+    for ours, theirs in zip(final["history"], expected["history"], strict=True):
+        assert ours["valImages"] == theirs["valImages"] == 1201  # every image once, both shards
+        assert ours["trainLoss"] == pytest.approx(theirs["trainLoss"], abs=LOSS_TOLERANCE)
+        assert ours["valLoss"] == pytest.approx(theirs["valLoss"], abs=LOSS_TOLERANCE)
+        assert ours["top1"] == theirs["top1"]
+    wa, wb = rerun.weights(2), reference.weights(2)
+    assert max(float(np.abs(wa[k] - wb[k]).max()) for k in wa) <= WEIGHT_TOLERANCE
+    print(
+        f"\n2 ranks, SIGTERM to node 1 during evaluation: abandoned after {abandoned[0][1]} of 151 "
+        f"batches on both ranks, checkpoint {latest.name}, both exited {elapsed:.1f}s after SIGTERM "
+        f"(grace {GRACE_SECONDS}s)"
+    )

@@ -124,18 +124,35 @@ def evaluate(
 ) -> dict[str, Any]:
     """Top-1, top-min(5, classes), mean loss, image count and the confusion matrix (None beyond
     ``per_class.MAX_CONFUSION_CLASSES`` classes) over the validation set (all ranks). ``stop`` is
-    asked before every batch: when it says so, the pass is abandoned (Interrupted)."""
+    asked before every batch: when it says so, the pass is abandoned (Interrupted).
+
+    With several ranks, ``stop`` is asked of every rank at every round and the answers are
+    summed, so all ranks abandon the pass at the same round when any of them was asked to stop.
+    The shards differ by up to one batch: there are as many rounds as the longest shard has
+    batches, and a rank whose shard is done still answers in the rounds left (one rank leaving
+    the pass alone would leave the others blocked in a collective it never joins)."""
     model.eval()
     k = min(5, num_classes)
     cells = num_classes * num_classes if num_classes <= MAX_CONFUSION_CLASSES else 0
     # correct@1, correct@k, loss sum, count, then the confusion matrix's cells (true * C + predicted)
     totals = paddle.zeros([4 + cells], dtype="float64")
+    together = stop is not None and dist.world_size > 1
+    rounds = ranks.max_over_ranks(len(loader), dist) if together else len(loader)
+    batches = iter(loader)
     with paddle.no_grad():
-        for done, (images, labels, indices) in enumerate(loader):
-            if stop is not None and stop():
-                raise Interrupted(
-                    f"received SIGTERM during evaluation (abandoned after {done} of {len(loader)} batches)"
-                )
+        for done in range(rounds):
+            if stop is not None:
+                requested = stop()
+                if together:
+                    (requested,) = ranks.sum_over_ranks([float(requested)], dist)
+                if requested:
+                    raise Interrupted(
+                        f"received SIGTERM during evaluation (abandoned after {done} of {rounds} batches)"
+                    )
+            item = next(batches, None)
+            if item is None:  # this rank's shard is done; it answers the others until theirs are
+                continue
+            images, labels, indices = item
             batch = split_corrupt(images, labels, indices, dataset, counter)
             if batch is None:
                 continue
@@ -196,16 +213,14 @@ def train(s: Session, guard: SigtermGuard) -> None:
                 s.amp_dtype,
                 s.counter,
                 s.dist,
-                # One rank abandoning it alone would leave the others waiting in the sum of
-                # the counts (their shards differ in batches): several ranks finish it and
-                # agree on stopping after the checkpoint (stop_agreed).
-                stop=(lambda: guard.requested) if s.dist.world_size == 1 else None,
+                stop=lambda: guard.requested,  # the ranks agree on it at every batch
             )
         except Interrupted:
             save_interrupted(s, trained)  # the epoch's training is done: evaluate it next time
             raise
         end_epoch(s, trained, metrics)
-        if stop_agreed(s, guard):  # arrived during evaluation or saving: this epoch's checkpoint is complete
+        # Arrived in the last evaluation batch or while saving: this epoch's checkpoint is complete.
+        if stop_agreed(s, guard):
             raise Interrupted(f"received SIGTERM; stopped after epoch {s.state.epoch} (checkpoint saved)")
     guard.in_loop = False
     s.visuals.finish()

@@ -18,7 +18,9 @@ that do not download), the other ranks exit with the same exit code instead of w
 During training, the ranks agree after every step on the mean loss (a non-finite loss stops all
 of them at the same step) and on whether any of them received SIGTERM (all stop at the same
 step, and rank 0 checkpoints it; a rank that stopped alone would leave the others blocked in the
-next gradient all-reduce). Everything sent is JSON or plain arrays: nothing is unpickled.
+next gradient all-reduce); during evaluation they agree on SIGTERM before every batch, padding
+the shorter shards with rounds that only answer (``loop.evaluate``). Everything sent is JSON or
+plain arrays: nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -120,6 +122,15 @@ def sum_over_ranks(values: list[float], dist: Distributed) -> list[float]:
     totals = paddle.to_tensor(np.asarray(values, dtype=np.float64))
     pdist.all_reduce(totals)
     return [float(v) for v in totals.numpy()]
+
+
+def max_over_ranks(value: int, dist: Distributed) -> int:
+    """The largest of the ranks' ``value``; the value itself with one rank."""
+    if dist.world_size <= 1:
+        return value
+    largest = paddle.to_tensor(np.asarray([value], dtype=np.int64))
+    pdist.all_reduce(largest, op=pdist.ReduceOp.MAX)
+    return int(largest.numpy()[0])
 
 
 # --------------------------------------------------------------------------------------------
