@@ -606,7 +606,10 @@ class Reconciler:
             created_at = parse_time(p.meta.get("creationTimestamp"))
             if created_at:
                 self.metrics.pod_creation.observe(max(0.0, (p.now - created_at).total_seconds()))
-        return _soonest(RESYNC_SECONDS, self._deadline_remaining(p))
+        # A pod Kueue gates brings no event of its own until admission (the watch cache already
+        # holds what the create answered): look again soon for the Workload's words.
+        wait = QUEUED_FIRST_POLL_SECONDS if kueue_gated(created) else RESYNC_SECONDS
+        return _soonest(wait, self._deadline_remaining(p))
 
     def _publish_master(self, p: _Pass, attempt: int, rank0: dict[str, Any] | None) -> bool:
         """Once rank 0 has an IP, the attempt's ConfigMap tells the other ranks its address
