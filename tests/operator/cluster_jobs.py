@@ -4,6 +4,8 @@ its status, pods and events, and waiting for a phase (the error shows the operat
 from __future__ import annotations
 
 import json
+import subprocess
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -98,3 +100,28 @@ def events(cluster: Cluster, namespace: str, name: str) -> list[tuple[str, str, 
         json.loads(out)["items"], key=lambda e: (e.get("lastTimestamp") or "", e["metadata"]["name"])
     )
     return [(e["type"], e["reason"], e["message"]) for e in items]
+
+
+def follow_log(
+    cluster: Cluster, namespace: str, pod: str, wanted: Callable[[str], bool], timeout: float
+) -> str:
+    """Follow the pod's log (`kubectl logs -f`) until a line satisfies `wanted` and return it:
+    the moment the trainer prints it, give or take the kubelet's log latency (the status shows
+    progress at the operator's own pace, which can be most of an epoch later)."""
+    cmd = [str(cluster.bin_dir / "kubectl"), "--kubeconfig", cluster.kubeconfig, "--namespace", namespace,
+           "logs", "--follow", pod]  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        timer = threading.Timer(max(deadline - time.monotonic(), 0.0), proc.kill)
+        timer.start()
+        try:
+            for line in proc.stdout or ():
+                if wanted(line):
+                    return line
+        finally:
+            timer.cancel()
+            proc.kill()
+            proc.wait()
+        time.sleep(0.5)  # the container has not started yet, or the stream ended
+    raise AssertionError(f"no wanted line in the log of {namespace}/{pod} within {timeout:.0f}s")

@@ -80,8 +80,12 @@ GROUP, VERSION, PLURAL = "finetune.paddle.dev", "v1alpha1", "finetunejobs"
 
 
 def settled(cluster: Any) -> None:
-    """Leave the control plane as the next test expects it: the controllers have caught up with
-    the restarted API server (a new namespace gets its default ServiceAccount)."""
+    """Leave the control plane as the next test expects it: every controller has caught up with the
+    restarted API server. After an outage client-go's informers re-list with a back-off of up to
+    a minute each, one informer at a time, so one probe per controller the other tests rely on:
+    a new namespace gets its default ServiceAccount (serviceaccount controller), a Deployment gets
+    its ReplicaSet and pod (deployment and replicaset controllers), the pod is bound (scheduler)
+    and runs on a fake node (kwok)."""
     probe = f"chaos-probe-{random.randrange(1 << 30):x}"
     cluster.kubectl("create", "namespace", probe)
     try:
@@ -89,6 +93,30 @@ def settled(cluster: Any) -> None:
         cluster.wait_for(
             f"ServiceAccount {probe}/default",
             lambda: cluster.kubectl(*account, namespace=probe, check=False).returncode == 0,
+            180,
+        )
+        labels = {"app": "probe"}
+        deployment = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "probe"},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "nodeSelector": {"type": "kwok"},
+                        "containers": [{"name": "probe", "image": "probe:never-pulled"}],
+                    },
+                },
+            },
+        }
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(deployment), namespace=probe)
+        running = ("get", "pods", "-l", "app=probe", "-o", "jsonpath={.items[*].status.phase}")
+        cluster.wait_for(
+            f"the Deployment {probe}/probe's pod Running on a fake node",
+            lambda: cluster.kubectl(*running, namespace=probe, check=False).stdout.split() == ["Running"],
             180,
         )
     finally:

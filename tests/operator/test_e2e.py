@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from finetune_contract import decode_result
+from finetune_contract import decode_result, parse_last_progress
 
 from localcluster import ChartOperator, Cluster, install_chart, make_self_signed, serve_https
-from tests.operator.cluster_jobs import apply, condition, events, get_job, job_manifest, wait_job
+from tests.operator.cluster_jobs import apply, condition, events, follow_log, get_job, job_manifest, wait_job
 
 PRETRAIN_CLASSES = (0, 1, 2)
 FINETUNE_CLASSES = (5, 6, 7, 8, 9)
@@ -225,6 +225,11 @@ class PodWatch:
         self._watch.stop()
 
 
+def _logged_epoch(line: str) -> int:
+    """The epoch a progress line of the trainer's log reports (0 for any other line)."""
+    return (parse_last_progress(line) or {}).get("epoch", 0)
+
+
 def test_deleting_the_pod_mid_epoch_checkpoints_and_the_next_attempt_resumes(e2e: Setup) -> None:
     """kubectl delete pod -> the kubelet's SIGTERM -> the trainer saves its position inside the
     epoch and exits 143 within the grace period -> the operator starts attempt 2, which resumes
@@ -235,11 +240,10 @@ def test_deleting_the_pod_mid_epoch_checkpoints_and_the_next_attempt_resumes(e2e
     first = "resume-attempt-1"
     watcher = PodWatch(cluster, namespace, first)
     try:
-        wait_job(
-            cluster, e2e.operator, namespace, "resume",
-            lambda s: (s.get("progress") or {}).get("epoch", 0) >= 1, "past its first epoch", timeout=300,
-        )  # fmt: skip
-        time.sleep(1.0)  # into the second epoch (31 steps of 16 images)
+        # Deleted as soon as the trainer says epoch 1 is done: it is then inside epoch 2 (31 steps
+        # of 16 images), past the end of epoch 1's bookkeeping (a SIGTERM there stops at the epoch's
+        # own checkpoint, no mid-epoch one).
+        follow_log(cluster, namespace, first, lambda line: _logged_epoch(line) >= 1, timeout=300)
         grace = cluster.get_pod(namespace, first)["spec"]["terminationGracePeriodSeconds"]  # type: ignore[index]
         assert grace == 120  # spec.runPolicy.terminationGracePeriodSeconds' default, rendered
         t0 = time.monotonic()
