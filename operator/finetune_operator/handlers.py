@@ -15,9 +15,11 @@ cache (cache.py), so passes read no job and no pods from the API server; an even
 nothing the cache did not hold (the operator's own status write, written through already, or a
 repeat after a watch reconnect) costs no pass.
 
-Event-driven passes go before timed ones (progress reads, resyncs): new jobs and finished pods
-never wait behind a backlog of looks at running jobs. The passes run on an executor of exactly
-`--workers` threads (the kubernetes client is synchronous).
+Three priorities: a job's own change (a new job, a spec edit, a deletion) and a pod that ended or
+went go first; then the routine steps of a pod on its way (scheduled, started); then timed looks
+(progress reads, resyncs). In a burst of new jobs every pod is created before the operator
+writes that the first ones are running, and finished pods never wait behind either. The passes
+run on an executor of exactly `--workers` threads (the kubernetes client is synchronous).
 
 A reconcile that raises (the API server unreachable, a conflict, a bug) is retried with a per-key
 exponential back-off, 1 s doubling to 5 minutes, reset by the next success (as client-go's
@@ -50,7 +52,17 @@ log = logging.getLogger("finetune_operator")
 ERROR_BACKOFF_BASE = 1.0  # a reconcile that raised is tried again after 1, 2, 4, ... seconds
 ERROR_BACKOFF_MAX = 300.0
 SWEEP_SECONDS = 600.0  # how often jobs deleted during a watch gap are looked for
-EVENT, TIMED = 0, 1  # work queue priorities: what a watch event reported, a timed look
+# Work queue priorities (lower first): a job changed or a pod ended; a pod on its way; a timed look.
+URGENT, ROUTINE, TIMED = 0, 1, 2
+_ENDED = ("Succeeded", "Failed")
+
+
+def pod_priority(event_type: str | None, pod: dict[str, Any]) -> int:
+    """How urgent a pod's watch event is: an outcome (ended, being deleted, gone) decides the
+    job; a step on the pod's way (bound, pulling, running) only reports progress."""
+    if event_type == "DELETED" or (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return URGENT
+    return URGENT if (pod.get("status") or {}).get("phase") in _ENDED else ROUTINE
 
 
 def _report_now(failures: int) -> bool:
@@ -96,7 +108,7 @@ class ReconcileQueue:
         self.metrics.watch_events.labels(kind=kind, new=str(new).lower()).inc()
         return new
 
-    def enqueue(self, namespace: str, name: str, delay: float = 0.0, priority: int = EVENT) -> None:
+    def enqueue(self, namespace: str, name: str, delay: float = 0.0, priority: int = URGENT) -> None:
         if self.queue is not None:
             self.queue.add((namespace, name), delay, priority)
 
@@ -206,8 +218,9 @@ def build_registry(queue: ReconcileQueue) -> kopf.OperatorRegistry:
     async def pod_event(event: dict[str, Any], body: dict[str, Any], namespace: str, **_: Any) -> None:
         if not queue.observe("pod", event, body):
             return
+        priority = pod_priority(event.get("type"), body)
         for owner in body.get("metadata", {}).get("ownerReferences") or []:
             if owner.get("kind") == KIND and owner.get("apiVersion", "").startswith(GROUP + "/"):
-                queue.enqueue(namespace, owner["name"])
+                queue.enqueue(namespace, owner["name"], priority=priority)
 
     return registry

@@ -91,3 +91,60 @@ def test_an_event_the_cache_held_already_costs_no_pass() -> None:
         for new in ("true", "false")
     }
     assert samples == {"true": 2.0, "false": 2.0}
+
+
+def _owned_pod(job: str, phase: str, **meta: object) -> dict[str, object]:
+    owner = {"apiVersion": "finetune.paddle.dev/v1alpha1", "kind": "FineTuneJob", "name": job}
+    return {
+        "metadata": {"namespace": "ns", "name": f"{job}-attempt-1", "ownerReferences": [owner], **meta},
+        "status": {"phase": phase},
+    }
+
+
+def test_new_jobs_and_ended_pods_go_before_pods_on_their_way_and_timed_looks() -> None:
+    """A burst: jobs are created while earlier jobs' pods start and others end. Every job change
+    and every ended or deleted pod is worked before any pod that only started, and those before
+    the timed looks, whatever the order the events came in."""
+    import asyncio
+
+    from finetune_operator.handlers import TIMED
+
+    queue = ReconcileQueue(OperatorConfig(), Metrics(), lambda: None)
+    queue.reconciler = None  # no watch cache: every event is new
+    handlers = {h.id: h.fn for h in build_registry(queue)._watching.get_all_handlers()}
+    job_event = next(fn for hid, fn in handlers.items() if "job_event" in hid)
+    pod_event = next(fn for hid, fn in handlers.items() if "pod_event" in hid)
+    urgent: set[str] = set()
+
+    async def scenario() -> list[str]:
+        from finetune_operator.workqueue import WorkQueue
+
+        queue.queue = WorkQueue()
+        for i in range(30):
+            queue.enqueue("ns", f"timed-{i}", priority=TIMED)
+            pod = _owned_pod(f"started-{i}", "Running" if i % 2 else "Pending", nodeName="n")
+            await pod_event(event={"type": "MODIFIED", "object": pod}, body=pod, namespace="ns")
+            job = {"metadata": {"namespace": "ns", "name": f"new-{i}"}}
+            await job_event(event={"type": "ADDED", "object": job}, body=job, namespace="ns", name=f"new-{i}")
+            urgent.add(f"new-{i}")
+            ended = _owned_pod(f"ended-{i}", "Succeeded" if i % 2 else "Failed")
+            await pod_event(event={"type": "MODIFIED", "object": ended}, body=ended, namespace="ns")
+            urgent.add(f"ended-{i}")
+            gone = _owned_pod(f"gone-{i}", "Running", deletionTimestamp="2026-01-01T00:00:00Z")
+            kind = "DELETED" if i % 2 else "MODIFIED"
+            await pod_event(event={"type": kind, "object": gone}, body=gone, namespace="ns")
+            urgent.add(f"gone-{i}")
+        order = []
+        while len(queue.queue):
+            key = await queue.queue.get()
+            queue.queue.done(key)
+            order.append(key[1])
+        return order
+
+    order = asyncio.run(scenario())
+    assert len(order) == 150
+    first = order[: len(urgent)]
+    assert set(first) == urgent, f"behind a routine or timed key: {sorted(set(first) - urgent)[:5]}"
+    middle = order[len(urgent) : len(urgent) + 30]
+    assert all(k.startswith("started-") for k in middle), middle
+    assert all(k.startswith("timed-") for k in order[-30:]), order[-30:]
