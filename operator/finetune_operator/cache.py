@@ -36,6 +36,7 @@ from .api import LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY
 from .kube import KubeApi
 
 _Key = tuple[str, str]
+_POD_SPEC_READ = ("nodeName", "schedulingGates")  # all of a pod's spec the reconciler reads
 _TOMBSTONES = 4096  # uids of deleted objects remembered, so a late write-through cannot revive one
 
 
@@ -119,9 +120,7 @@ class CachedKube:
             return self._put(kind, obj)
 
     def _put(self, kind: str, obj: dict[str, Any]) -> bool:
-        obj = copy.deepcopy(obj)
-        # The reconciler never reads managedFields; they are often a third of an object's size.
-        (obj.get("metadata") or {}).pop("managedFields", None)
+        obj = _slim(kind, obj)
         if kind == "job":
             old = self._jobs.objects.get(_key(obj))
             return self._jobs.put(obj) and (old is None or _beyond_status(old) != _beyond_status(obj))
@@ -269,6 +268,21 @@ class CachedKube:
         self, job: dict[str, Any], event_type: str, reason: str, message: str, now: str, seq: int = 0
     ) -> None:
         self.live.job_event(job, event_type, reason, message, now, seq)
+
+
+def _slim(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+    """A copy of what the reconciler reads: never managedFields (often a third of an object), and
+    of a pod's spec only where it was placed and whether Kueue gates it (the containers, volumes
+    and security context are most of a pod, and the pod is rendered from its job, not read)."""
+    out = {k: copy.deepcopy(v) for k, v in obj.items() if k not in ("metadata", "spec")}
+    meta = obj.get("metadata") or {}
+    out["metadata"] = {k: copy.deepcopy(v) for k, v in meta.items() if k != "managedFields"}
+    spec = obj.get("spec")
+    if spec is not None and kind != "job":
+        spec = {k: spec[k] for k in _POD_SPEC_READ if k in spec}
+    if spec is not None:
+        out["spec"] = copy.deepcopy(spec)
+    return out
 
 
 def _beyond_status(job: dict[str, Any]) -> tuple[Any, ...]:

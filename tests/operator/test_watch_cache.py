@@ -20,12 +20,17 @@ from typing import Any
 import pytest
 from finetune_operator.cache import CachedKube, newer, selector_terms
 from finetune_operator.controller import Reconciler
+from finetune_operator.gang import observe_gang, rank_of
+from finetune_operator.kueue import kueue_gated, kueue_managed, kueue_stop
 from finetune_operator.metrics import Metrics
-from finetune_operator.pod import pod_selector
+from finetune_operator.pod import pod_selector, render_attempt, render_master_config
+from finetune_operator.pod_state import observe_pod
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.operator.crash_scenarios import SCENARIOS, Scenario
 from tests.operator.fake_kube import Crash, FakeKube, api_error
-from tests.operator.reconcile_kit import NAME, NS, World
+from tests.operator.reconcile_kit import CONFIG, NAME, NS, SUCCESS, World, new_job
 from tests.operator.test_crash_points import KEYS, attempt_of, play
 
 SEEDS = range(8)
@@ -456,3 +461,85 @@ def test_a_pod_deleted_during_a_watch_gap_is_noticed_without_waiting_for_the_swe
     world.clock.advance(20)  # past its deletion deadline (the fake's grace period is none)
     reconciler.reconcile(NS, NAME)
     assert kube.job_pods(NS, NAME).keys() == {(3, 0)}  # the next attempt, after a fresh look
+
+
+_POD_STATUSES = st.fixed_dictionaries(
+    {},
+    optional={
+        "phase": st.sampled_from(["Pending", "Running", "Succeeded", "Failed"]),
+        "podIP": st.just("10.0.0.7"),
+        "reason": st.sampled_from(["Evicted", "DeadlineExceeded", "NodeLost"]),
+        "conditions": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "type": st.sampled_from(["PodScheduled", "DisruptionTarget", "Ready"]),
+                    "status": st.sampled_from(["True", "False"]),
+                    "reason": st.sampled_from(["Unschedulable", "PreemptionByScheduler", ""]),
+                    "lastTransitionTime": st.just("2026-01-01T00:00:05Z"),
+                }
+            ),
+            max_size=2,
+        ),
+        "containerStatuses": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "name": st.just("trainer"),
+                    "state": st.sampled_from(
+                        [
+                            {"waiting": {"reason": "ErrImagePull", "message": "no"}},
+                            {"running": {"startedAt": "2026-01-01T00:00:09Z"}},
+                            {"terminated": {"exitCode": 0, "message": SUCCESS}},
+                            {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
+                        ]
+                    ),
+                }
+            ),
+            max_size=1,
+        ),
+    },
+)
+
+
+@given(
+    status=_POD_STATUSES,
+    node=st.sampled_from([None, "gpu-1"]),
+    gated=st.booleans(),
+    nodes=st.integers(1, 3),
+    deleting=st.booleans(),
+)
+@settings(max_examples=200, deadline=None)
+def test_the_cached_pod_reads_as_the_pod_does(
+    status: dict[str, Any], node: str | None, gated: bool, nodes: int, deleting: bool
+) -> None:
+    """The cache keeps of a pod's spec only nodeName and schedulingGates (the rest is most of a
+    pod's memory): whatever the pod's state, everything the reconciler concludes from it (its
+    outcome, rank, gang, Kueue's gate and stop, the master's address) is the same on the cached
+    copy as on the pod the API server holds, and the copy holds none of the containers."""
+    job = new_job(resources={"gpus": 1, "nodes": nodes})
+    job["metadata"]["uid"] = "job-uid"
+    for pod in render_attempt(job, 1, CONFIG):
+        pod["metadata"].update(uid=f"uid-{pod['metadata']['name']}", resourceVersion="3")
+        pod["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+        pod["metadata"]["managedFields"] = [{"manager": "kubelet"}]
+        if deleting:
+            pod["metadata"]["deletionTimestamp"] = "2026-01-01T00:01:00Z"
+        if gated:
+            pod["spec"]["schedulingGates"] = [{"name": "kueue.x-k8s.io/admission"}]
+        if node:
+            pod["spec"]["nodeName"] = node
+        pod["status"] = copy.deepcopy(status)
+        cache = CachedKube(FakeKube())
+        assert cache.observe("pod", "ADDED", pod)
+        (cached,) = cache.list_pods(NS, pod_selector(NAME))
+        assert "containers" not in cached["spec"] and "managedFields" not in cached["metadata"]
+        assert cached["status"] == pod["status"]
+        assert observe_pod(cached) == observe_pod(pod)
+        assert (rank_of(cached), kueue_gated(cached), kueue_managed(cached)) == (
+            rank_of(pod),
+            kueue_gated(pod),
+            kueue_managed(pod),
+        )
+        assert kueue_stop(cached) == kueue_stop(pod)
+        assert observe_gang({0: cached}, 1) == observe_gang({0: pod}, 1)
+        if status.get("podIP"):
+            assert render_master_config(job, 1, cached) == render_master_config(job, 1, pod)
