@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import time
 from collections.abc import Callable, Hashable
 
@@ -24,6 +26,13 @@ class WorkQueue:
         self._due: dict[Hashable, float] = {}
         self._priority: dict[Hashable, int] = {}
         self._active: set[Hashable] = set()
+        # Two heaps, so that taking a key costs O(log n) with thousands of running jobs each
+        # holding a timed look (a scan of every key per take made a burst quadratic). Entries
+        # are never removed in place: one whose due time or priority no longer matches the
+        # key's is skipped when it comes up.
+        self._timers: list[tuple[float, int, Hashable]] = []  # (due, seq, key)
+        self._ready: list[tuple[int, float, int, Hashable]] = []  # (priority, due, seq, key)
+        self._seq = itertools.count()
         self._changed = asyncio.Event()
 
     def __len__(self) -> int:
@@ -33,35 +42,55 @@ class WorkQueue:
         """Process ``key`` after ``delay`` seconds (or sooner, if it is already due sooner), with
         the more urgent (lower) of its priorities."""
         due = self._clock() + max(0.0, delay)
-        if key not in self._due or due < self._due[key]:
+        old_due, old_priority = self._due.get(key), self._priority.get(key)
+        if old_due is None or due < old_due:
             self._due[key] = due
+        if old_priority is None or priority < old_priority:
+            self._priority[key] = priority
+        if (self._due[key], self._priority[key]) != (old_due, old_priority):
+            self._push(key)
             self._changed.set()
-        self._priority[key] = min(priority, self._priority.get(key, priority))
 
     def discard(self, key: Hashable) -> None:
         self._due.pop(key, None)
         self._priority.pop(key, None)
 
+    def _push(self, key: Hashable) -> None:
+        heapq.heappush(self._timers, (self._due[key], next(self._seq), key))
+
+    def take(self) -> Hashable | None:
+        """The next due key that no worker holds (now held), or None."""
+        now = self._clock()
+        while self._timers and self._timers[0][0] <= now:
+            due, seq, key = heapq.heappop(self._timers)
+            if self._due.get(key) == due and key not in self._active:
+                heapq.heappush(self._ready, (self._priority[key], due, seq, key))
+        while self._ready:
+            priority, due, _, key = heapq.heappop(self._ready)
+            if self._due.get(key) != due or self._priority.get(key) != priority or key in self._active:
+                continue  # superseded, taken, or held (done() puts a held key back)
+            del self._due[key]
+            del self._priority[key]
+            self._active.add(key)
+            return key
+        return None
+
     async def get(self) -> Hashable:
         """Wait for the next due key that no other worker holds; call done(key) after."""
         while True:
-            now = self._clock()
-            waiting = [(due, key) for key, due in self._due.items() if key not in self._active]
-            ready = [item for item in waiting if item[0] <= now]
-            if ready:
-                _, key = min(ready, key=lambda item: (self._priority.get(item[1], 0), item[0]))
-                del self._due[key]
-                self._priority.pop(key, None)
-                self._active.add(key)
+            key = self.take()
+            if key is not None:
                 return key
-            timeout = min(due for due, _ in waiting) - now if waiting else None
+            timeout = max(0.0, self._timers[0][0] - self._clock()) if self._timers else None
             self._changed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout)
 
     def done(self, key: Hashable) -> None:
         self._active.discard(key)
-        self._changed.set()  # a key added while it was active may now be taken
+        if key in self._due:  # added while it was held: it may be taken now
+            self._push(key)
+        self._changed.set()
 
 
 class ExponentialBackoff:

@@ -3,6 +3,8 @@
 import asyncio
 
 from finetune_operator.workqueue import WorkQueue
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def test_due_order_dedup_and_earliest_wins():
@@ -69,3 +71,83 @@ def test_a_timed_add_does_not_demote_an_urgent_key():
         return first
 
     assert asyncio.run(scenario()) == "job"
+
+
+class _Model:
+    """The queue's rules, written plainly (a scan of every key): what the heaps must agree with."""
+
+    def __init__(self) -> None:
+        self.due: dict[str, float] = {}
+        self.priority: dict[str, int] = {}
+        self.active: set[str] = set()
+
+    def add(self, key: str, due: float, priority: int) -> None:
+        self.due[key] = min(due, self.due.get(key, due))
+        self.priority[key] = min(priority, self.priority.get(key, priority))
+
+    def best(self, now: float) -> tuple[int, float] | None:
+        ready = [(self.priority[k], d) for k, d in self.due.items() if d <= now and k not in self.active]
+        return min(ready, default=None)
+
+
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("add"),
+            st.sampled_from("abc"),
+            st.sampled_from([0.0, 0.5, 1.0, 3.0]),
+            st.integers(0, 2),
+        ),
+        st.tuples(st.just("take")),
+        st.tuples(st.just("done"), st.integers(0, 5)),
+        st.tuples(st.just("discard"), st.sampled_from("abc")),
+        st.tuples(st.just("tick"), st.sampled_from([0.25, 1.0])),
+    ),
+    max_size=80,
+)
+
+
+@given(ops=_OPS)
+@settings(max_examples=400, deadline=None)
+def test_the_queue_takes_what_a_scan_of_every_key_would(ops: list[tuple]) -> None:
+    """Generated sequences of adds (delays, priorities), takes, dones, discards and time passing:
+    every take returns a key the plain rules allow (due, not held, the most urgent priority, then
+    the longest due), None only when none is, and the queue's length is the model's."""
+    now = [0.0]
+    queue, model = WorkQueue(clock=lambda: now[0]), _Model()
+    held: list[str] = []
+    for op in ops:
+        if op[0] == "add":
+            _, key, delay, priority = op
+            queue.add(key, delay, priority)
+            model.add(key, now[0] + delay, priority)
+        elif op[0] == "take":
+            best = model.best(now[0])
+            key = queue.take()
+            if best is None:
+                assert key is None
+                continue
+            assert key is not None and (model.priority[key], model.due[key]) == best
+            del model.due[key], model.priority[key]
+            model.active.add(key)
+            held.append(key)
+        elif op[0] == "done" and held:
+            key = held.pop(op[1] % len(held))
+            queue.done(key)
+            model.active.discard(key)
+        elif op[0] == "discard":
+            queue.discard(op[1])
+            model.due.pop(op[1], None)
+            model.priority.pop(op[1], None)
+        elif op[0] == "tick":
+            now[0] += op[1]
+        assert len(queue) == len(model.due)
+    # Everything left is taken in the end, once time has passed and the holders are done.
+    for key in held:
+        queue.done(key)
+        model.active.discard(key)
+    now[0] += 10
+    left = set()
+    while (key := queue.take()) is not None:
+        left.add(key)
+    assert left == set(model.due)
