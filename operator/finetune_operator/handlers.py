@@ -173,6 +173,22 @@ class ReconcileQueue:
                 log.warning("sweeping deleted jobs failed: %s", exc)
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf prepares, on every watch event, a diff base for change-detecting handlers (a deep
+    copy of the whole object less its status, diffed against the last one it stored); the
+    operator has only event handlers, so there is nothing to build. Profiled under a burst
+    (py-spy), the build and the diff were about a fifth of the operator's CPU."""
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: Any) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: Any, patch: Any, essence: Any) -> None:
+        return None
+
+
 def build_registry(queue: ReconcileQueue) -> kopf.OperatorRegistry:
     """The kopf handlers, registered on a registry of their own (no module-level globals)."""
     registry = kopf.OperatorRegistry()
@@ -195,6 +211,7 @@ def build_registry(queue: ReconcileQueue) -> kopf.OperatorRegistry:
         settings.watching.client_timeout = 330
         # kopf posts Events only for its own warnings; the job's story comes from the reconciler.
         settings.posting.level = logging.WARNING
+        settings.persistence.diffbase_storage = NoDiffBase()
         await queue.start()
 
     @kopf.on.cleanup(registry=registry)

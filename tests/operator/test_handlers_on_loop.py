@@ -148,3 +148,26 @@ def test_new_jobs_and_ended_pods_go_before_pods_on_their_way_and_timed_looks() -
     middle = order[len(urgent) : len(urgent) + 30]
     assert all(k.startswith("started-") for k in middle), middle
     assert all(k.startswith("timed-") for k in order[-30:]), order[-30:]
+
+
+def test_startup_turns_off_the_diff_base_no_handler_uses() -> None:
+    """kopf's per-event diff base (a deep copy and a diff of every object) serves change handlers,
+    which the operator has none of: startup replaces it with one that builds nothing."""
+    import asyncio
+
+    import kopf
+    from finetune_operator.handlers import NoDiffBase
+
+    queue = ReconcileQueue(OperatorConfig(workers=1), Metrics(), lambda: None)
+    registry = build_registry(queue)
+    assert not list(registry._changing.get_all_handlers()), "a change handler needs kopf's diff base"
+    (startup,) = [h.fn for h in registry._activities.get_all_handlers() if "startup" in h.id]
+    settings = kopf.OperatorSettings()
+
+    async def scenario() -> None:
+        await startup(settings=settings)
+        await queue.stop()
+
+    asyncio.run(scenario())
+    assert isinstance(settings.persistence.diffbase_storage, NoDiffBase)
+    assert settings.persistence.diffbase_storage.build(body=kopf.Body({"spec": {"a": 1}})) == {}
