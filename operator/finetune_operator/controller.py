@@ -199,6 +199,9 @@ class Reconciler:
         self.clock = clock
         self._paces: dict[tuple[str, str], Pace] = {}  # per running job: when to read its log
         self._lock = threading.Lock()
+        # Whether new jobs are piling up (the work queue sets it): then a new job's first pass
+        # only creates its pod, and a later pass records it (see `_start_attempt`).
+        self.busy: Callable[[], bool] = lambda: False
 
     def forget(self, namespace: str, name: str, uid: str | None = None) -> None:
         """The job (`uid`, or whichever job had that name) was deleted."""
@@ -587,9 +590,16 @@ class Reconciler:
         if recorded:
             self._rank_status(p, attempt, ranks)  # the last ranks of a recorded attempt
             return WAIT_FOR_TERMINATION
-        self._record_attempt(p, attempt, resumed, ranks)
         created = ranks[0]
         queue = queue_name(p.job)
+        if attempt == 1 and nodes_of(p.job) == 1 and not queue and self.busy():
+            # A burst: the pod now, its Event and status later. The next pass (its pod's first
+            # event, or the requeue below, after the other new jobs' pods) records the attempt
+            # as a crash here would have it recorded (`_decide` adopts it), usually together
+            # with the pod's next step: one status write where there were two.
+            self._count_creation(p, attempt)
+            return 0.0
+        self._record_attempt(p, attempt, resumed, ranks)
         if queue and not kueue_managed(created):
             p.events.append(
                 (
@@ -601,15 +611,18 @@ class Reconciler:
                     "runs without waiting for quota",
                 )
             )
+        self._count_creation(p, attempt)
+        # A pod Kueue gates brings no event of its own until admission (the watch cache already
+        # holds what the create answered): look again soon for the Workload's words.
+        wait = QUEUED_FIRST_POLL_SECONDS if kueue_gated(created) else RESYNC_SECONDS
+        return _soonest(wait, self._deadline_remaining(p))
+
+    def _count_creation(self, p: _Pass, attempt: int) -> None:
         self.metrics.attempts.inc()
         if attempt == 1 and not p.status.get("attempts"):
             created_at = parse_time(p.meta.get("creationTimestamp"))
             if created_at:
                 self.metrics.pod_creation.observe(max(0.0, (p.now - created_at).total_seconds()))
-        # A pod Kueue gates brings no event of its own until admission (the watch cache already
-        # holds what the create answered): look again soon for the Workload's words.
-        wait = QUEUED_FIRST_POLL_SECONDS if kueue_gated(created) else RESYNC_SECONDS
-        return _soonest(wait, self._deadline_remaining(p))
 
     def _publish_master(self, p: _Pass, attempt: int, rank0: dict[str, Any] | None) -> bool:
         """Once rank 0 has an IP, the attempt's ConfigMap tells the other ranks its address

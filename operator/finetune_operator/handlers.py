@@ -87,11 +87,19 @@ class ReconcileQueue:
     async def start(self) -> None:
         self.reconciler = self._reconciler_factory()
         self.queue = WorkQueue()
+        if self.reconciler is not None:
+            self.reconciler.busy = self._busy
         self._executor = ThreadPoolExecutor(self.config.workers, thread_name_prefix="reconcile")
         self._workers = [
             asyncio.create_task(self._work(), name=f"reconcile-{i}") for i in range(self.config.workers)
         ]
         self._workers.append(asyncio.create_task(self._sweep(), name="sweep"))
+
+    def _busy(self) -> bool:
+        """New work piles up: more urgent keys wait than there are workers. Read from the
+        workers' threads: a counter's value, never the queue's structure."""
+        queue = self.queue
+        return queue is not None and queue.waiting(URGENT) > self.config.workers
 
     async def stop(self) -> None:
         for task in self._workers:

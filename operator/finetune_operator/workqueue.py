@@ -13,6 +13,7 @@ then the one due longest: a backlog of timed looks never delays new work.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import heapq
 import itertools
@@ -33,10 +34,23 @@ class WorkQueue:
         self._timers: list[tuple[float, int, Hashable]] = []  # (due, seq, key)
         self._ready: list[tuple[int, float, int, Hashable]] = []  # (priority, due, seq, key)
         self._seq = itertools.count()
+        self._waiting: collections.Counter[int] = collections.Counter()  # keys per priority
         self._changed = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._due)
+
+    def waiting(self, priority: int) -> int:
+        """How many keys of `priority` wait (due or not), held ones aside."""
+        return self._waiting[priority]
+
+    def _set_priority(self, key: Hashable, priority: int | None) -> None:
+        old = self._priority.pop(key, None)
+        if old is not None:
+            self._waiting[old] -= 1
+        if priority is not None:
+            self._priority[key] = priority
+            self._waiting[priority] += 1
 
     def add(self, key: Hashable, delay: float = 0.0, priority: int = 0) -> None:
         """Process ``key`` after ``delay`` seconds (or sooner, if it is already due sooner), with
@@ -46,14 +60,14 @@ class WorkQueue:
         if old_due is None or due < old_due:
             self._due[key] = due
         if old_priority is None or priority < old_priority:
-            self._priority[key] = priority
+            self._set_priority(key, priority)
         if (self._due[key], self._priority[key]) != (old_due, old_priority):
             self._push(key)
             self._changed.set()
 
     def discard(self, key: Hashable) -> None:
         self._due.pop(key, None)
-        self._priority.pop(key, None)
+        self._set_priority(key, None)
 
     def _push(self, key: Hashable) -> None:
         heapq.heappush(self._timers, (self._due[key], next(self._seq), key))
@@ -70,7 +84,7 @@ class WorkQueue:
             if self._due.get(key) != due or self._priority.get(key) != priority or key in self._active:
                 continue  # superseded, taken, or held (done() puts a held key back)
             del self._due[key]
-            del self._priority[key]
+            self._set_priority(key, None)
             self._active.add(key)
             return key
         return None

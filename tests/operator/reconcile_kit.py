@@ -35,12 +35,14 @@ def new_job(name: str = NAME, **spec: Any) -> dict[str, Any]:
 class World:
     """A job in the fake API, the reconciler and its metrics, and a fake clock."""
 
+    busy = False  # whether the work queue says new jobs pile up (Reconciler.busy)
+
     def __init__(self, config: OperatorConfig = CONFIG, **spec: Any) -> None:
         self.config = config
         self.kube = FakeKube()
         self.clock = self.kube.clock
         self.metrics = Metrics()
-        self.reconciler = Reconciler(self.kube, config, self.metrics, clock=self.clock)
+        self.restart()
         self.kube.add_job(new_job(**spec))
 
     def configure(self, **changes: Any) -> None:
@@ -50,6 +52,7 @@ class World:
     def restart(self) -> None:
         """A new operator process: nothing in memory survives but the metrics registry."""
         self.reconciler = Reconciler(self.kube, self.config, self.metrics, clock=self.clock)
+        self.reconciler.busy = lambda: self.busy
 
     def reconcile(self, name: str = NAME) -> float | None:
         return self.reconciler.reconcile(NS, name)

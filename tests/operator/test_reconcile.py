@@ -638,3 +638,29 @@ def test_the_progress_poll_is_throttled_per_job():
         reconciler.metrics.registry.get_sample_value("finetune_job_top1", {"namespace": NS, "name": NAME})
         == 0.5
     )
+
+
+def test_in_a_burst_the_first_pass_only_creates_the_pod_and_the_next_records_it_with_its_step() -> None:
+    """While new jobs pile up (`busy`), a new job's first pass sends one request, the pod's POST,
+    and asks to be looked at again; the pass after it (here the pod already runs) writes the
+    attempt and the running phase in one status patch, with both Events, and counts the
+    attempt once. A quiet queue keeps the usual order: PodCreated written by the creating pass."""
+    from tests.operator.reconcile_kit import World
+
+    w = World()
+    w.busy = True
+    assert w.reconcile() == 0.0
+    assert [x.verb for x in w.kube.writes] == ["create_pod"]
+    assert w.status.get("attempts") is None and w.reasons() == []
+    w.run(1)
+    w.kube.writes.clear()
+    w.reconcile()
+    assert sorted(x.verb for x in w.kube.writes) == ["event", "event", "patch_status"]
+    assert w.reasons() == ["PodCreated", "Running"]
+    assert (w.status["phase"], w.status["attempts"], w.status["podName"]) == ("Running", 1, pod(1))
+    assert w.metrics.registry.get_sample_value("finetune_attempts_total") == 1.0
+
+    quiet = World()
+    quiet.reconcile()
+    assert [x.verb for x in quiet.kube.writes] == ["create_pod", "event", "patch_status"]
+    assert (quiet.status["phase"], quiet.reasons()) == ("Pending", ["PodCreated"])

@@ -142,6 +142,8 @@ def test_the_queue_takes_what_a_scan_of_every_key_would(ops: list[tuple]) -> Non
         elif op[0] == "tick":
             now[0] += op[1]
         assert len(queue) == len(model.due)
+        for priority in range(3):
+            assert queue.waiting(priority) == list(model.priority.values()).count(priority)
     # Everything left is taken in the end, once time has passed and the holders are done.
     for key in held:
         queue.done(key)
