@@ -30,6 +30,10 @@ done
 [[ -x $kueue_dir/kueue && -f $kueue_dir/chart/Chart.yaml ]] || all_there=0
 if (( all_there )); then print_dir; exit 0; fi
 mkdir -p "$bin" "$kueue_dir" "$work" "$logs"
+# One build at a time per cache (a bench and a test run starting cold together shared the work
+# directories and logs, and one failed); the second waits and then finds the binaries built.
+exec 9>"$cache/.build-binaries.lock"
+flock 9
 export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
 
 log() { printf '[build-binaries %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
