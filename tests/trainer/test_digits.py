@@ -4,13 +4,20 @@ scikit-learn's handwritten digits (1797 real 8x8 scans): ResNet18_vd is pretrain
 digits 0-5 and saved as .pdparams; then, through ``finetune-train``'s code path, it is finetuned on
 the unseen digits 6-9 with its 6-class fc stripped, and compared with training from scratch at
 the same budget (same epochs, batch, data; each with its default learning rate).
-Measured on 2 shared CPU cores (2-4 minutes), 2026-12-02, Intel Xeon: pretraining 0.969 top-1,
-finetune 0.944, from scratch 0.477 (the figures move with the CPU's MKL code path; README.md).
+
+What finetuning buys is speed: the pretrained run is far ahead after its first epoch and over the
+run as a whole. The last epoch's top-1 is no stable comparison on a task this easy: from scratch
+ends anywhere from 0.48 to 0.92 depending on the CPU's MKL code path (README.md), so the test
+asserts the learning curves, read from the last checkpoint's run state.
+Measured on 2 shared CPU cores (about 2 minutes), 2026-12-03, AMD EPYC: pretraining 0.978 top-1;
+by epoch finetune 0.687 0.846 0.911 0.935, from scratch 0.252 0.252 0.757 0.921.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from statistics import mean
 
 import pytest
 from finetune_trainer.cli import main as cli_main
@@ -25,6 +32,14 @@ from demo.digits import (
 )
 
 pytestmark = pytest.mark.slow
+
+
+def learning_curve(output_dir: Path) -> list[float]:
+    """Validation top-1 by epoch, from the run state of the run's last checkpoint."""
+    checkpoints = output_dir / "checkpoints"
+    last = json.loads((checkpoints / "latest.json").read_text())["dir"]
+    history = json.loads((checkpoints / last / "state.json").read_text())["history"]
+    return [h["top1"] for h in history]
 
 
 def test_finetuning_beats_training_from_scratch_on_real_digits(tmp_path, capsys):
@@ -51,15 +66,20 @@ def test_finetuning_beats_training_from_scratch_on_real_digits(tmp_path, capsys)
     report = {
         m: {k: r[k] for k in ("top1", "top5", "bestEpoch", "durationSeconds")} for m, r in results.items()
     }
+    curves = {m: learning_curve(tmp_path / m) for m in results}
     with capsys.disabled():
-        print(f"\n[digits] pretrain top1 {pretrain['top1']:.3f}; {json.dumps(report)}")
+        print(f"\n[digits] pretrain top1 {pretrain['top1']:.3f}; {json.dumps(report)}; by epoch {curves}")
     assert finetune["strippedParameters"] == ["fc.weight", "fc.bias"]
     assert (tmp_path / "finetune" / "inference" / "labels.txt").read_text() == "6\n7\n8\n9\n"
     assert finetune["missingParameters"] == [] and finetune["unexpectedParameters"] == []
     assert scratch["freeze"]["strategy"] == "from-scratch"
     assert finetune["epochsRun"] == scratch["epochsRun"] == finetune_budget()["epochs"]
-    assert finetune["top1"] >= 0.9
-    assert finetune["top1"] > scratch["top1"] + 0.05
+    assert finetune["top1"] >= 0.85
+    assert len(curves["finetune"]) == len(curves["scratch"]) == finetune_budget()["epochs"]
+    assert max(curves["finetune"]) == finetune["top1"]
+    # 16 steps from random weights are near chance (0.25); from the digits 0-5 features, far above.
+    assert curves["finetune"][0] >= curves["scratch"][0] + 0.25, curves
+    assert mean(curves["finetune"]) >= mean(curves["scratch"]) + 0.1, curves
 
     # finetune-predict on the exported model gets the same top-1 over the 214 validation scans.
     assert predict_main([str(tmp_path / "finetune"), "--list", str(data / "val_list.txt"), "--cpu"]) == 0
