@@ -7,7 +7,7 @@ For each N (--jobs), in the same cluster and run, one side after the other:
   Succeeded event it PATCHes the operator's own Succeeded status patch; 16 threads, nothing
   else. Beside it, `bareCreate`: the N pods alone POSTed from 16 threads (no jobs competing).
 * ours: N FineTuneJobs created at once (16 client threads), watched by the real operator
-  (`python -m finetune_operator`, production defaults: --workers 4, --progress-poll-interval 30).
+  (`python -m finetune_operator`, production defaults: --workers 16, --progress-poll-interval 30).
 * before (with --baseline-ref): the same with the operator of that git commit (today's, for a
   before/after in one run).
 * native / nativeFast: N batch/v1 Jobs with the same pod template, handled by

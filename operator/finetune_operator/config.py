@@ -52,7 +52,9 @@ class OperatorConfig:
     progress_poll_seconds: float = 30.0  # at most one log read per running job per interval
     backoff_base_seconds: float = 10.0  # retry n waits base * 2^(n-1) ...
     backoff_max_seconds: float = 300.0  # ... but never longer than this
-    workers: int = 4  # jobs reconciled concurrently (bounds API server load)
+    # Jobs reconciled concurrently (bounds the load on the API server). 16, not 4: at N=1,000 pod
+    # created p99 2.9 s against 8.7 s, propagation p99 0.67 s against 5.0 s (bench/README.md).
+    workers: int = 16
     log_tail_lines: int = 200  # lines read from the end of a trainer's log for progress
     run_as_user: int = 1000  # the trainer's uid/gid (Pod Security "restricted" wants non-root)
     cache_claim: str = ""  # a PVC for /cache (pretrained downloads); empty: an emptyDir per pod
