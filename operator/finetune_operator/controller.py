@@ -444,7 +444,8 @@ class Reconciler:
             else:
                 message = f"attempt {attempts}: all {nodes} ranks are running (rank 0: pod {name})"
             p.transition(Phase.RUNNING, Reason.RUNNING, message)
-            return _soonest(self._poll_progress(p, name), remaining)
+            started = parse_time(((ranks.get(0) or {}).get("status") or {}).get("startTime"))
+            return _soonest(self._poll_progress(p, name, started), remaining)
 
         # No attempt in flight: start the next once the last one's pods are gone and its back-off
         # is over.
@@ -929,13 +930,20 @@ class Reconciler:
         p.delete_job = True
         return None
 
-    def _poll_progress(self, p: _Pass, pod: str) -> float:
+    def _poll_progress(self, p: _Pass, pod: str, started: datetime | None) -> float:
         """Read the trainer's latest progress line from the tail of its log when its pace says a
         new one is due (progress_pace.py: about once per epoch), and patch only when it changed.
         Returns the seconds until the next read."""
         key = (p.meta["namespace"], p.meta["name"])
         with self._lock:
-            pace = self._paces.setdefault(key, Pace(self.config.progress_poll_seconds))
+            pace = self._paces.get(key)
+            if pace is None:
+                # A pod that has just started has printed nothing worth a request (in a burst,
+                # one per new job): the first read comes a poll interval after the pod started,
+                # at once for one that ran longer (as after a restart of the operator).
+                base = self.config.progress_poll_seconds
+                recent = started is not None and (p.now - started).total_seconds() < base
+                pace = self._paces[key] = Pace(base, last_read=started if recent else None)
             if not pace.due(p.now):
                 return pace.seconds_to_next(p.now)
             since = pace.window(p.now)

@@ -400,11 +400,17 @@ class FakeKube:
         if not (self.pods[(namespace, name)].get("spec") or {}).get("nodeName"):
             self.schedule(namespace, name)
         started = {"running": {"startedAt": now_iso(self.clock())}}
-        conds = self.pods[(namespace, name)]["status"].get("conditions") or []
+        old = self.pods[(namespace, name)]["status"]
+        conds = old.get("conditions") or []
         self._set(
             namespace,
             name,
-            {"phase": "Running", "conditions": conds, "containerStatuses": [_container(started)]},
+            {
+                "phase": "Running",
+                "conditions": conds,
+                "containerStatuses": [_container(started)],
+                "startTime": old.get("startTime") or now_iso(self.clock()),  # the kubelet took it
+            },
         )
 
     def finish(

@@ -640,6 +640,36 @@ def test_the_progress_poll_is_throttled_per_job():
     )
 
 
+def test_the_first_log_read_comes_a_poll_interval_after_the_pod_started() -> None:
+    """A trainer that has just started has printed no progress yet: a read then would be one
+    request per new job (in a burst of 1,000, one of about six each) that finds nothing. The
+    first read comes a poll interval after the pod's startTime; a pod that has run longer when
+    the operator first sees it (after a restart) is read at once."""
+    from tests.operator.reconcile_kit import World
+
+    base = CONFIG.progress_poll_seconds
+    w = World()
+    reads: list[tuple[Any, ...]] = []
+    tail = w.kube.pod_log_tail
+    w.kube.pod_log_tail = lambda *args: reads.append(args) or tail(*args)
+    w.reconcile()
+    w.run(1)
+    w.kube.logs[(NS, pod(1))] = format_progress(0, 20) + "\n"
+    assert w.reconcile() == pytest.approx(base)
+    assert (w.status["phase"], reads, w.status.get("progress")) == ("Running", [], None)
+    w.clock.advance(base / 2)
+    w.reconcile()
+    assert reads == []
+    w.clock.advance(base / 2)
+    w.reconcile()
+    assert len(reads) == 1 and w.status["progress"]["display"] == "0/20"
+
+    w.kube.logs[(NS, pod(1))] += format_progress(1, 20, top1=0.5) + "\n"
+    w.restart()  # the pace is lost with the process; the pod started a poll interval ago
+    w.reconcile()
+    assert len(reads) == 2 and w.status["progress"]["display"] == "1/20"
+
+
 def test_in_a_burst_the_first_pass_only_creates_the_pod_and_the_next_records_it_with_its_step() -> None:
     """While new jobs pile up (`busy`), a new job's first pass sends one request, the pod's POST,
     and asks to be looked at again; the pass after it (here the pod already runs) writes the
