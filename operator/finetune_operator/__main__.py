@@ -63,7 +63,7 @@ def run(config: OperatorConfig) -> None:
         main = run_elected(config, metrics, functools.partial(operate, config, metrics))
     else:
         metrics.leader.set(1)
-        main = operate(config, metrics, functools.partial(load_api_client, config.workers))
+        main = operate(config, metrics, functools.partial(load_api_client, config.client_threads))
     with contextlib.suppress(asyncio.CancelledError):  # as kopf.run: cancelled means stopped
         asyncio.run(main)
 

@@ -84,6 +84,12 @@ class OperatorConfig:
     def clusterwide(self) -> bool:
         return not self.namespaces
 
+    @property
+    def client_threads(self) -> int:
+        """Threads that share the reconciler's API client: the workers, the sweep, an error
+        report (each wants a connection of its own; see kube.load_api_client)."""
+        return self.workers + 2
+
 
 # (field, flag, env, type, help)
 _OPTIONS: tuple[tuple[str, str, str, type, str], ...] = (

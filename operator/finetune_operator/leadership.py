@@ -181,7 +181,7 @@ async def run_elected(config: OperatorConfig, metrics: Metrics, operate: Operate
     # kopf as its stop flag as well would leave a waiter task that delays every shutdown by 5 s.)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    api = load_api_client(config.workers)  # the reconciler shares its configuration
+    api = load_api_client(config.client_threads)  # the reconciler shares its configuration
     timings = Timings(
         config.lease_duration_seconds, config.renew_deadline_seconds, config.retry_period_seconds
     )
