@@ -161,6 +161,9 @@ def requests_figure(report: dict[str, Any], path: Path) -> Path:
         ax_kind.set_title(f"Requests per job by kind, N={biggest['n']}")
         ax_kind.tick_params(axis="x", labelsize=7, rotation=15)
         ax_kind.legend(fontsize=6, ncol=2)
+    else:  # a steady-state run only (--jobs ""): no round to break down
+        ax_kind.axis("off")
+        ax_kind.text(0.5, 0.5, "no --jobs round in this run", ha="center", va="center", fontsize=9)
     fig.text(0.5, 0.005, _footer(report), ha="center", fontsize=7)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=110)
