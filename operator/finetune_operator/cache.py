@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import collections
 import copy
+import functools
 import threading
 from typing import Any
 
 from .api import LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY
-from .kube import KubeApi
+from .kube import Keep, KubeApi
 
 _Key = tuple[str, str]
 _POD_SPEC_READ = ("nodeName", "schedulingGates")  # all of a pod's spec the reconciler reads
@@ -119,8 +120,10 @@ class CachedKube:
                 return self._remove(kind, obj)
             return self._put(kind, obj)
 
-    def _put(self, kind: str, obj: dict[str, Any]) -> bool:
-        obj = _slim(kind, obj)
+    def _put(self, kind: str, obj: dict[str, Any], slimmed: bool = False) -> bool:
+        """Keep a slim copy of `obj` (`slimmed`: `obj` is one already, and nobody else's)."""
+        if not slimmed:
+            obj = _slim(kind, obj)
         if kind == "job":
             old = self._jobs.objects.get(_key(obj))
             return self._jobs.put(obj) and (old is None or _beyond_status(old) != _beyond_status(obj))
@@ -163,8 +166,10 @@ class CachedKube:
     def relist(self, namespace: str | None) -> list[dict[str, Any]]:
         """List the jobs and the operator's pods of a namespace (None: all) from the API server,
         and make the cache hold just those; returns the jobs."""
-        jobs = self.live.list_jobs(namespace)
-        pods = self.live.list_pods(namespace, f"{LABEL_MANAGED_BY}={MANAGED_BY}")  # type: ignore[arg-type]
+        # Slimmed page by page: the whole answer is never held as full objects.
+        jobs = self.live.list_jobs(namespace, each=functools.partial(_slim, "job"))
+        selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+        pods = self.live.list_pods(namespace, selector, each=functools.partial(_slim, "pod"))  # type: ignore[arg-type]
         with self._lock:
             for kind, store, listed in (("job", self._jobs, jobs), ("pod", self._pods, pods)):
                 keep = {_key(obj) for obj in listed}
@@ -174,7 +179,7 @@ class CachedKube:
                         if kind == "pod":
                             self._unindex(obj)
                 for obj in listed:
-                    self._put(kind, obj)
+                    self._put(kind, obj, slimmed=True)
         return jobs
 
     def refresh(self, namespace: str, selector: str, job: dict[str, Any], pods: list[dict[str, Any]]) -> None:
@@ -205,11 +210,11 @@ class CachedKube:
             self._jobs.put(copy.deepcopy(job))
         return job
 
-    def list_jobs(self, namespace: str | None) -> list[dict[str, Any]]:
+    def list_jobs(self, namespace: str | None, each: Keep | None = None) -> list[dict[str, Any]]:
         # The sweep looks for jobs the watch missed: only the API server can say.
-        return self.live.list_jobs(namespace)
+        return self.live.list_jobs(namespace, each)
 
-    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+    def list_pods(self, namespace: str, selector: str, each: Keep | None = None) -> list[dict[str, Any]]:
         terms = selector_terms(selector)
         with self._lock:
             self.hits += 1
@@ -218,11 +223,12 @@ class CachedKube:
                 candidates = [self._pods.objects[(namespace, n)] for n in sorted(names)]
             else:
                 candidates = [p for (ns, _), p in sorted(self._pods.objects.items()) if ns == namespace]
-            return [
+            copies = [
                 copy.deepcopy(p)
                 for p in candidates
                 if terms.items() <= (p["metadata"].get("labels") or {}).items()
             ]
+        return copies if each is None else [each(p) for p in copies]
 
     def pod_log_tail(
         self, namespace: str, name: str, container: str, lines: int, limit_bytes: int, since_seconds: int

@@ -92,16 +92,22 @@ def api_message(exc: BaseException) -> str:
     return status.message if status else str(exc)
 
 
+Keep = Callable[[dict[str, Any]], dict[str, Any]]  # what a list keeps of each item it reads
+LIST_PAGE = 500  # items per LIST request (the API server's `limit`): a relist of thousands of
+# pods held them all as Python objects before the cache kept its slim copies (964 MiB at 10,000)
+
+
 class KubeReads(Protocol):
     """What the reconciler reads. Nothing here changes the cluster."""
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any]: ...
 
-    def list_jobs(self, namespace: str | None) -> list[dict[str, Any]]:
-        """The FineTuneJobs of a namespace, or of all namespaces (None)."""
+    def list_jobs(self, namespace: str | None, each: Keep | None = None) -> list[dict[str, Any]]:
+        """The FineTuneJobs of a namespace, or of all namespaces (None); `each` is applied to
+        every item as its page arrives, so the full objects of only one page are held at once."""
         ...
 
-    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]: ...
+    def list_pods(self, namespace: str, selector: str, each: Keep | None = None) -> list[dict[str, Any]]: ...
 
     def pod_log_tail(
         self, namespace: str, name: str, container: str, lines: int, limit_bytes: int, since_seconds: int
@@ -173,11 +179,13 @@ class Kube:
         api_client: kubernetes.client.ApiClient,
         timeout: float = 30.0,
         on_request: Callable[[str, str], None] | None = None,
+        page: int = LIST_PAGE,
     ) -> None:
         """`on_request(verb, resource)` is told of every request (the request counter)."""
         self.api = api_client
         self.timeout = timeout
         self.on_request = on_request
+        self.page = page
 
     def _request(
         self,
@@ -212,9 +220,23 @@ class Kube:
     def get_job(self, namespace: str, name: str) -> dict[str, Any]:
         return self._request("GET", f"{_JOBS.format(ns=namespace)}/{quote(name)}")
 
-    def list_jobs(self, namespace: str | None) -> list[dict[str, Any]]:
+    def _list(self, path: str, query: list[tuple[str, Any]], each: Keep | None) -> list[dict[str, Any]]:
+        """Every item, a page of `page` at a time (the continue token keeps one snapshot; one
+        that expired mid-list raises 410, and the caller lists again later)."""
+        kept: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            more = [("continue", token)] if token else []
+            data = self._request("GET", path, query=[*query, ("limit", self.page), *more])
+            items = data.get("items") or []
+            kept.extend(items if each is None else map(each, items))
+            token = (data.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return kept
+
+    def list_jobs(self, namespace: str | None, each: Keep | None = None) -> list[dict[str, Any]]:
         path = f"/apis/{GROUP}/{VERSION}/{PLURAL}" if namespace is None else _JOBS.format(ns=namespace)
-        return self._request("GET", path).get("items") or []
+        return self._list(path, [], each)
 
     def patch_job_status(
         self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
@@ -236,11 +258,12 @@ class Kube:
         self._request("DELETE", f"{_JOBS.format(ns=namespace)}/{quote(name)}", body=body)
 
     # Pods -----------------------------------------------------------------------------------
-    def list_pods(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+    def list_pods(
+        self, namespace: str | None, selector: str, each: Keep | None = None
+    ) -> list[dict[str, Any]]:
         """The pods matching `selector` in a namespace, or in all of them (None)."""
         path = "/api/v1/pods" if namespace is None else f"/api/v1/namespaces/{namespace}/pods"
-        data = self._request("GET", path, query=[("labelSelector", selector)])
-        return data.get("items") or []
+        return self._list(path, [("labelSelector", selector)], each)
 
     def create_pod(self, pod: dict[str, Any]) -> dict[str, Any]:
         ns = pod["metadata"]["namespace"]

@@ -32,7 +32,7 @@ from finetune_operator.api import (
     LABEL_RANK,
 )
 from finetune_operator.job_status import now_iso
-from finetune_operator.kube import event_name
+from finetune_operator.kube import Keep, event_name
 from kubernetes.client.exceptions import ApiException
 
 from tests.operator import crd
@@ -148,18 +148,20 @@ class FakeKube:
             raise api_error(404, "NotFound", f'finetunejobs.{GROUP} "{name}" not found', {"name": name})
         return copy.deepcopy(job)
 
-    def list_jobs(self, namespace: str | None) -> list[dict[str, Any]]:
+    def list_jobs(self, namespace: str | None, each: Keep | None = None) -> list[dict[str, Any]]:
         self._read()
-        return [copy.deepcopy(j) for (ns, _), j in sorted(self.jobs.items()) if namespace in (None, ns)]
+        jobs = [copy.deepcopy(j) for (ns, _), j in sorted(self.jobs.items()) if namespace in (None, ns)]
+        return jobs if each is None else [each(j) for j in jobs]
 
-    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+    def list_pods(self, namespace: str, selector: str, each: Keep | None = None) -> list[dict[str, Any]]:
         self._read()
         wanted = dict(term.split("=", 1) for term in selector.split(",") if term)
-        return [
+        pods = [
             copy.deepcopy(p)
             for (ns, _), p in sorted(self.pods.items())
             if ns == namespace and wanted.items() <= (p["metadata"].get("labels") or {}).items()
         ]
+        return pods if each is None else [each(p) for p in pods]
 
     def pod_log_tail(
         self, namespace: str, name: str, container: str, lines: int, limit_bytes: int, since_seconds: int
