@@ -92,7 +92,7 @@ def api_message(exc: BaseException) -> str:
     return status.message if status else str(exc)
 
 
-Keep = Callable[[dict[str, Any]], dict[str, Any]]  # what a list keeps of each item it reads
+Keep = Callable[[dict[str, Any]], Any]  # what a list keeps of each item it reads (default: the item)
 LIST_PAGE = 500  # items per LIST request (the API server's `limit`): a relist of thousands of
 # pods held them all as Python objects before the cache kept its slim copies (964 MiB at 10,000)
 

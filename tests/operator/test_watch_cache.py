@@ -13,12 +13,13 @@ the way: a lifecycle with a watch that keeps up sends no GET or LIST at all.
 from __future__ import annotations
 
 import copy
+import json
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from finetune_operator.cache import CachedKube, newer, selector_terms
+from finetune_operator.cache import LAST_APPLIED, CachedKube, _Entry, newer, selector_terms
 from finetune_operator.controller import Reconciler
 from finetune_operator.gang import observe_gang, rank_of
 from finetune_operator.kueue import kueue_gated, kueue_managed, kueue_stop
@@ -324,6 +325,32 @@ def test_a_deleted_object_is_not_revived_by_a_late_answer_or_event() -> None:
     assert [p["metadata"]["uid"] for p in cache.list_pods(NS, pod_selector(NAME))] == ["new"]
 
 
+def test_the_cached_job_reads_as_the_job_less_what_is_never_read() -> None:
+    """The cache keeps each object as compressed JSON: a read gives back the job exactly (floats,
+    text beyond ASCII, nested lists), less managedFields and kubectl's copy of the manifest, and
+    every read is a copy of its own."""
+    cache = CachedKube(FakeKube())
+    job = _job("7", phase="Running")
+    job["metadata"]["annotations"] = {LAST_APPLIED: json.dumps(job), "team": "vision \u00e9quipe"}
+    job["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]
+    job["status"].update(
+        message="top-1 \u2192 \U0001f600", progress={"top1": 0.1 + 0.2, "losses": [1e-9, 3.5]}
+    )
+    assert cache.observe("job", "ADDED", copy.deepcopy(job))
+    read = cache.get_job(NS, NAME)
+    expected = copy.deepcopy(job)
+    del expected["metadata"]["managedFields"], expected["metadata"]["annotations"][LAST_APPLIED]
+    assert read == expected
+    read["status"]["progress"]["losses"].append(0.0)
+    read["metadata"]["annotations"]["team"] = "changed"
+    assert cache.get_job(NS, NAME) == expected
+    # Another annotation (not the status) is a change worth a pass; the same status again is not.
+    job["metadata"].update(resourceVersion="8", annotations={"team": "nlp"})
+    assert cache.observe("job", "MODIFIED", copy.deepcopy(job))
+    job["metadata"]["resourceVersion"] = "9"
+    assert not cache.observe("job", "MODIFIED", copy.deepcopy(job))
+
+
 def test_pods_are_listed_by_their_job_and_the_rest_of_the_selector() -> None:
     cache = CachedKube(FakeKube())
     for name, job in (("a-1", "a"), ("a-2", "a"), ("b-1", "b")):
@@ -376,7 +403,7 @@ def test_a_stale_status_write_is_refused_and_redone_on_fresh_reads() -> None:
     old = copy.deepcopy(kube.job(NS, NAME))
     reconciler.reconcile(NS, NAME)  # judges attempt 1: failedAttempts 1
     assert kube.status(NS, NAME)["failedAttempts"] == 1
-    cache._jobs.objects[(NS, NAME)] = old  # as if that answer never came back
+    cache._jobs.objects[(NS, NAME)] = _Entry("job", old)  # as if that answer never came back
     reconciler.reconcile(NS, NAME)
     assert kube.status(NS, NAME)["failedAttempts"] == 1
     assert reconciler.stale_passes >= 1
@@ -441,7 +468,7 @@ def test_the_relist_keeps_slim_copies_and_reads_the_same_as_the_watch() -> None:
     watched.observe("job", None, world.kube.job(NS, NAME))
     watched.observe("pod", None, pod)
     for cache in (listed, watched):
-        (kept,) = cache._pods.objects.values()
+        kept = next(iter(cache._pods.objects.values())).read()
         assert kept["spec"].keys() <= {"nodeName", "schedulingGates"}
         assert "managedFields" not in kept["metadata"]
     selector = pod_selector(NAME)
