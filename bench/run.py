@@ -6,6 +6,7 @@
 
 * operator: bench/operator_scale.py (the operator against the bare limit, today's operator and
   kube-controller-manager's Job controller at two client limits; issue 12's goals, pass/fail)
+  and bench/watch_cache.py (the watch cache's memory and CPU against plain dicts and JSON text)
 * kueue: bench/kueue_admission.py (FineTuneJob admission latency with Kueue against without, N=100)
 * trainer: bench/trainer_step.py (our train step against PaddleClas 2.6.0's),
   bench/trainer_pipeline.py (the full loop against the bare step) and bench/input_pipeline.py
@@ -93,6 +94,10 @@ def load(name: str) -> dict[str, Any] | None:
 def summary_lines(groups: list[str]) -> list[str]:
     rows: list[tuple[str, str, str]] = []  # (benchmark, figure, value)
     goal_lines: list[str] = []
+    if "operator" in groups and (wc := load("watch_cache.json")):
+        for other, ratio in wc["oursOver"].items():
+            rows.append((f"watch cache, {wc['jobs']} jobs", f"memory / put / read, ours / {other}",
+                         f"{ratio['held']} / {ratio['put']} / {ratio['read']}"))  # fmt: skip
     if "operator" in groups and (op := load("operator_scale.json")):
         for r in op.get("rounds", []):
             n = r["n"]
@@ -281,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             operator_args += ["--baseline-ref", args.baseline_ref]
         operator_args += ["--running-jobs", args.running_jobs, "--burst-jobs", args.burst_jobs]
         ok &= run("operator", operator_args, log)
+        ok &= run("watch cache", ["watch_cache.py"], log)
     if "kueue" in groups:
         ok &= run("kueue admission", ["kueue_admission.py"], log)
     if "trainer" in groups:
