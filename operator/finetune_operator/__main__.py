@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import kopf
 from kubernetes.client import ApiClient
 
+from . import heap
 from .cache import CachedKube
 from .config import ConfigError, OperatorConfig, parse_config
 from .controller import Reconciler
@@ -74,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"finetune-operator: {exc}", file=sys.stderr)
         return 2
+    heap.limit_arenas()  # before any thread starts
     run(config)
     return 0
 

@@ -26,7 +26,9 @@ exponential back-off, 1 s doubling to 5 minutes, reset by the next success (as c
 rate-limited work queue does); a job that keeps failing shows in the log (an error from the 5th
 failure in a row), in `finetune_reconcile_failing_jobs` and `finetune_reconcile_errors_total`,
 and as a `ReconcileError` Warning Event on the job (3rd failure, then every 10th). Every
-`SWEEP_SECONDS` the reconciler's `sweep` forgets jobs deleted while no watch event said so.
+`SWEEP_SECONDS` the reconciler's `sweep` forgets jobs deleted while no watch event said so, and
+every `TRIM_SECONDS` the C allocator gives free pages back (heap.py: a relist or a burst leaves
+tens of MiB free but held).
 
 One active instance: kopf runs standalone (peering off); with several replicas only the holder of
 the leader Lease starts kopf and this queue at all (leadership.py, RBAC.md).
@@ -41,6 +43,7 @@ from typing import Any
 
 import kopf
 
+from . import heap
 from .api import GROUP, KIND, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
 from .config import OperatorConfig
 from .controller import Reconciler
@@ -52,6 +55,7 @@ log = logging.getLogger("finetune_operator")
 ERROR_BACKOFF_BASE = 1.0  # a reconcile that raised is tried again after 1, 2, 4, ... seconds
 ERROR_BACKOFF_MAX = 300.0
 SWEEP_SECONDS = 600.0  # how often jobs deleted during a watch gap are looked for
+TRIM_SECONDS = 60.0  # how often free heap pages go back to the kernel (heap.py)
 # Work queue priorities (lower first): a job changed or a pod ended; a pod on its way; a timed look.
 URGENT, ROUTINE, TIMED = 0, 1, 2
 _ENDED = ("Succeeded", "Failed")
@@ -94,6 +98,7 @@ class ReconcileQueue:
             asyncio.create_task(self._work(), name=f"reconcile-{i}") for i in range(self.config.workers)
         ]
         self._workers.append(asyncio.create_task(self._sweep(), name="sweep"))
+        self._workers.append(asyncio.create_task(self._trim(), name="trim"))
 
     def _busy(self) -> bool:
         """New work piles up: more urgent keys wait than there are workers. Read from the
@@ -179,6 +184,11 @@ class ReconcileQueue:
                 await asyncio.to_thread(self.reconciler.sweep)
             except Exception as exc:  # the next sweep will do
                 log.warning("sweeping deleted jobs failed: %s", exc)
+
+    async def _trim(self) -> None:
+        while True:
+            await asyncio.sleep(TRIM_SECONDS)
+            await asyncio.to_thread(heap.trim)
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
