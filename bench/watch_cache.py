@@ -18,6 +18,7 @@ import argparse
 import copy
 import gc
 import json
+import os
 import sys
 import time
 import tracemalloc
@@ -175,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=5000, help="N finished + N running jobs (default 5000)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "watch_cache.json")
     args = parser.parse_args(argv)
+    load = os.getloadavg()[0]
     rows = [measure(side, args.jobs) for side in SIDES]
     by = {row["side"]: row for row in rows}
     figures = {"held": "heldBytes", "put": "putMicrosecondsPerObject", "read": "readMicrosecondsPerObject"}
@@ -182,10 +184,16 @@ def main(argv: list[str] | None = None) -> int:
         other: {name: _ratio(by["ours"][key], by[other][key]) for name, key in figures.items()}
         for other in ("dicts", "json")
     }
-    report = {"machine": cpu_model(), "jobs": 2 * args.jobs, "sides": rows, "oursOver": ratios}
+    report = {
+        "machine": cpu_model(),
+        "loadAverage": {"start": round(load, 2), "end": round(os.getloadavg()[0], 2)},
+        "jobs": 2 * args.jobs,
+        "sides": rows,
+        "oursOver": ratios,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{2 * args.jobs} jobs and their pods on {report['machine']}")
+    print(f"{2 * args.jobs} jobs and their pods on {report['machine']}, load {report['loadAverage']}")
     print("| side | held | per job + pod | put per object | read per object |")
     print("|---|---|---|---|---|")
     for row in rows:
