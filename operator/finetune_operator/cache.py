@@ -213,14 +213,20 @@ class CachedKube:
         entries = [_Entry("job", job)] + [_Entry("pod", pod) for pod in pods]
         with self._lock:
             self._put("job", entries[0])
-            for key, old in list(self._pods.objects.items()):
-                if key[0] != namespace or key in keep:
-                    continue
-                if terms.items() <= _labels(old.read()).items():
-                    del self._pods.objects[key]
+            for old in self._candidates(namespace, terms):
+                if old.key not in keep and terms.items() <= _labels(old.read()).items():
+                    del self._pods.objects[old.key]
                     self._unindex(old)
             for entry in entries[1:]:
                 self._put("pod", entry)
+
+    def _candidates(self, namespace: str, terms: dict[str, str]) -> list[_Entry]:
+        """The pods of a namespace that may match `terms`, in name order: by the job index when
+        the selector names a job (as the reconciler's always do), so no other entry is parsed."""
+        if LABEL_JOB in terms:
+            names = self._pods_by_job.get((namespace, terms[LABEL_JOB]), ())
+            return [self._pods.objects[(namespace, n)] for n in sorted(names)]
+        return [p for (ns, _), p in sorted(self._pods.objects.items()) if ns == namespace]
 
     # ------------------------------------------------------------------------ reads
     def get_job(self, namespace: str, name: str) -> dict[str, Any]:
@@ -246,11 +252,7 @@ class CachedKube:
         terms = selector_terms(selector)
         with self._lock:
             self.hits += 1
-            if LABEL_JOB in terms:
-                names = self._pods_by_job.get((namespace, terms[LABEL_JOB]), ())
-                candidates = [self._pods.objects[(namespace, n)] for n in sorted(names)]
-            else:
-                candidates = [p for (ns, _), p in sorted(self._pods.objects.items()) if ns == namespace]
+            candidates = self._candidates(namespace, terms)
         pods = [p for p in (e.read() for e in candidates) if terms.items() <= _labels(p).items()]
         return pods if each is None else [each(p) for p in pods]
 
