@@ -69,3 +69,37 @@ def test_seen_before_a_mark_is_what_a_later_list_must_contain():
     mark = m.mark()
     m.observe_job("a", "late", "u2", "Pending")  # observed after the mark: maybe not in the list
     assert m.seen_before(mark) == [("a", "early", "u1")]
+
+
+def test_jobs_by_phase_equal_a_count_of_the_jobs_after_any_sequence():
+    """The gauge is kept as jobs move (no scan per pass): after generated sequences of
+    observations, moves, repeats, renames with a new uid and deletions, every phase's value is
+    the number of live jobs in it."""
+    import random
+
+    from finetune_operator.api import PHASES
+
+    phases = [*PHASES, None]
+    for seed in range(50):
+        rng = random.Random(seed)
+        m = Metrics()
+        model: dict[tuple[str, str], tuple[str, str]] = {}  # key -> (uid, phase)
+        gone: set[str] = set()
+        for step in range(200):
+            key = ("ns", f"job-{rng.randrange(8)}")
+            if rng.random() < 0.2:
+                uid = rng.choice([model.get(key, ("u",))[0], None, f"other-{step}"])
+                m.forget_job(*key, uid)
+                if uid:
+                    gone.add(uid)
+                if key in model and (uid is None or model[key][0] == uid):
+                    del model[key]
+                continue
+            uid = model[key][0] if key in model and rng.random() < 0.8 else f"{key[1]}-{step}"
+            phase = rng.choice(phases)
+            m.observe_job(*key, uid, phase)
+            if uid not in gone:
+                model[key] = (uid, phase or "Pending")
+        for phase in PHASES:
+            expected = sum(1 for _, p in model.values() if p == phase)
+            assert value(m, "finetune_jobs", phase=phase) == expected, (seed, phase)
