@@ -99,13 +99,9 @@ def test_every_spec_the_api_server_accepts_runs_as_a_pod_it_accepts(
         trainer_settings(accepted)
     except SettingsError as exc:
         pytest.fail(f"the API server accepted a spec the trainer cannot run: {exc}\n{json.dumps(spec)}")
+    # Multi-node jobs run as gangs: the only refusal left, at any node count, is a hostPath.
     why = refused(accepted, CONFIG)
     nodes = accepted["spec"]["resources"]["nodes"]
-    if why is not None and nodes > 1:
-        # Refused until the reconciler runs gangs, but its rank pods must be valid already.
-        event("multi-node: refused by this version; every rank pod checked")
-        assert why.startswith("spec.resources.nodes: "), why
-        why = refused({**accepted, "spec": {**accepted["spec"], "resources": {"nodes": 1}}}, CONFIG)
     if why is not None:
         event("refused by the operator (hostPath)")
         assert "hostPath" in json.dumps(spec) and why.startswith("spec.") and ".hostPath:" in why
