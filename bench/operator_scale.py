@@ -87,7 +87,7 @@ SIDE_LABELS = {
 
 # Requests only the operator makes while its phase runs (the benchmark's own are subtracted or
 # of other verbs; the scheduler posts events.k8s.io Events, kwok patches pods/status). Watches
-# are not counted: they are long-lived streams (kopf's restart every 5 minutes, the
+# are not counted: they are long-lived streams (the operator's resume every 5 minutes, the
 # benchmark's own every minute).
 OURS_REQUESTS = {
     ("GET", GROUP, PLURAL, ""): "get job",

@@ -22,10 +22,12 @@ from .handlers import ReconcileQueue, build_registry
 from .kube import Kube, load_api_client
 from .leadership import run_elected
 from .metrics import Metrics
+from .watches import Intake
 
 
 async def operate(config: OperatorConfig, metrics: Metrics, api_client: Callable[[], ApiClient]) -> None:
-    """kopf's watches, the work queue and the reconciler, until kopf stops (SIGTERM, SIGINT)."""
+    """The watch streams, the work queue and the reconciler, in kopf's lifecycle, until kopf
+    stops (SIGTERM, SIGINT)."""
 
     def reconciler() -> Reconciler:
         # Reads from the watch cache the handlers feed; `live` for what the cache must not decide.
@@ -35,7 +37,16 @@ async def operate(config: OperatorConfig, metrics: Metrics, api_client: Callable
     def count(verb: str, resource: str) -> None:
         metrics.api_requests.labels(verb=verb, resource=resource).inc()
 
-    queue = ReconcileQueue(config, metrics, reconciler)
+    def streams(verb: str, resource: str) -> None:
+        metrics.watch_requests.labels(verb=verb, resource=resource).inc()
+
+    def intake(queue: ReconcileQueue) -> Intake:
+        # A client of its own: each stream holds a connection for minutes, outside the pool the
+        # workers share.
+        kube = Kube(api_client(), on_request=lambda verb, resource: streams(verb, resource))
+        return Intake(kube, config.namespaces, queue.observe, queue.route)
+
+    queue = ReconcileQueue(config, metrics, reconciler, intake)
     await kopf.operator(
         registry=build_registry(queue),
         standalone=True,  # no kopf peering: one replica acts, chosen by the Lease (leadership.py)

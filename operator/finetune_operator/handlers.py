@@ -1,19 +1,21 @@
-"""The kopf wiring: watch FineTuneJobs and their pods, and feed one work queue.
+"""The work queue of jobs to reconcile, fed by the watch streams (watches.py), and its place in
+kopf's lifecycle.
 
-Why event handlers and a work queue instead of kopf's create/update handlers, timers or daemons:
+Why a work queue instead of kopf's create/update handlers, timers or daemons:
 * kopf's change-detecting handlers keep their bookkeeping in the object (an annotation with the
   last handled spec, progress in status), and its timers and daemons add a finalizer to every
-  job, so a job could not be deleted while the operator is down (or uninstalled). Watch-event
-  handlers need neither: the operator writes only `status` and never blocks a deletion.
+  job, so a job could not be deleted while the operator is down (or uninstalled). The operator
+  writes only `status` and never blocks a deletion.
 * Every trigger (job change, pod change, retry back-off over, deadline, start timeout,
   progress poll, TTL) becomes "reconcile this job now / in N seconds". The queue runs one
   reconcile per job at a time and `--workers` jobs in parallel, which bounds the load on the
   API server however many jobs there are.
-kopf still provides the watch streams (with reconnects and resourceVersion bookkeeping), the
-startup/cleanup lifecycle and the liveness endpoint. The same events feed the reconciler's watch
-cache (cache.py), so passes read no job and no pods from the API server; an event that brings
-nothing the cache did not hold (the operator's own status write, written through already, or a
-repeat after a watch reconnect) costs no pass.
+kopf provides the startup/cleanup lifecycle, login, signals and the liveness endpoint; the
+watch streams are the operator's own (watches.py: kopf's per-event machinery was about 30% of
+the operator's CPU). The same events feed the reconciler's watch cache (cache.py), so passes
+read no job and no pods from the API server; an event that brings nothing the cache did not
+hold (the operator's own status write, written through already, or a repeat after a watch
+reconnect) costs no pass.
 
 Three priorities: a job's own change (a new job, a spec edit, a deletion) and a pod that ended or
 went go first; then the routine steps of a pod on its way (scheduled, started); then timed looks
@@ -38,16 +40,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
 
 from . import heap
-from .api import GROUP, KIND, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
+from .api import GROUP, KIND
 from .config import OperatorConfig
 from .controller import Reconciler
 from .metrics import Metrics
+from .watches import Intake
 from .workqueue import ExponentialBackoff, WorkQueue
 
 log = logging.getLogger("finetune_operator")
@@ -78,10 +82,18 @@ class ReconcileQueue:
     """The work queue of jobs to reconcile and the workers that drain it (with the reconciler
     they call), started and stopped with kopf's lifecycle."""
 
-    def __init__(self, config: OperatorConfig, metrics: Metrics, reconciler_factory: Any) -> None:
+    def __init__(
+        self,
+        config: OperatorConfig,
+        metrics: Metrics,
+        reconciler_factory: Any,
+        intake_factory: Callable[[ReconcileQueue], Intake] | None = None,
+    ) -> None:
         self.config = config
         self.metrics = metrics
         self._reconciler_factory = reconciler_factory
+        self._intake_factory = intake_factory
+        self.intake: Intake | None = None
         self.reconciler: Reconciler | None = None
         self.queue: WorkQueue | None = None
         self.backoff = ExponentialBackoff(ERROR_BACKOFF_BASE, ERROR_BACKOFF_MAX)
@@ -99,6 +111,9 @@ class ReconcileQueue:
         ]
         self._workers.append(asyncio.create_task(self._sweep(), name="sweep"))
         self._workers.append(asyncio.create_task(self._trim(), name="trim"))
+        if self._intake_factory is not None:
+            self.intake = self._intake_factory(self)
+            self.intake.start()
 
     def _busy(self) -> bool:
         """New work piles up: more urgent keys wait than there are workers. Read from the
@@ -107,19 +122,39 @@ class ReconcileQueue:
         return queue is not None and queue.waiting(URGENT) > self.config.workers
 
     async def stop(self) -> None:
+        if self.intake is not None:
+            await self.intake.stop()
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def observe(self, kind: str, event: dict[str, Any], body: dict[str, Any]) -> bool:
-        """A watch event of a job or pod: into the reconciler's watch cache, if it has one.
-        Whether it brought anything new (False: no pass needed)."""
+    def observe(self, kind: str, event_type: str | None, obj: dict[str, Any]) -> bool:
+        """A watch event of a job or pod (`event_type` None: listed): into the reconciler's watch
+        cache, if it has one. Whether it brought anything new (False: no pass needed). Called
+        from the watch streams' threads: the cache and the metrics are thread-safe."""
         observe = getattr(self.reconciler.kube if self.reconciler else None, "observe", None)
-        new = True if observe is None else bool(observe(kind, event.get("type"), event.get("object") or body))
+        new = True if observe is None else bool(observe(kind, event_type, obj))
         self.metrics.watch_events.labels(kind=kind, new=str(new).lower()).inc()
         return new
+
+    def route(self, kind: str, event_type: str | None, obj: dict[str, Any]) -> None:
+        """On the event loop (the queue is not thread-safe): what an event that brought news asks
+        for. A job's change is worked at once, its deletion forgotten; a pod's change is its
+        job's to work, at the urgency of what happened to the pod."""
+        meta = obj.get("metadata") or {}
+        namespace, name = meta.get("namespace", ""), meta.get("name", "")
+        if kind == "job":
+            if event_type == "DELETED":
+                self.deleted(namespace, name, meta.get("uid"))
+            else:
+                self.enqueue(namespace, name)
+            return
+        priority = pod_priority(event_type, obj)
+        for owner in meta.get("ownerReferences") or []:
+            if owner.get("kind") == KIND and owner.get("apiVersion", "").startswith(GROUP + "/"):
+                self.enqueue(namespace, owner["name"], priority=priority)
 
     def enqueue(self, namespace: str, name: str, delay: float = 0.0, priority: int = URGENT) -> None:
         if self.queue is not None:
@@ -191,24 +226,9 @@ class ReconcileQueue:
             await asyncio.to_thread(heap.trim)
 
 
-class NoDiffBase(kopf.DiffBaseStorage):
-    """kopf prepares, on every watch event, a diff base for change-detecting handlers (a deep
-    copy of the whole object less its status, diffed against the last one it stored); the
-    operator has only event handlers, so there is nothing to build. Profiled under a burst
-    (py-spy), the build and the diff were about a fifth of the operator's CPU."""
-
-    def build(self, *, body: Any, extra_fields: Any = None) -> kopf.BodyEssence:
-        return kopf.BodyEssence()
-
-    def fetch(self, *, body: Any) -> kopf.BodyEssence | None:
-        return None
-
-    def store(self, *, body: Any, patch: Any, essence: Any) -> None:
-        return None
-
-
 def build_registry(queue: ReconcileQueue) -> kopf.OperatorRegistry:
-    """The kopf handlers, registered on a registry of their own (no module-level globals)."""
+    """kopf's part: login, the work queue and the watch streams started and stopped with kopf's
+    lifecycle (a registry of its own: no module-level globals). kopf watches nothing itself."""
     registry = kopf.OperatorRegistry()
     # A registry of our own gets none of kopf's default login handlers: use the kubernetes
     # client's (in-cluster service account, else $KUBECONFIG), as the reconciler does.
@@ -216,46 +236,15 @@ def build_registry(queue: ReconcileQueue) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        # Discovery once at startup: the CRD must be installed first (the chart does), and the
-        # operator needs no permission on CustomResourceDefinitions or Namespaces.
+        # No discovery: the operator's own streams watch the CRD's jobs (the chart installs it
+        # first), and it needs no permission on CustomResourceDefinitions or Namespaces.
         settings.scanning.disabled = True
-        # Watch only our pods, filtered by the API server (the handler's `labels=` alone would
-        # filter client-side, after every pod of the cluster had crossed the wire).
-        settings.watching.label_selectors["v1", "pods"] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
-        # Watch requests end every few minutes and resume from the last resourceVersion, so a
-        # silently dead connection is noticed. No resync is needed: every job that is not
-        # finished or suspended has a timed re-queue of its own (back-off, deadline, timeouts, poll).
-        settings.watching.server_timeout = 300
-        settings.watching.client_timeout = 330
         # kopf posts Events only for its own warnings; the job's story comes from the reconciler.
         settings.posting.level = logging.WARNING
-        settings.persistence.diffbase_storage = NoDiffBase()
         await queue.start()
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
         await queue.stop()
-
-    # Coroutines, so kopf calls them on the event loop: it runs sync handlers in a thread pool,
-    # and the work queue (a dict and an asyncio.Event) is not thread-safe.
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    async def job_event(
-        event: dict[str, Any], body: dict[str, Any], namespace: str, name: str, **_: Any
-    ) -> None:
-        new = queue.observe("job", event, body)
-        if event.get("type") == "DELETED":
-            uid = ((event.get("object") or {}).get("metadata") or {}).get("uid")
-            queue.deleted(namespace, name, uid)
-        elif new:
-            queue.enqueue(namespace, name)
-
-    @kopf.on.event("v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY}, registry=registry)
-    async def pod_event(event: dict[str, Any], body: dict[str, Any], namespace: str, **_: Any) -> None:
-        if not queue.observe("pod", event, body):
-            return
-        priority = pod_priority(event.get("type"), body)
-        for owner in body.get("metadata", {}).get("ownerReferences") or []:
-            if owner.get("kind") == KIND and owner.get("apiVersion", "").startswith(GROUP + "/"):
-                queue.enqueue(namespace, owner["name"], priority=priority)
 
     return registry

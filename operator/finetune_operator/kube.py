@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -93,6 +93,8 @@ def api_message(exc: BaseException) -> str:
 
 
 Keep = Callable[[dict[str, Any]], Any]  # what a list keeps of each item it reads (default: the item)
+WATCH_CHUNK = 1 << 16  # bytes read at most per call on a watch stream
+WATCH_SLACK_SECONDS = 30  # a watch's read timeout beyond the server's timeoutSeconds
 LIST_PAGE = 500  # items per LIST request (the API server's `limit`): a relist of thousands of
 # pods held them all as Python objects before the cache kept its slim copies (964 MiB at 10,000)
 
@@ -221,22 +223,71 @@ class Kube:
         return self._request("GET", f"{_JOBS.format(ns=namespace)}/{quote(name)}")
 
     def _list(self, path: str, query: list[tuple[str, Any]], each: Keep | None) -> list[dict[str, Any]]:
-        """Every item, a page of `page` at a time (the continue token keeps one snapshot; one
-        that expired mid-list raises 410, and the caller lists again later)."""
-        kept: list[dict[str, Any]] = []
-        token = ""
+        return self.list_versioned(path, query, each)[0]
+
+    def list_versioned(
+        self, path: str, query: list[tuple[str, Any]], each: Keep | None = None
+    ) -> tuple[list[Any], str]:
+        """Every item of a collection, a page of `page` at a time, and the resourceVersion of the
+        snapshot they come from (a watch from it misses nothing). The continue token keeps one
+        snapshot; one that expired mid-list raises 410, and the caller lists again later."""
+        kept: list[Any] = []
+        token = version = ""
         while True:
             more = [("continue", token)] if token else []
             data = self._request("GET", path, query=[*query, ("limit", self.page), *more])
             items = data.get("items") or []
             kept.extend(items if each is None else map(each, items))
-            token = (data.get("metadata") or {}).get("continue") or ""
+            meta = data.get("metadata") or {}
+            version = version or meta.get("resourceVersion") or ""
+            token = meta.get("continue") or ""
             if not token:
-                return kept
+                return kept, version
+
+    def watch(
+        self,
+        path: str,
+        query: list[tuple[str, Any]],
+        version: str,
+        seconds: int,
+        opened: Callable[[Any], None],
+    ) -> Iterator[dict[str, Any]]:
+        """The events of one watch request on a collection from `version` on, bookmarks
+        included, until the API server ends it after `seconds`. `opened(response)` is told of the
+        open response (closing it ends the iteration from another thread)."""
+        if self.on_request is not None:
+            self.on_request("watch", request_kind("GET", path)[1])
+        query = [
+            *query,
+            ("watch", "true"),
+            ("resourceVersion", version),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", seconds),
+        ]
+        headers = {"Accept": "application/json"}
+        request = self.api.param_serialize(
+            "GET", path, query_params=query, header_params=headers, auth_settings=["BearerToken"]
+        )
+        # Connect within the usual timeout; a read may wait for the server's own end of the watch.
+        response = self.api.call_api(*request, _request_timeout=(self.timeout, seconds + WATCH_SLACK_SECONDS))
+        if not 200 <= response.status <= 299:
+            response.read()
+            self.api.response_deserialize(response, {})  # raises ApiException with the body
+        raw = response.response
+        opened(raw)
+        try:
+            rest = b""
+            for chunk in raw.stream(WATCH_CHUNK):  # one chunk per event, as the server flushes them
+                *lines, rest = (rest + chunk).split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
+        finally:
+            raw.close()  # ended, or left early: the connection is not reused mid-stream
+            raw.release_conn()
 
     def list_jobs(self, namespace: str | None, each: Keep | None = None) -> list[dict[str, Any]]:
-        path = f"/apis/{GROUP}/{VERSION}/{PLURAL}" if namespace is None else _JOBS.format(ns=namespace)
-        return self._list(path, [], each)
+        return self._list(collection_path("job", namespace), [], each)
 
     def patch_job_status(
         self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
@@ -262,8 +313,7 @@ class Kube:
         self, namespace: str | None, selector: str, each: Keep | None = None
     ) -> list[dict[str, Any]]:
         """The pods matching `selector` in a namespace, or in all of them (None)."""
-        path = "/api/v1/pods" if namespace is None else f"/api/v1/namespaces/{namespace}/pods"
-        return self._list(path, [("labelSelector", selector)], each)
+        return self._list(collection_path("pod", namespace), [("labelSelector", selector)], each)
 
     def create_pod(self, pod: dict[str, Any]) -> dict[str, Any]:
         ns = pod["metadata"]["namespace"]
@@ -372,6 +422,13 @@ class Kube:
                 raise
             # AlreadyExists: a pass that died after posting it and before the status write
             # posted this very Event; the pass that repeats it after the restart adds nothing.
+
+
+def collection_path(kind: str, namespace: str | None) -> str:
+    """The API path of the FineTuneJobs ("job") or pods ("pod") of a namespace (None: all)."""
+    if kind == "job":
+        return f"/apis/{GROUP}/{VERSION}/{PLURAL}" if namespace is None else _JOBS.format(ns=namespace)
+    return "/api/v1/pods" if namespace is None else f"/api/v1/namespaces/{namespace}/pods"
 
 
 def request_kind(method: str, path: str) -> tuple[str, str]:

@@ -70,7 +70,14 @@ class Metrics:
         )
         self.api_requests = Counter(
             "finetune_api_requests",
-            "Requests the reconciler sent to the API server (kopf's watches aside)",
+            "Requests the reconciler sent to the API server (the watch streams aside)",
+            ["verb", "resource"],
+            registry=r,
+        )
+        self.watch_requests = Counter(
+            "finetune_watch_requests",
+            "Lists and watch requests of the watch streams (a list at start and after a 410 Gone; a "
+            "watch every 5 minutes, and after each failure)",
             ["verb", "resource"],
             registry=r,
         )

@@ -6,19 +6,19 @@ ended it silently; under a burst of 5000 jobs all workers died and the operator 
 
 from __future__ import annotations
 
-import inspect
-
 from finetune_operator.config import OperatorConfig
 from finetune_operator.handlers import ReconcileQueue, build_registry
 from finetune_operator.metrics import Metrics
 
 
-def test_every_event_handler_is_a_coroutine_so_kopf_runs_it_on_the_loop() -> None:
+def test_kopf_watches_nothing_itself() -> None:
+    """The watch streams are the operator's own (watches.py): a resource handler registered with
+    kopf would start a second watch of the same objects and run kopf's per-event machinery."""
     registry = build_registry(ReconcileQueue(OperatorConfig(), Metrics(), lambda: None))
-    handlers = list(registry._watching.get_all_handlers())
-    assert handlers, "no event handlers registered"
-    sync = [h.id for h in handlers if not inspect.iscoroutinefunction(h.fn)]
-    assert not sync, f"sync handlers run in kopf's thread pool and race the work queue: {sync}"
+    assert not list(registry._watching.get_all_handlers())
+    assert not list(registry._changing.get_all_handlers())
+    assert not list(registry._spawning.get_all_handlers())
+    assert {h.id.split(".")[-1] for h in registry._activities.get_all_handlers()} >= {"startup", "cleanup"}
 
 
 def test_the_executor_runs_exactly_workers_passes_at_once() -> None:
@@ -74,12 +74,12 @@ def test_an_event_the_cache_held_already_costs_no_pass() -> None:
 
     async def scenario() -> list[bool]:
         await queue.start()
-        seen = [queue.observe("job", {"type": None, "object": job}, job)]
-        seen.append(queue.observe("job", {"type": "MODIFIED", "object": job}, job))  # a repeat
+        seen = [queue.observe("job", None, job)]
+        seen.append(queue.observe("job", "MODIFIED", job))  # a repeat
         newer = {"metadata": {**job["metadata"], "resourceVersion": "6"}, "status": {"phase": "Running"}}
-        seen.append(queue.observe("job", {"type": "MODIFIED", "object": newer}, newer))  # ours
+        seen.append(queue.observe("job", "MODIFIED", newer))  # ours
         newer = {**newer, "metadata": {**job["metadata"], "resourceVersion": "7"}, "spec": {"x": 1}}
-        seen.append(queue.observe("job", {"type": "MODIFIED", "object": newer}, newer))
+        seen.append(queue.observe("job", "MODIFIED", newer))
         await queue.stop()
         return seen
 
@@ -111,9 +111,6 @@ def test_new_jobs_and_ended_pods_go_before_pods_on_their_way_and_timed_looks() -
 
     queue = ReconcileQueue(OperatorConfig(), Metrics(), lambda: None)
     queue.reconciler = None  # no watch cache: every event is new
-    handlers = {h.id: h.fn for h in build_registry(queue)._watching.get_all_handlers()}
-    job_event = next(fn for hid, fn in handlers.items() if "job_event" in hid)
-    pod_event = next(fn for hid, fn in handlers.items() if "pod_event" in hid)
     urgent: set[str] = set()
 
     async def scenario() -> list[str]:
@@ -123,16 +120,16 @@ def test_new_jobs_and_ended_pods_go_before_pods_on_their_way_and_timed_looks() -
         for i in range(30):
             queue.enqueue("ns", f"timed-{i}", priority=TIMED)
             pod = _owned_pod(f"started-{i}", "Running" if i % 2 else "Pending", nodeName="n")
-            await pod_event(event={"type": "MODIFIED", "object": pod}, body=pod, namespace="ns")
+            queue.route("pod", "MODIFIED", pod)
             job = {"metadata": {"namespace": "ns", "name": f"new-{i}"}}
-            await job_event(event={"type": "ADDED", "object": job}, body=job, namespace="ns", name=f"new-{i}")
+            queue.route("job", "ADDED", job)
             urgent.add(f"new-{i}")
             ended = _owned_pod(f"ended-{i}", "Succeeded" if i % 2 else "Failed")
-            await pod_event(event={"type": "MODIFIED", "object": ended}, body=ended, namespace="ns")
+            queue.route("pod", "MODIFIED", ended)
             urgent.add(f"ended-{i}")
             gone = _owned_pod(f"gone-{i}", "Running", deletionTimestamp="2026-01-01T00:00:00Z")
             kind = "DELETED" if i % 2 else "MODIFIED"
-            await pod_event(event={"type": kind, "object": gone}, body=gone, namespace="ns")
+            queue.route("pod", kind, gone)
             urgent.add(f"gone-{i}")
         order = []
         while len(queue.queue):
@@ -148,26 +145,3 @@ def test_new_jobs_and_ended_pods_go_before_pods_on_their_way_and_timed_looks() -
     middle = order[len(urgent) : len(urgent) + 30]
     assert all(k.startswith("started-") for k in middle), middle
     assert all(k.startswith("timed-") for k in order[-30:]), order[-30:]
-
-
-def test_startup_turns_off_the_diff_base_no_handler_uses() -> None:
-    """kopf's per-event diff base (a deep copy and a diff of every object) serves change handlers,
-    which the operator has none of: startup replaces it with one that builds nothing."""
-    import asyncio
-
-    import kopf
-    from finetune_operator.handlers import NoDiffBase
-
-    queue = ReconcileQueue(OperatorConfig(workers=1), Metrics(), lambda: None)
-    registry = build_registry(queue)
-    assert not list(registry._changing.get_all_handlers()), "a change handler needs kopf's diff base"
-    (startup,) = [h.fn for h in registry._activities.get_all_handlers() if "startup" in h.id]
-    settings = kopf.OperatorSettings()
-
-    async def scenario() -> None:
-        await startup(settings=settings)
-        await queue.stop()
-
-    asyncio.run(scenario())
-    assert isinstance(settings.persistence.diffbase_storage, NoDiffBase)
-    assert settings.persistence.diffbase_storage.build(body=kopf.Body({"spec": {"a": 1}})) == {}

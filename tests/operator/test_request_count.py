@@ -72,6 +72,10 @@ def test_a_job_life_reads_nothing_and_its_own_status_writes_cost_no_pass(cluster
     # and a LIST. None are expected here; a rare race may cause one.
     assert sum(reads.values()) <= 2 * fresh, (reads, passes)
     assert fresh <= JOBS // 3, passes
+    # The watch streams (counted apart): one list of each collection at start, then watches.
+    streams = counts(text, "finetune_watch_requests_total", "verb")
+    assert streams.get("finetunejobs list") == 1 and streams.get("pods list") == 1, streams
+    assert streams.get("finetunejobs watch", 0) >= 1 and streams.get("pods watch", 0) >= 1, streams
     # Per life: one pod, and the status written when it was created, ran and succeeded.
     assert requests.get("pods create") == JOBS
     patches = requests.get("finetunejobs/status patch", 0)
