@@ -43,7 +43,7 @@ async def operate(config: OperatorConfig, metrics: Metrics, api_client: Callable
     def intake(queue: ReconcileQueue) -> Intake:
         # A client of its own: each stream holds a connection for minutes, outside the pool the
         # workers share.
-        kube = Kube(api_client(), on_request=lambda verb, resource: streams(verb, resource))
+        kube = Kube(api_client(), on_request=streams)
         return Intake(kube, config.namespaces, queue.observe, queue.route)
 
     queue = ReconcileQueue(config, metrics, reconciler, intake)
