@@ -19,8 +19,9 @@ reconnect) costs no pass.
 
 Three priorities: a job's own change (a new job, a spec edit, a deletion) and a pod that ended or
 went go first; then the routine steps of a pod on its way (scheduled, started); then timed looks
-(progress reads, resyncs). In a burst of new jobs every pod is created before the operator
-writes that the first ones are running, and finished pods never wait behind either. The passes
+(progress reads, resyncs). In a burst of new jobs the pods are created first (each pass sends
+only the pod's POST; the status and Events follow in the pod's first pass), the routine and
+timed passes share a few workers until it is over, and finished pods never wait behind either. The passes
 run on an executor of exactly `--workers` threads (the kubernetes client is synchronous).
 
 A reconcile that raises (the API server unreachable, a conflict, a bug) is retried with a per-key
@@ -52,7 +53,7 @@ from .config import OperatorConfig
 from .controller import Reconciler
 from .metrics import Metrics
 from .watches import Intake
-from .workqueue import ExponentialBackoff, WorkQueue
+from .workqueue import URGENT, ExponentialBackoff, WorkQueue
 
 log = logging.getLogger("finetune_operator")
 
@@ -61,7 +62,8 @@ ERROR_BACKOFF_MAX = 300.0
 SWEEP_SECONDS = 600.0  # how often jobs deleted during a watch gap are looked for
 TRIM_SECONDS = 60.0  # how often free heap pages go back to the kernel (heap.py)
 # Work queue priorities (lower first): a job changed or a pod ended; a pod on its way; a timed look.
-URGENT, ROUTINE, TIMED = 0, 1, 2
+ROUTINE, TIMED = URGENT + 1, URGENT + 2
+BURST_QUIET = 0.5  # urgent adds closer than this make a burst (workqueue.py)
 _ENDED = ("Succeeded", "Failed")
 
 
@@ -102,7 +104,8 @@ class ReconcileQueue:
 
     async def start(self) -> None:
         self.reconciler = self._reconciler_factory()
-        self.queue = WorkQueue()
+        # During a burst, routine steps and timed looks share one worker in eight.
+        self.queue = WorkQueue(quiet=BURST_QUIET, share=max(1, self.config.workers // 8))
         if self.reconciler is not None:
             self.reconciler.busy = self._busy
         self._executor = ThreadPoolExecutor(self.config.workers, thread_name_prefix="reconcile")
@@ -116,10 +119,11 @@ class ReconcileQueue:
             self.intake.start()
 
     def _busy(self) -> bool:
-        """New work piles up: more urgent keys wait than there are workers. Read from the
-        workers' threads: a counter's value, never the queue's structure."""
+        """New work arrives in a burst, or piles up (more urgent keys wait than there are
+        workers). Read from the workers' threads: counters and times, never the queue's
+        structure."""
         queue = self.queue
-        return queue is not None and queue.waiting(URGENT) > self.config.workers
+        return queue is not None and (queue.in_burst() or queue.waiting(URGENT) > self.config.workers)
 
     async def stop(self) -> None:
         if self.intake is not None:

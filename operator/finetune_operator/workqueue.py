@@ -8,6 +8,12 @@ what serialises the reconciles of one job while different jobs proceed in parall
 Of the keys that are due, the most urgent goes first (`priority`: 0 for a change a watch event
 reported, such as a new job or a finished pod; higher for a timed look such as a progress read),
 then the one due longest: a backlog of timed looks never delays new work.
+
+New work comes in bursts (a thousand jobs applied at once, a node's pods all ending). While one
+lasts (two urgent adds less than `quiet` seconds apart), the other priorities run on at most
+`share` workers at a time: their passes write statuses and Events, whose requests would
+otherwise compete with the burst's own at the API server. They are never starved, only slowed,
+and take every worker again once the burst is over.
 """
 
 from __future__ import annotations
@@ -20,13 +26,22 @@ import itertools
 import time
 from collections.abc import Callable, Hashable
 
+URGENT = 0  # the priority of new work
+
 
 class WorkQueue:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, quiet: float = 0.5, share: int = 1
+    ) -> None:
         self._clock = clock
+        self.quiet = quiet
+        self.share = max(1, share)
         self._due: dict[Hashable, float] = {}
         self._priority: dict[Hashable, int] = {}
-        self._active: set[Hashable] = set()
+        self._active: dict[Hashable, int] = {}  # held key -> the priority it was taken at
+        self._active_later = 0  # held keys that were not urgent
+        # The last two urgent adds: floats, so that `in_burst` may be read from other threads.
+        self._urgent_last = self._urgent_prev = -float("inf")
         # Two heaps, so that taking a key costs O(log n) with thousands of running jobs each
         # holding a timed look (a scan of every key per take made a burst quadratic). Entries
         # are never removed in place: one whose due time or priority no longer matches the
@@ -55,7 +70,10 @@ class WorkQueue:
     def add(self, key: Hashable, delay: float = 0.0, priority: int = 0) -> None:
         """Process ``key`` after ``delay`` seconds (or sooner, if it is already due sooner), with
         the more urgent (lower) of its priorities."""
-        due = self._clock() + max(0.0, delay)
+        now = self._clock()
+        if priority <= URGENT:
+            self._urgent_prev, self._urgent_last = self._urgent_last, now
+        due = now + max(0.0, delay)
         old_due, old_priority = self._due.get(key), self._priority.get(key)
         if old_due is None or due < old_due:
             self._due[key] = due
@@ -64,6 +82,11 @@ class WorkQueue:
         if (self._due[key], self._priority[key]) != (old_due, old_priority):
             self._push(key)
             self._changed.set()
+
+    def in_burst(self) -> bool:
+        """Whether new work is arriving in a burst: the last two urgent adds were less than
+        `quiet` seconds apart, the later one less than `quiet` seconds ago."""
+        return self._clock() - self._urgent_prev < self.quiet
 
     def discard(self, key: Hashable) -> None:
         self._due.pop(key, None)
@@ -80,12 +103,17 @@ class WorkQueue:
             if self._due.get(key) == due and key not in self._active:
                 heapq.heappush(self._ready, (self._priority[key], due, seq, key))
         while self._ready:
-            priority, due, _, key = heapq.heappop(self._ready)
+            priority, due, seq, key = self._ready[0]
             if self._due.get(key) != due or self._priority.get(key) != priority or key in self._active:
+                heapq.heappop(self._ready)
                 continue  # superseded, taken, or held (done() puts a held key back)
+            if priority > URGENT and self._active_later >= self.share and self.in_burst():
+                return None  # the most urgent is not new work, and a burst is on: later
+            heapq.heappop(self._ready)
             del self._due[key]
             self._set_priority(key, None)
-            self._active.add(key)
+            self._active[key] = priority
+            self._active_later += priority > URGENT
             return key
         return None
 
@@ -95,13 +123,18 @@ class WorkQueue:
             key = self.take()
             if key is not None:
                 return key
-            timeout = max(0.0, self._timers[0][0] - self._clock()) if self._timers else None
+            now = self._clock()
+            timeout = max(0.0, self._timers[0][0] - now) if self._timers else None
+            if self._ready and self.in_burst():  # held back by the burst: look again when it ends
+                end = max(0.0, self._urgent_prev + self.quiet - now)
+                timeout = end if timeout is None else min(timeout, end)
             self._changed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout)
 
     def done(self, key: Hashable) -> None:
-        self._active.discard(key)
+        priority = self._active.pop(key, None)
+        self._active_later -= priority is not None and priority > URGENT
         if key in self._due:  # added while it was held: it may be taken now
             self._push(key)
         self._changed.set()

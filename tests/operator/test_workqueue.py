@@ -3,7 +3,7 @@
 import asyncio
 
 from finetune_operator.workqueue import WorkQueue
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 
@@ -73,54 +73,101 @@ def test_a_timed_add_does_not_demote_an_urgent_key():
     assert asyncio.run(scenario()) == "job"
 
 
+def test_during_a_burst_the_other_priorities_share_one_worker_and_get_all_after_it():
+    """Issue 12: while new work arrives in a burst, routine and timed passes (statuses, Events,
+    progress reads) run one at a time, never none; new work takes every worker; when the burst
+    is over a waiting worker wakes by itself and the rest run in parallel."""
+
+    async def scenario():
+        queue = WorkQueue(quiet=0.2, share=1)
+        for i in range(3):
+            queue.add(f"routine-{i}", 0.0, priority=1)
+        assert not queue.in_burst()
+        queue.add("new-0")
+        queue.add("new-1")  # two urgent adds in a row: a burst
+        assert queue.in_burst()
+        taken = [queue.take() for _ in range(4)]
+        assert taken == ["new-0", "new-1", "routine-0", None]  # one routine pass at a time
+        queue.done("routine-0")
+        assert queue.take() == "routine-1"
+        queue.add("new-2")
+        assert queue.take() == "new-2"  # new work is never held back
+        t0 = asyncio.get_running_loop().time()
+        last = await asyncio.wait_for(queue.get(), 2)  # routine-1 still held: wait out the burst
+        waited = asyncio.get_running_loop().time() - t0
+        return last, waited, queue.in_burst()
+
+    last, waited, burst = asyncio.run(scenario())
+    assert last == "routine-2" and 0.1 < waited < 1.0 and not burst
+
+
 class _Model:
     """The queue's rules, written plainly (a scan of every key): what the heaps must agree with."""
 
-    def __init__(self) -> None:
+    def __init__(self, quiet: float, share: int) -> None:
+        self.quiet, self.share = quiet, share
         self.due: dict[str, float] = {}
         self.priority: dict[str, int] = {}
-        self.active: set[str] = set()
+        self.active: dict[str, int] = {}
+        self.urgent: list[float] = []  # the times of every urgent add
 
-    def add(self, key: str, due: float, priority: int) -> None:
+    def add(self, key: str, due: float, priority: int, now: float) -> None:
         self.due[key] = min(due, self.due.get(key, due))
         self.priority[key] = min(priority, self.priority.get(key, priority))
+        if priority == 0:
+            self.urgent.append(now)
+
+    def burst(self, now: float) -> bool:
+        return len(self.urgent) >= 2 and now - self.urgent[-2] < self.quiet
 
     def best(self, now: float) -> tuple[int, float] | None:
         ready = [(self.priority[k], d) for k, d in self.due.items() if d <= now and k not in self.active]
-        return min(ready, default=None)
+        best = min(ready, default=None)
+        later = sum(1 for p in self.active.values() if p > 0)
+        if best and best[0] > 0 and self.burst(now) and later >= self.share:
+            return None
+        return best
 
 
+_ADD = st.tuples(
+    st.just("add"),
+    st.sampled_from("abcdef"),
+    st.sampled_from([0.0, 0.0, 0.5, 1.0, 3.0]),
+    st.integers(0, 2),
+)
 _OPS = st.lists(
     st.one_of(
-        st.tuples(
-            st.just("add"),
-            st.sampled_from("abc"),
-            st.sampled_from([0.0, 0.5, 1.0, 3.0]),
-            st.integers(0, 2),
-        ),
+        _ADD,
         st.tuples(st.just("take")),
         st.tuples(st.just("done"), st.integers(0, 5)),
-        st.tuples(st.just("discard"), st.sampled_from("abc")),
-        st.tuples(st.just("tick"), st.sampled_from([0.25, 1.0])),
+        st.tuples(st.just("discard"), st.sampled_from("abcdef")),
+        st.tuples(st.just("tick"), st.sampled_from([0.1, 0.25, 1.0])),
     ),
+    min_size=20,  # long enough for bursts, held keys and time passing to meet
     max_size=80,
 )
 
 
-@given(ops=_OPS)
+@given(ops=_OPS, share=st.integers(1, 2))
+@example(  # a burst; a routine key held; a second routine key must wait
+    ops=[("add", "a", 0.0, 0), ("add", "a", 0.0, 0), ("take",), ("add", "b", 0.0, 1)]
+    + [("add", "c", 0.0, 1), ("take",), ("take",)],
+    share=1,
+)
 @settings(max_examples=400, deadline=None)
-def test_the_queue_takes_what_a_scan_of_every_key_would(ops: list[tuple]) -> None:
+def test_the_queue_takes_what_a_scan_of_every_key_would(ops: list[tuple], share: int) -> None:
     """Generated sequences of adds (delays, priorities), takes, dones, discards and time passing:
     every take returns a key the plain rules allow (due, not held, the most urgent priority, then
-    the longest due), None only when none is, and the queue's length is the model's."""
+    the longest due; during a burst no more than `share` keys that are not urgent held at once),
+    None only when none is, and the queue's length is the model's."""
     now = [0.0]
-    queue, model = WorkQueue(clock=lambda: now[0]), _Model()
+    queue, model = WorkQueue(clock=lambda: now[0], quiet=0.5, share=share), _Model(0.5, share)
     held: list[str] = []
     for op in ops:
         if op[0] == "add":
             _, key, delay, priority = op
             queue.add(key, delay, priority)
-            model.add(key, now[0] + delay, priority)
+            model.add(key, now[0] + delay, priority, now[0])
         elif op[0] == "take":
             best = model.best(now[0])
             key = queue.take()
@@ -128,26 +175,26 @@ def test_the_queue_takes_what_a_scan_of_every_key_would(ops: list[tuple]) -> Non
                 assert key is None
                 continue
             assert key is not None and (model.priority[key], model.due[key]) == best
-            del model.due[key], model.priority[key]
-            model.active.add(key)
+            model.active[key] = model.priority.pop(key)
+            del model.due[key]
             held.append(key)
         elif op[0] == "done" and held:
             key = held.pop(op[1] % len(held))
             queue.done(key)
-            model.active.discard(key)
+            model.active.pop(key)
         elif op[0] == "discard":
             queue.discard(op[1])
             model.due.pop(op[1], None)
             model.priority.pop(op[1], None)
         elif op[0] == "tick":
             now[0] += op[1]
-        assert len(queue) == len(model.due)
+        assert len(queue) == len(model.due) and queue.in_burst() == model.burst(now[0])
         for priority in range(3):
             assert queue.waiting(priority) == list(model.priority.values()).count(priority)
     # Everything left is taken in the end, once time has passed and the holders are done.
     for key in held:
         queue.done(key)
-        model.active.discard(key)
+        model.active.pop(key)
     now[0] += 10
     left = set()
     while (key := queue.take()) is not None:
