@@ -1,8 +1,10 @@
 """Prometheus metrics of the operator (prometheus-client, served on /metrics).
 
-Per-job series are limited to one gauge (the latest top-1) whose series is removed when the job
-is deleted, so cardinality follows the number of live jobs. Everything else is labelled by
-bounded sets (phase, reason).
+Per-job series are limited to one gauge (the latest top-1) whose series goes when the job is
+deleted, so cardinality follows the number of live jobs. Everything else is labelled by bounded
+sets (phase, reason). The top-1 gauge is read at scrape time from the per-job record the phase
+counts keep anyway (`_Job`): a labelled child of a client Gauge per job cost about 360 bytes more
+each (tests/operator/test_metrics.py measures it).
 
 What a job contributes (its phase, its top-1) is kept per job *uid*, and a deleted uid is
 remembered: a pass that read the job before it was deleted and reports it afterwards cannot bring
@@ -13,13 +15,15 @@ a list with the list (`mark`, `seen_before`).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from .api import PHASES
 
@@ -28,11 +32,31 @@ _STARTUP_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
 _GONE_REMEMBERED = 10_000  # deleted uids remembered (a uid never comes back; this bounds memory)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Job:
     uid: str
     phase: str
     seen: int  # the observation's sequence number (see mark())
+    top1: float | None = None  # the latest reported
+
+
+_TOP1 = ("finetune_job_top1", "Latest top-1 accuracy of a job (final, or the latest epoch while running)")
+
+
+class _Top1(Collector):
+    """The per-job top-1 gauge, from the jobs' records at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(*_TOP1, labels=["namespace", "name"])
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(*_TOP1, labels=["namespace", "name"])
+        for namespace, name, top1 in self._metrics.top1_values():
+            family.add_metric([namespace, name], top1)
+        yield family
 
 
 class Metrics:
@@ -99,12 +123,7 @@ class Metrics:
             "Jobs whose latest reconcile raised (retried with exponential back-off until one succeeds)",
             registry=r,
         )
-        self.top1 = Gauge(
-            "finetune_job_top1",
-            "Latest top-1 accuracy of a job (final, or the latest epoch while running)",
-            ["namespace", "name"],
-            registry=r,
-        )
+        r.register(_Top1(self))
         self.leader = Gauge(
             "finetune_leader",
             "1 while this replica acts (holds the leader Lease, or runs without leader election); "
@@ -129,11 +148,12 @@ class Metrics:
         with self._lock:
             if uid in self._gone:
                 return
-            job = _Job(uid, phase or "Pending", next(self._seq))
-            self._count(self._jobs.get((namespace, name)), job)
+            old = self._jobs.get((namespace, name))
+            if top1 is None and old is not None and old.uid == uid:
+                top1 = old.top1  # not reported in this pass: the latest stands
+            job = _Job(uid, phase or "Pending", next(self._seq), top1)
+            self._count(old, job)
             self._jobs[(namespace, name)] = job
-            if top1 is not None:
-                self.top1.labels(namespace=namespace, name=name).set(top1)
 
     def forget_job(self, namespace: str, name: str, uid: str | None = None) -> None:
         """Job `uid` (None: whichever has that name) is gone: drop it from the phase gauge and
@@ -146,8 +166,11 @@ class Metrics:
             known = self._jobs.get((namespace, name))
             if known is None or uid is None or known.uid == uid:
                 self._count(self._jobs.pop((namespace, name), None), None)
-                with contextlib.suppress(KeyError):
-                    self.top1.remove(namespace, name)
+
+    def top1_values(self) -> list[tuple[str, str, float]]:
+        """(namespace, name, top-1) of every job that reported one."""
+        with self._lock:
+            return [(ns, name, j.top1) for (ns, name), j in self._jobs.items() if j.top1 is not None]
 
     def uid_of(self, namespace: str, name: str) -> str | None:
         with self._lock:
