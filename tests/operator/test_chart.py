@@ -438,7 +438,7 @@ def test_dashboard_queries_use_the_operators_metric_names() -> None:
     metrics.retries.labels(reason="Interrupted").inc()
     metrics.duration.labels(phase="Succeeded").observe(1)
     metrics.reconcile_errors.labels(kind="ApiException").inc()
-    metrics.top1.labels(namespace="n", name="j").set(0.5)
+    metrics.observe_job("n", "j", "u", "Running", top1=0.5)
     exposed = {
         line.split("{")[0].split(" ")[0]
         for line in generate_latest(metrics.registry).decode().splitlines()
