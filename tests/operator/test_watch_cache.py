@@ -15,11 +15,12 @@ from __future__ import annotations
 import copy
 import json
 import random
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from finetune_operator.cache import LAST_APPLIED, CachedKube, _Entry, newer, selector_terms
+from finetune_operator.cache import LAST_APPLIED, CachedKube, newer, selector_terms
 from finetune_operator.controller import Reconciler
 from finetune_operator.gang import observe_gang, rank_of
 from finetune_operator.kueue import kueue_gated, kueue_managed, kueue_stop
@@ -351,6 +352,36 @@ def test_the_cached_job_reads_as_the_job_less_what_is_never_read() -> None:
     assert not cache.observe("job", "MODIFIED", copy.deepcopy(job))
 
 
+def test_the_kinds_dictionary_shrinks_alike_jobs_and_any_job_reads_back_exactly() -> None:
+    """The first job kept becomes the jobs' preset dictionary: a job like it costs a fraction of
+    what it costs compressed alone, and jobs unlike it (another shape, other text) still read
+    back exactly; the pods' dictionary is their own."""
+    cache = CachedKube(FakeKube())
+    tiny = {"metadata": {"namespace": NS, "name": "tiny", "uid": "u-tiny", "resourceVersion": "1"}}
+    assert cache.observe("job", "ADDED", copy.deepcopy(tiny))
+    jobs = []
+    for i in range(5):
+        job = _job(str(10 + i), phase="Running")
+        job["metadata"].update(name=f"job-{i}", uid=f"u-{i}")
+        job["status"]["message"] = f"epoch {i}: loss {1.0 / (i + 1)!r} \u00e9"
+        jobs.append(job)
+        assert cache.observe("job", "ADDED", copy.deepcopy(job))
+    for job in jobs:
+        assert cache.get_job(NS, job["metadata"]["name"]) == job
+    assert cache.get_job(NS, "tiny") == tiny
+
+    alike = CachedKube(FakeKube())
+    for job in jobs:
+        alike.observe("job", "ADDED", copy.deepcopy(job))
+    entry = alike._jobs.objects[(NS, "job-4")]
+    alone = zlib.compress(json.dumps(entry.read(), separators=(",", ":")).encode(), 1)
+    assert len(entry.packed) < len(alone) / 3, (len(entry.packed), len(alone))
+    pod = {"metadata": {"namespace": NS, "name": "p", "uid": "u-p", "labels": {}}, "status": {}}
+    alike.observe("pod", "ADDED", copy.deepcopy(pod))
+    assert alike._pods.objects[(NS, "p")].zdict != entry.zdict
+    assert alike.list_pods(NS, "a=b") == [] and alike._pods.objects[(NS, "p")].read() == pod
+
+
 def test_pods_are_listed_by_their_job_and_the_rest_of_the_selector() -> None:
     cache = CachedKube(FakeKube())
     for name, job in (("a-1", "a"), ("a-2", "a"), ("b-1", "b")):
@@ -403,7 +434,7 @@ def test_a_stale_status_write_is_refused_and_redone_on_fresh_reads() -> None:
     old = copy.deepcopy(kube.job(NS, NAME))
     reconciler.reconcile(NS, NAME)  # judges attempt 1: failedAttempts 1
     assert kube.status(NS, NAME)["failedAttempts"] == 1
-    cache._jobs.objects[(NS, NAME)] = _Entry("job", old)  # as if that answer never came back
+    cache._jobs.objects[(NS, NAME)] = cache._entry("job", old)  # as if that answer never came back
     reconciler.reconcile(NS, NAME)
     assert kube.status(NS, NAME)["failedAttempts"] == 1
     assert reconciler.stale_passes >= 1
