@@ -18,11 +18,12 @@ write, which carries the resourceVersion the write-through stored already, nor, 
 before the write's answer, a job event that changed nothing but the status: only the operator
 writes a job's status (one replica acts at a time).
 
-kopf relists after a watch gap (410 Gone) but reports nothing of what was deleted during it, so
-`relist()`, called by the reconciler's periodic sweep, lists the jobs and the operator's pods and
-drops what the cache holds beyond them (as an informer's relist replaces its store). An object
-created while the list was on its way may be dropped too; that is safe, since the reconciler
-never trusts an absence, and the next event or write brings it back.
+A stream that relists after a watch gap (410 Gone) sees nothing of what was deleted during it,
+so `relist()`, called by the reconciler's periodic sweep, lists the jobs and the operator's pods
+and drops what the cache holds beyond them that is not newer than the list's snapshot (as an
+informer's relist replaces its store): what was created or written while the list was on its
+way stays. Dropping too much would be safe, since the reconciler never trusts an absence, but
+costs a pass on the API server for each job (a sweep during a burst of new jobs).
 
 Each object is held as an `_Entry`: what the reconciler reads of it (no managedFields, a pod's
 spec only where it runs and whether Kueue gates it) as compressed JSON, with its uid, version and
@@ -218,22 +219,42 @@ class CachedKube:
 
     def relist(self, namespace: str | None) -> list[dict[str, Any]]:
         """List the jobs and the operator's pods of a namespace (None: all) from the API server,
-        and make the cache hold just those; returns the jobs' names and uids (as `metadata`)."""
-        # Kept page by page as entries: the whole answer is never held as Python objects.
-        jobs = self.live.list_jobs(namespace, each=functools.partial(self._entry, "job"))
-        selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
-        pods = self.live.list_pods(namespace, selector, each=functools.partial(self._entry, "pod"))  # type: ignore[arg-type]
+        and make the cache hold just those; returns the jobs' names and uids (as `metadata`).
+        What the cache holds unlisted but newer than the list's snapshot (created, or written
+        through, while the list was on its way) stays: only what the snapshot shows gone goes."""
+        jobs, jobs_version = self.live.list_snapshot(
+            "job", namespace, "", functools.partial(self._keep, "job")
+        )
+        ours = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+        pods, pods_version = self.live.list_snapshot(
+            "pod", namespace, ours, functools.partial(self._keep, "pod")
+        )
         with self._lock:
-            for kind, store, listed in (("job", self._jobs, jobs), ("pod", self._pods, pods)):
-                keep = {entry.key for entry in listed}
+            for kind, store, listed, version in (
+                ("job", self._jobs, jobs, jobs_version),
+                ("pod", self._pods, pods, pods_version),
+            ):
+                keep = {key for key, _ in listed}
                 for key, old in list(store.objects.items()):
                     if (namespace is None or key[0] == namespace) and key not in keep:
+                        if version and newer(old.version, version):
+                            continue  # came after the snapshot: not gone
                         del store.objects[key]
                         if kind == "pod":
                             self._unindex(old)
-                for entry in listed:
-                    self._put(kind, entry)
-        return [{"metadata": {"namespace": e.key[0], "name": e.key[1], "uid": e.uid}} for e in jobs]
+        return [{"metadata": {"namespace": key[0], "name": key[1], "uid": uid}} for key, uid in jobs]
+
+    def _keep(self, kind: str, obj: dict[str, Any]) -> tuple[_Key, str | None]:
+        """One listed object, as its page arrives: into the cache unless it holds that version
+        already (a relist of 10,000 unchanged objects builds no second copy of them); its key
+        and uid for the rest of the relist."""
+        key, meta = _key(obj), obj.get("metadata") or {}
+        held = (self._jobs if kind == "job" else self._pods).objects.get(key)
+        if held is None or (held.uid, held.version) != (meta.get("uid"), meta.get("resourceVersion")):
+            entry = self._entry(kind, obj)
+            with self._lock:
+                self._put(kind, entry)
+        return key, meta.get("uid")
 
     def refresh(self, namespace: str, selector: str, job: dict[str, Any], pods: list[dict[str, Any]]) -> None:
         """What a pass read from the API server (the cache had lagged): the job, and exactly
@@ -277,6 +298,11 @@ class CachedKube:
     def list_jobs(self, namespace: str | None, each: Keep | None = None) -> list[dict[str, Any]]:
         # The sweep looks for jobs the watch missed: only the API server can say.
         return self.live.list_jobs(namespace, each)
+
+    def list_snapshot(
+        self, kind: str, namespace: str | None, selector: str = "", each: Keep | None = None
+    ) -> tuple[list[Any], str]:
+        return self.live.list_snapshot(kind, namespace, selector, each)
 
     def list_pods(self, namespace: str, selector: str, each: Keep | None = None) -> list[dict[str, Any]]:
         terms = selector_terms(selector)

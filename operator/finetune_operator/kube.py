@@ -111,6 +111,14 @@ class KubeReads(Protocol):
 
     def list_pods(self, namespace: str, selector: str, each: Keep | None = None) -> list[dict[str, Any]]: ...
 
+    def list_snapshot(
+        self, kind: str, namespace: str | None, selector: str = "", each: Keep | None = None
+    ) -> tuple[list[Any], str]:
+        """The jobs or pods (`kind` "job" or "pod") of a namespace (None: all) matching
+        `selector`, and the resourceVersion of the snapshot they come from: what changed after
+        it is newer than it."""
+        ...
+
     def pod_log_tail(
         self, namespace: str, name: str, container: str, lines: int, limit_bytes: int, since_seconds: int
     ) -> str: ...
@@ -288,6 +296,12 @@ class Kube:
 
     def list_jobs(self, namespace: str | None, each: Keep | None = None) -> list[dict[str, Any]]:
         return self._list(collection_path("job", namespace), [], each)
+
+    def list_snapshot(
+        self, kind: str, namespace: str | None, selector: str = "", each: Keep | None = None
+    ) -> tuple[list[Any], str]:
+        query = [("labelSelector", selector)] if selector else []
+        return self.list_versioned(collection_path(kind, namespace), query, each)
 
     def patch_job_status(
         self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None

@@ -163,6 +163,21 @@ class FakeKube:
         ]
         return pods if each is None else [each(p) for p in pods]
 
+    def list_snapshot(
+        self, kind: str, namespace: str | None, selector: str = "", each: Keep | None = None
+    ) -> tuple[list[Any], str]:
+        version = str(self._rv)
+        if kind == "job":
+            return self.list_jobs(namespace, each), version
+        self._read()
+        wanted = dict(term.split("=", 1) for term in selector.split(",") if term)
+        pods = [
+            copy.deepcopy(p)
+            for (ns, _), p in sorted(self.pods.items())
+            if namespace in (None, ns) and wanted.items() <= (p["metadata"].get("labels") or {}).items()
+        ]
+        return (pods if each is None else [each(p) for p in pods]), version
+
     def pod_log_tail(
         self, namespace: str, name: str, container: str, lines: int, limit_bytes: int, since_seconds: int
     ) -> str:
