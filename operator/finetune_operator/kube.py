@@ -95,8 +95,10 @@ def api_message(exc: BaseException) -> str:
 Keep = Callable[[dict[str, Any]], Any]  # what a list keeps of each item it reads (default: the item)
 WATCH_CHUNK = 1 << 16  # bytes read at most per call on a watch stream
 WATCH_SLACK_SECONDS = 30  # a watch's read timeout beyond the server's timeoutSeconds
-LIST_PAGE = 500  # items per LIST request (the API server's `limit`): a relist of thousands of
-# pods held them all as Python objects before the cache kept its slim copies (964 MiB at 10,000)
+LIST_PAGE = 100  # items per LIST request (the API server's `limit`): a relist of thousands of
+# pods held them all as Python objects before the cache kept its slim copies (964 MiB at 10,000);
+# a page of 500 full pods (managedFields and all) still lifted RSS by tens of MiB
+# while it was parsed (the sweep's relist, 10,000 jobs: +45 MiB)
 
 
 class KubeReads(Protocol):
