@@ -153,13 +153,15 @@ class FakeKube:
         jobs = [copy.deepcopy(j) for (ns, _), j in sorted(self.jobs.items()) if namespace in (None, ns)]
         return jobs if each is None else [each(j) for j in jobs]
 
-    def list_pods(self, namespace: str, selector: str, each: Keep | None = None) -> list[dict[str, Any]]:
+    def list_pods(
+        self, namespace: str | None, selector: str, each: Keep | None = None
+    ) -> list[dict[str, Any]]:
         self._read()
         wanted = dict(term.split("=", 1) for term in selector.split(",") if term)
         pods = [
             copy.deepcopy(p)
             for (ns, _), p in sorted(self.pods.items())
-            if ns == namespace and wanted.items() <= (p["metadata"].get("labels") or {}).items()
+            if namespace in (None, ns) and wanted.items() <= (p["metadata"].get("labels") or {}).items()
         ]
         return pods if each is None else [each(p) for p in pods]
 
@@ -169,14 +171,7 @@ class FakeKube:
         version = str(self._rv)
         if kind == "job":
             return self.list_jobs(namespace, each), version
-        self._read()
-        wanted = dict(term.split("=", 1) for term in selector.split(",") if term)
-        pods = [
-            copy.deepcopy(p)
-            for (ns, _), p in sorted(self.pods.items())
-            if namespace in (None, ns) and wanted.items() <= (p["metadata"].get("labels") or {}).items()
-        ]
-        return (pods if each is None else [each(p) for p in pods]), version
+        return self.list_pods(namespace, selector, each), version
 
     def pod_log_tail(
         self, namespace: str, name: str, container: str, lines: int, limit_bytes: int, since_seconds: int
