@@ -149,6 +149,11 @@ class Timeline:
             return next((at for at, h in self.holders if at > t and h and h != old), None)
 
 
+def _join_if_started(thread: threading.Thread, timeout: float) -> None:
+    if thread.ident is not None:
+        thread.join(timeout)
+
+
 class Traffic:
     """Creates a job every `interval` seconds and drives running pods to their outcomes."""
 
@@ -185,12 +190,14 @@ class Traffic:
 
     def stop_creating(self) -> None:
         self._stop_creating.set()
-        self._threads[0].join(30)
+        _join_if_started(self._threads[0], 30)
 
     def stop(self) -> None:
+        """Also after a failure before `start` (the harness closes in a `finally`): joining a
+        thread never started would raise and hide that failure."""
         self.stop_creating()
         self._stop.set()
-        self._threads[1].join(30)
+        _join_if_started(self._threads[1], 30)
 
     def _create_loop(self) -> None:
         while not self._stop_creating.wait(self.interval):

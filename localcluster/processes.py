@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,19 +20,32 @@ def _ephemeral_ports() -> tuple[int, int]:
         return 32768, 60999  # Linux's default
 
 
+_given: set[int] = set()  # every port this process has handed out
+_given_lock = threading.Lock()
+_pick = random.SystemRandom()  # not the `random` module's state, which a test may seed
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now, picked below the ephemeral range:
     a port from that range (what binding port 0 gives) can be taken as the source port of any
-    outgoing connection before the process it is meant for binds it."""
+    outgoing connection before the process it is meant for binds it. Never one this process handed
+    out before: two ports asked for one after the other (a metrics and a health port) are free
+    together only until the first is bound, so a repeat would be a clash."""
     low, _ = _ephemeral_ports()
     first = 20000 if low > 21000 else 1024
-    for _ in range(200):
-        port = random.randrange(first, low)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
+    with _given_lock:
+        if len(_given) > (low - first) // 2:  # most of the range used: forget the oldest choices
+            _given.clear()
+        for _ in range(200):
+            port = _pick.randrange(first, low)
+            if port in _given:
                 continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _given.add(port)
             return port
     with socket.socket() as s:  # all tried were taken: fall back to the kernel's choice
         s.bind(("127.0.0.1", 0))

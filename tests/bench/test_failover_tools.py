@@ -3,7 +3,11 @@ two live pods of one job, the Lease's holder changes and the figures' summary.""
 
 from __future__ import annotations
 
-from bench.failover import Timeline, fails_once, markdown, reconciled_jobs, summarise
+from pathlib import Path
+
+import yaml
+
+from bench.failover import Timeline, Traffic, fails_once, markdown, reconciled_jobs, summarise
 
 
 def pod(job: str, attempt: int, uid: str, phase: str = "Pending") -> dict:
@@ -98,3 +102,24 @@ finetune_leader 1.0
 """
     assert reconciled_jobs(text) == 7.0
     assert reconciled_jobs('finetune_jobs{phase="Pending"} 0.0\n') == 0.0
+
+
+def test_traffic_never_started_stops_without_hiding_the_failure_before_it(tmp_path: Path) -> None:
+    """The harness closes in a `finally`: when an operator failed to start, stopping traffic that
+    never started raised "cannot join thread before it is started" over the real error."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "current-context": "c",
+                "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+                "clusters": [
+                    {"name": "k", "cluster": {"server": "https://127.0.0.1:1", "certificate-authority": "ca"}}
+                ],
+                "users": [{"name": "u", "user": {"client-certificate": "crt", "client-key": "key"}}],
+            }
+        )
+    )
+    traffic = Traffic(kubeconfig, "ns", Timeline(), interval=60.0)
+    traffic.stop()
+    assert traffic.created == {} and all(not t.is_alive() for t in traffic._threads)
