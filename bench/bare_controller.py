@@ -10,7 +10,11 @@ send, sent as fast as the API server takes it.
   operator: what is left between the two is the operator's own cost.
 * **Bare create** (`bare_create`): N pods of the same template POSTed from 16 threads with no
   jobs at all, timed until the last pod's watch event: the API server's pod-create throughput
-  alone (no job creations competing), shown for context.
+  alone (no job creations competing), shown for context. The round waits until the scheduler
+  has bound these pods before it deletes them: deleted while the scheduler still worked through
+  them, they held its queue (and the nodes' GPUs in its cache) into the next side's creation
+  window, and that side's pods waited ~30 s for the unschedulable queue's flush, so its window
+  had no binding traffic while the operator's had (2026-12-04).
 """
 
 from __future__ import annotations
@@ -155,17 +159,24 @@ class BareController:
         self._pool.shutdown(wait=True)
 
 
-def bare_create(kubeconfig: Path, namespace: str, pods: list[dict[str, Any]]) -> dict[str, Any]:
+def bare_create(
+    kubeconfig: Path, namespace: str, pods: list[dict[str, Any]], scheduled_timeout: float = 0.0
+) -> dict[str, Any]:
     """POST `pods` (the operator's template) from 16 threads; seconds from the first POST until
-    the last pod's watch event, and the mean rate."""
+    the last pod's watch event, and the mean rate. `scheduled_timeout` > 0: then wait (that long
+    at most) until the scheduler has bound every pod, so that the next side starts with a
+    scheduler that has nothing left to do (see `allPodsScheduledSeconds`)."""
     n = len(pods)
     arrivals: dict[str, float] = {}
+    bound: dict[str, float] = {}
     lock = threading.Lock()
 
     def seen(at: float, kind: str, obj: dict[str, Any]) -> None:
         if kind != "DELETED":
             with lock:
                 arrivals.setdefault(obj["metadata"]["name"], at)
+                if (obj.get("spec") or {}).get("nodeName"):
+                    bound.setdefault(obj["metadata"]["name"], at)
 
     watcher = Watcher(kubeconfig, PODS.format(ns=namespace), seen).start()
     try:
@@ -176,13 +187,20 @@ def bare_create(kubeconfig: Path, namespace: str, pods: list[dict[str, Any]]) ->
         while len(arrivals) < n and time.monotonic() < deadline:
             time.sleep(0.02)
         seconds = max(arrivals.values(), default=t_posted) - t0
-        return {
+        out: dict[str, Any] = {
             "n": n,
             "postSeconds": round(t_posted - t0, 3),
             "allPodsExistSeconds": round(seconds, 3),
             "podsPerSecond": round(n / seconds, 1) if seconds > 0 else None,
             "seen": len(arrivals),
         }
+        if scheduled_timeout > 0:
+            deadline = time.monotonic() + scheduled_timeout
+            while len(bound) < n and time.monotonic() < deadline:
+                time.sleep(0.1)
+            out["scheduled"] = len(bound)
+            out["allPodsScheduledSeconds"] = round(max(bound.values(), default=t0) - t0, 3)
+        return out
     finally:
         watcher.stop()
 

@@ -585,7 +585,9 @@ def gpus_for(n: int, capacity: int) -> int:
     return 1 if n <= capacity else 0
 
 
-def run_bare_create(cluster: Cluster, n: int, gpus: int, namespace: str) -> dict[str, Any]:
+def run_bare_create(
+    cluster: Cluster, n: int, gpus: int, namespace: str, scheduled_timeout: float = 0.0
+) -> dict[str, Any]:
     create_namespace(cluster, namespace)
     config = OperatorConfig()
     pods = []
@@ -594,7 +596,7 @@ def run_bare_create(cluster: Cluster, n: int, gpus: int, namespace: str) -> dict
         job["metadata"].update(namespace=namespace, uid="00000000-0000-0000-0000-000000000000")
         pods.append(orphan_pod(job, config))
     load0 = load_average()
-    out = bare_create(Path(cluster.kubeconfig), namespace, pods)
+    out = bare_create(Path(cluster.kubeconfig), namespace, pods, scheduled_timeout)
     out["load"] = {"start": load0, "end": load_average()}
     return out
 
@@ -1008,7 +1010,8 @@ def main(argv: list[str] | None = None) -> int:
                 gpus = gpus_for(n, capacity)
                 if "limit" in sides:
                     print(f"== bare create, N={n}", file=sys.stderr)
-                    rnd["bareCreate"] = run_bare_create(cluster, n, gpus, f"bare-{n}")
+                    # Bound before deleted: the next side starts with an idle scheduler.
+                    rnd["bareCreate"] = run_bare_create(cluster, n, gpus, f"bare-{n}", 120 + n * 0.1)
                     rnd["bareCreate"]["cleanupSeconds"] = round(delete_all(cluster, f"bare-{n}"), 1)
                 for side in sides:
                     if side in ("native", "nativeFast") and n > args.native_max:
