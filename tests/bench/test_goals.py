@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bench import goals
+from bench.operator_scale import side_order
 
 
 def _side(p99: float, all_pods: float, done_p99: float | None = None, cpu: float = 10.0) -> dict[str, Any]:
@@ -176,3 +177,30 @@ def test_goals_survive_the_json_round_trip() -> None:
     found = goals.evaluate(report())
     again = [goals.Goal.from_dict(copy.deepcopy(g.as_dict())) for g in found]
     assert [(g.key, g.value, g.verdict) for g in again] == [(g.key, g.value, g.verdict) for g in found]
+
+
+def test_repeated_rounds_take_the_median_and_need_every_round() -> None:
+    """`--repeat`: each goal is the median over the rounds at its N (one slow round neither
+    fails nor passes a goal alone), and not measured unless every round measured it."""
+    r = report()
+    first = r["rounds"][0]
+    slow, fast = copy.deepcopy(first), copy.deepcopy(first)
+    slow["ours"]["burst"]["podCreated"]["p99"] = 30.0  # 3.0 x the limit
+    fast["ours"]["burst"]["podCreated"]["p99"] = 5.0  # 0.5 x
+    r["rounds"] += [slow, fast]
+    g = by_key(goals.evaluate(r))["1b N=1000"]
+    assert (g.value, g.verdict) == (1.2, "pass") and g.detail.startswith(
+        "median of 3 rounds: 1.2 (12.0 s / 10.0 s)"
+    )
+    r["rounds"].append(copy.deepcopy(slow))  # four rounds: the mean of the middle two
+    assert by_key(goals.evaluate(r))["1b N=1000"].value == round((1.2 + 3.0) / 2, 2)
+    del r["rounds"][-1]["limit"]
+    assert by_key(goals.evaluate(r))["1b N=1000"].verdict == "not measured"
+    assert by_key(goals.evaluate(r))["1a N=5000"].verdict == "pass"  # another N, one round
+
+
+def test_the_limit_and_ours_swap_places_every_other_round() -> None:
+    sides = ["limit", "ours", "nativeFast"]
+    assert side_order(sides, 0) == sides and side_order(sides, 2) == sides
+    assert side_order(sides, 1) == ["ours", "limit", "nativeFast"]
+    assert side_order(["ours"], 1) == ["ours"]
