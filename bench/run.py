@@ -250,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--running-jobs", default="0", help="operator: steady state, R finished + R running")
     parser.add_argument("--burst-jobs", default="1000", help="operator: new jobs while R run")
     parser.add_argument(
+        "--repeat", default="1", help="operator: rounds per N (the goals take the median; 3 to rank changes)"
+    )
+    parser.add_argument(
         "--full",
         action="store_true",
         help="operator: every goal of issue 12 (--jobs 100,1000,5000 --running-jobs 5000); an hour or more",
@@ -285,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline_ref:
             operator_args += ["--baseline-ref", args.baseline_ref]
         operator_args += ["--running-jobs", args.running_jobs, "--burst-jobs", args.burst_jobs]
+        operator_args += ["--repeat", args.repeat]
         ok &= run("operator", operator_args, log)
         ok &= run("watch cache", ["watch_cache.py"], log)
     if "kueue" in groups:
