@@ -34,7 +34,7 @@ def free_port() -> int:
     low, _ = _ephemeral_ports()
     first = 20000 if low > 21000 else 1024
     with _given_lock:
-        if len(_given) > (low - first) // 2:  # most of the range used: forget the oldest choices
+        if len(_given) > (low - first) // 2:  # half the range handed out: start over
             _given.clear()
         for _ in range(200):
             port = _pick.randrange(first, low)
