@@ -20,6 +20,23 @@ def _logs(e2e: Setup, pod: str) -> str:  # noqa: F811
     return e2e.cluster.kubectl("logs", pod, namespace=e2e.namespace, check=False).stdout
 
 
+def _bound_nodes(
+    cluster: Any, namespace: str, pods: tuple[str, ...], timeout: float
+) -> dict[str, str | None]:
+    """Each pod's node, once every one of them is bound (or what is known at the timeout)."""
+    deadline = time.monotonic() + timeout
+    nodes: dict[str, str | None] = {}
+    while time.monotonic() < deadline:
+        for name in pods:
+            pod = cluster.get_pod(namespace, name)
+            if pod is not None and pod["spec"].get("nodeName"):
+                nodes.setdefault(name, pod["spec"]["nodeName"])
+        if len(nodes) == len(pods):
+            break
+        time.sleep(0.5)
+    return {name: nodes.get(name) for name in pods}
+
+
 def _finished(status: dict[str, Any]) -> bool:
     return status.get("phase") in ("Succeeded", "Failed")
 
@@ -29,17 +46,18 @@ def test_a_two_node_job_runs_both_ranks_on_the_real_node_to_succeeded(e2e: Setup
     t0 = time.monotonic()
     training = {"epochs": 2, "batchSize": 16, "warmupEpochs": 0, "numWorkers": 0}
     apply(cluster, namespace, e2e.job("pair", training=training, resources=PAIR))
-    status = wait_job(cluster, e2e.operator, namespace, "pair", _finished, "finished", timeout=480)
     rank0, rank1 = "pair-attempt-1-rank-0", "pair-attempt-1-rank-1"
+    # Where the ranks run, read while both exist: once rank 0 succeeds the job has ended, and a
+    # rank still running then is deleted (pods of an ended attempt must not run).
+    nodes = _bound_nodes(cluster, namespace, (rank0, rank1), timeout=300)
+    status = wait_job(cluster, e2e.operator, namespace, "pair", _finished, "finished", timeout=480)
     logs = f"rank 0:\n{_logs(e2e, rank0)[-3000:]}\nrank 1:\n{_logs(e2e, rank1)[-3000:]}"
     detail = f"{json.dumps(status, indent=1)}\n{logs}"
     assert status["phase"] == "Succeeded", detail
     assert status["attempts"] == 1 and status.get("failedAttempts", 0) == 0
     assert 0.0 <= status["metrics"]["top1"] <= 1.0 and status["metrics"]["epochsRun"] == 2
     assert status["ranks"]["attempt"] == 1 and status["ranks"]["master"].endswith(":36543")
-    for name in (rank0, rank1):
-        pod = cluster.get_pod(namespace, name)
-        assert pod is not None and pod["spec"]["nodeName"] == cluster.real_node
+    assert nodes == {rank0: cluster.real_node, rank1: cluster.real_node}, nodes
     took, top1 = time.monotonic() - t0, status["metrics"]["top1"]
     print(f"\n2 ranks on the real node: Succeeded in {took:.1f}s, top1 {top1:.4f}")
 
