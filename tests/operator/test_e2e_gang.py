@@ -20,21 +20,8 @@ def _logs(e2e: Setup, pod: str) -> str:  # noqa: F811
     return e2e.cluster.kubectl("logs", pod, namespace=e2e.namespace, check=False).stdout
 
 
-def _bound_nodes(
-    cluster: Any, namespace: str, pods: tuple[str, ...], timeout: float
-) -> dict[str, str | None]:
-    """Each pod's node, once every one of them is bound (or what is known at the timeout)."""
-    deadline = time.monotonic() + timeout
-    nodes: dict[str, str | None] = {}
-    while time.monotonic() < deadline:
-        for name in pods:
-            pod = cluster.get_pod(namespace, name)
-            if pod is not None and pod["spec"].get("nodeName"):
-                nodes.setdefault(name, pod["spec"]["nodeName"])
-        if len(nodes) == len(pods):
-            break
-        time.sleep(0.5)
-    return {name: nodes.get(name) for name in pods}
+def _bound(pod: dict[str, Any]) -> bool:
+    return bool(pod["spec"].get("nodeName"))
 
 
 def _finished(status: dict[str, Any]) -> bool:
@@ -49,7 +36,10 @@ def test_a_two_node_job_runs_both_ranks_on_the_real_node_to_succeeded(e2e: Setup
     rank0, rank1 = "pair-attempt-1-rank-0", "pair-attempt-1-rank-1"
     # Where the ranks run, read while both exist: once rank 0 succeeds the job has ended, and a
     # rank still running then is deleted (pods of an ended attempt must not run).
-    nodes = _bound_nodes(cluster, namespace, (rank0, rank1), timeout=300)
+    pods = {
+        name: cluster.wait_pod(namespace, name, _bound, "bound to a node", 300) for name in (rank0, rank1)
+    }
+    nodes = {name: pod["spec"]["nodeName"] for name, pod in pods.items()}
     status = wait_job(cluster, e2e.operator, namespace, "pair", _finished, "finished", timeout=480)
     logs = f"rank 0:\n{_logs(e2e, rank0)[-3000:]}\nrank 1:\n{_logs(e2e, rank1)[-3000:]}"
     detail = f"{json.dumps(status, indent=1)}\n{logs}"
