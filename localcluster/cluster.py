@@ -22,7 +22,7 @@ from images.build import Built
 from images.build import build as build_images
 from localcluster import realnode
 from localcluster.errors import ClusterError
-from localcluster.kwok import drive_annotations
+from localcluster.kwok import append_log_lines, drive_annotations
 from localcluster.processes import pid_alive
 from localcluster.stop import stop
 
@@ -250,12 +250,8 @@ class Cluster:
     def fake_pod_log(self, namespace: str, name: str, text: str, container: str | None = None) -> Path:
         """Append `text` to the log of a pod on a kwok node, so `kubectl logs` and
         read_namespaced_pod_log return it through the API server (as for a real pod)."""
-        folder = self.state_dir / "fake-logs"
-        folder.mkdir(exist_ok=True)
-        path = folder / f"{namespace}_{name}_{container or 'all'}.log"
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
-        with path.open("a") as f:  # the CRI log format kwok reads: time, stream, tag, content
-            f.writelines(f"{stamp} stdout F {line}\n" for line in text.splitlines())
+        path = self.fake_log_dir() / f"{namespace}_{name}_{container or 'all'}.log"
+        append_log_lines(path, text.splitlines())
         logs = {
             "apiVersion": "kwok.x-k8s.io/v1alpha1",
             "kind": "Logs",
@@ -264,6 +260,34 @@ class Cluster:
         }
         self.kubectl("apply", "-f", "-", input=json.dumps(logs))
         return path
+
+    def fake_log_dir(self) -> Path:
+        """Where fake pods' log files live (kwok reads them; removed with the cluster)."""
+        folder = self.state_dir / "fake-logs"
+        folder.mkdir(exist_ok=True)
+        return folder
+
+    def serve_fake_logs(
+        self, name: str, log_file: Path, namespaces: Sequence[str] = (), pods: Sequence[str] = ()
+    ) -> None:
+        """kwok serves `log_file` (written with localcluster.kwok.append_log_lines) as the log
+        of every fake pod in `namespaces` whose name is in `pods` (either empty: any), existing
+        or created later: one ClusterLogs object `name` for many pods, where fake_pod_log makes
+        one per pod. A pod's own Logs object wins over it."""
+        logs = {
+            "apiVersion": "kwok.x-k8s.io/v1alpha1",
+            "kind": "ClusterLogs",
+            "metadata": {"name": name},
+            "spec": {
+                "selector": {"matchNamespaces": list(namespaces), "matchNames": list(pods)},
+                "logs": [{"containers": [], "logsFile": str(log_file)}],
+            },
+        }
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(logs))
+
+    def stop_fake_logs(self, name: str) -> None:
+        """Delete ClusterLogs `name` (serve_fake_logs); its pods' logs are gone with it."""
+        self.kubectl("delete", "clusterlogs.kwok.x-k8s.io", name, "--ignore-not-found")
 
     # ----------------------------------------------------------------- the real node
     def _node(self) -> realnode.RealNode:

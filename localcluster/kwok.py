@@ -3,12 +3,14 @@ pod-drive Stage (kwok-stages.yaml) turns into a finished pod."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 STAGES_FILE = HERE / "kwok-stages.yaml"
-LOGS_CRD_FILE = HERE / "kwok-logs-crd.yaml"  # kwok's Logs kind: `kubectl logs` of a fake pod
+LOGS_CRD_FILE = HERE / "kwok-logs-crd.yaml"  # kwok's Logs and ClusterLogs: `kubectl logs` of fake pods
 
 GPU_RESOURCE = "nvidia.com/gpu"
 DEFAULT_GPU_NODES = 4  # kwok-gpu-0 .. kwok-gpu-3; the benchmark asks for many more
@@ -67,3 +69,13 @@ def fake_nodes_manifest(gpu_nodes: list[str]) -> dict[str, Any]:
 
     items = [node(n, GPUS_PER_NODE) for n in gpu_nodes] + [node(n, 0) for n in CPU_NODES]
     return {"apiVersion": "v1", "kind": "List", "items": items}
+
+
+def append_log_lines(path: Path, lines: Iterable[str], at: float | None = None) -> None:
+    """Append `lines` to a fake pod's log file in the CRI format kwok reads (time, stream, tag,
+    content), stamped `at` (seconds since the epoch; default now) to the nanosecond, as a
+    kubelet stamps them: `sinceSeconds` and `timestamps=true` reads then behave as on a node."""
+    ns = time.time_ns() if at is None else int(at * 1e9)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
+    with path.open("a") as f:
+        f.writelines(f"{stamp} stdout F {line}\n" for line in lines)

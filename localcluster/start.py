@@ -252,10 +252,14 @@ class _Starter:
             "--authorization-kubeconfig", str(kubeconfigs["scheduler.kubeconfig"]),
             "--bind-address", "127.0.0.1", "--secure-port", "0", "--leader-elect=false", "--v=1",
         ])  # fmt: skip
-        # kwok serves `kubectl logs` for fake pods from files named by Logs objects (fake_pod_log).
+        # kwok serves `kubectl logs` for fake pods from files named by Logs and ClusterLogs
+        # objects (Cluster.fake_pod_log, Cluster.serve_fake_logs).
         cluster = Cluster(d, self.state)
         cluster.kubectl("apply", "-f", str(LOGS_CRD_FILE))
-        cluster.kubectl("wait", "--for=condition=Established", "crd/logs.kwok.x-k8s.io", "--timeout=30s")
+        cluster.kubectl(
+            "wait", "--for=condition=Established", "crd/logs.kwok.x-k8s.io",
+            "crd/clusterlogs.kwok.x-k8s.io", "--timeout=30s",
+        )  # fmt: skip
         self.spawn("kwok", [
             str(b / "kwok"), "--kubeconfig", str(kubeconfigs["kubeconfig"]),
             "--config", str(STAGES_FILE),
@@ -263,7 +267,8 @@ class _Starter:
             "--node-ip", "127.0.0.1", "--node-port", str(ports["kwok"]),
             "--server-address", f"127.0.0.1:{ports['kwok']}",
             "--tls-cert-file", str(kwok_tls.cert), "--tls-private-key-file", str(kwok_tls.key),
-            "--node-lease-duration-seconds", "40", "--cidr", "10.244.0.0/16", "--enable-crds", "Logs",
+            "--node-lease-duration-seconds", "40", "--cidr", "10.244.0.0/16",
+            "--enable-crds", "Logs,ClusterLogs",
         ])  # fmt: skip
 
         cluster.kubectl("apply", "-f", "-", input=json.dumps(fake_nodes_manifest(self.state["gpu_nodes"])))

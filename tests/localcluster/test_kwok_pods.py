@@ -197,6 +197,42 @@ def test_a_fake_pod_log_is_read_through_the_api_server(cluster: Cluster, namespa
     ]  # fmt: skip
 
 
+def test_one_log_file_is_served_for_every_pod_a_cluster_logs_object_selects(
+    cluster: Cluster, namespace: str
+) -> None:
+    """serve_fake_logs: the benchmark's progress lines for thousands of fake pods, one object."""
+    import time
+
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from localcluster.kwok import append_log_lines
+
+    apply(cluster, namespace, pod("first"), pod("other"))
+    path = cluster.fake_log_dir() / f"{namespace}-shared.log"
+    append_log_lines(path, ["old line"], at=time.time() - 120)
+    append_log_lines(path, ["epoch 1", "epoch 2"])
+    name = f"test-{namespace}"
+    cluster.serve_fake_logs(name, path, namespaces=[namespace], pods=["first", "second"])
+    try:
+        apply(cluster, namespace, pod("second"))  # created after the object: selected by name
+        for p in ("first", "second", "other"):
+            cluster.wait_pod_phase(namespace, p, "Running")
+        core = client.CoreV1Api(cluster.api_client())
+        for p in ("first", "second"):
+            assert core.read_namespaced_pod_log(p, namespace) == "old line\nepoch 1\nepoch 2\n"
+            # sinceSeconds and timestamps read the lines' own stamps, as on a kubelet
+            recent = core.read_namespaced_pod_log(p, namespace, since_seconds=60, timestamps=True)
+            assert [line.split(" ", 1)[1] for line in recent.splitlines()] == ["epoch 1", "epoch 2"]
+            assert recent.startswith(time.strftime("%Y-%m-%dT", time.gmtime()))
+        with pytest.raises(ApiException):  # not selected: no log
+            core.read_namespaced_pod_log("other", namespace)
+        append_log_lines(path, ["epoch 3"])  # appended later: read at once
+        assert core.read_namespaced_pod_log("second", namespace, tail_lines=1) == "epoch 3\n"
+    finally:
+        cluster.stop_fake_logs(name)
+
+
 def test_a_job_completes_on_fake_nodes(cluster: Cluster, namespace: str) -> None:
     """The Job controller runs and kwok finishes Job-owned pods (the Job benchmark relies on it)."""
     job = {
