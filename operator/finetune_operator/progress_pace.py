@@ -4,8 +4,10 @@ The trainer prints a progress line at the start and after every epoch. Reading i
 `--progress-poll-interval` seconds costs a request per running job per interval, however long
 its epochs are. Instead, once two lines with different epochs have been seen, the pace is known
 (seconds per epoch) and the next read is timed for just after the next epoch should end: about
-one read per epoch. The times are the kubelet's own timestamps of the lines (the log is read with
-`timestamps=true`), so reads do not drift later epoch by epoch; without them, the read's time.
+one read per epoch. The pace leaves out the first interval seen once a later one is known: a
+trainer's first epoch also holds its start. The times are the kubelet's own timestamps of the
+lines (the log is read with `timestamps=true`), so reads do not drift later epoch by epoch;
+without them, the read's time.
 A read that finds nothing new (the epoch is late, or the trainer prints nothing, as a pod that is
 not our trainer) waits the poll interval, and each further one twice as long as the one before,
 up to ten times the interval (and at most an epoch once the pace is known).
@@ -32,6 +34,7 @@ class Pace:
     wait: float = 0.0  # the back-off after reads that found nothing new
     first: tuple[int, datetime] | None = None  # the first epoch seen, and when
     latest: tuple[int, datetime] | None = None  # the newest epoch seen, and when it was first seen
+    settled: bool = False  # `first` moved past the first interval seen (it may hold the start)
 
     def epoch_seconds(self) -> float | None:
         """Seconds per epoch, from the epochs seen so far (None until two differ)."""
@@ -73,6 +76,11 @@ class Pace:
             at = min(written, now) if written is not None else now
             if self.first is None:
                 self.first = (epoch, at)
+            elif not self.settled and self.latest is not None and self.latest[0] > self.first[0]:
+                # A third epoch: measure from the second. The first interval seen may hold the
+                # trainer's start (the line at epoch 0 comes before the model and the data are
+                # loaded), and averaged in it would time every later read late.
+                self.first, self.settled = self.latest, True
             self.latest = (epoch, at)
             self.wait = 0.0
             return True

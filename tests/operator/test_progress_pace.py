@@ -14,31 +14,29 @@ T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
 def simulate(
-    epoch_seconds: float, epochs: int, base: float, jitter: float, seed: int
-) -> tuple[int, float, float]:
-    """A trainer that prints epoch 0 at once and epoch k after k (jittered) epochs; the operator
-    reads when its pace says. Returns (reads, the delay from the first epoch's line to the read
-    that saw it, the longest such delay of the later epochs)."""
+    epoch_seconds: float, epochs: int, base: float, jitter: float, seed: int, start: float = 0.0
+) -> tuple[int, list[tuple[int, float]]]:
+    """A trainer that prints epoch 0 at once and epoch k after k (jittered) epochs and its
+    `start` (loading what it needs); the operator reads when its pace says. Returns the reads
+    and, for each read that saw a newer epoch, that epoch and how long ago its line was printed."""
     rng = random.Random(seed)
     ends = [0.0]
-    for _ in range(epochs):
-        ends.append(ends[-1] + epoch_seconds * rng.uniform(1 - jitter, 1 + jitter))
+    for k in range(epochs):
+        ends.append(
+            ends[-1] + (start if k == 0 else 0.0) + epoch_seconds * rng.uniform(1 - jitter, 1 + jitter)
+        )
     pace = Pace(base)
-    now, reads, first, worst, seen = 0.0, 0, 0.0, 0.0, -1
+    now, reads, seen = 0.0, 0, [(0, 0.0)]
     while now <= ends[-1]:
         at = T0 + timedelta(seconds=now)
         if pace.due(at):
             epoch = max(k for k, end in enumerate(ends) if end <= now)
             pace.read(at, epoch, T0 + timedelta(seconds=ends[epoch]))
             reads += 1
-            if epoch > seen:
-                if epoch == 1:
-                    first = now - ends[epoch]
-                elif epoch > 1:
-                    worst = max(worst, now - ends[epoch])
-                seen = epoch
+            if epoch > seen[-1][0]:
+                seen.append((epoch, now - ends[epoch]))
         now += max(0.5, pace.seconds_to_next(at))
-    return reads, first, worst
+    return reads, seen
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -47,7 +45,9 @@ def test_about_one_read_per_epoch_and_every_epoch_seen_soon(seed: int) -> None:
     epoch_seconds = rng.choice([45, 90, 300, 1200])
     base = rng.choice([10, 30, 60])
     epochs = rng.randint(5, 30)
-    reads, first, worst = simulate(epoch_seconds, epochs, base, jitter=0.05, seed=seed)
+    reads, seen = simulate(epoch_seconds, epochs, base, jitter=0.05, seed=seed)
+    first = seen[1][1] if seen[1][0] == 1 else float("inf")
+    worst = max((delay for epoch, delay in seen if epoch > 1), default=0.0)
     figures = (reads, first, worst, epochs, epoch_seconds, base)
     # Reads that back off until the first epoch ends, then about one per epoch (a few more for
     # epochs that end late).
@@ -56,6 +56,24 @@ def test_about_one_read_per_epoch_and_every_epoch_seen_soon(seed: int) -> None:
     # known, every epoch's within a poll interval plus a tenth of an epoch.
     assert first <= base * MAX_BACKOFF_FACTOR, figures
     assert worst <= base + 0.1 * epoch_seconds + 1, figures
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_slow_start_does_not_make_later_reads_late(seed: int) -> None:
+    """The first epoch also holds the trainer's start (up to two epochs more): from the third
+    newer epoch a read found on (two intervals known: the first may hold the start), each is
+    read within a poll interval plus a tenth of an epoch. Averaged into the pace, a start as
+    long as an epoch made reads late by up to half an epoch, for many epochs."""
+    rng = random.Random(seed)
+    epoch_seconds = rng.choice([45, 90, 300, 1200])
+    base = rng.choice([10, 30, 60])
+    epochs = rng.randint(5, 30)
+    start = epoch_seconds * rng.uniform(0.5, 2.0)
+    reads, seen = simulate(epoch_seconds, epochs, base, jitter=0.05, seed=seed, start=start)
+    worst = max((delay for _, delay in seen[4:]), default=0.0)  # seen[0]: epoch 0 at the start
+    figures = (reads, worst, seen, epoch_seconds, base, start)
+    assert worst <= base + 0.1 * epoch_seconds + 1, figures
+    assert reads <= 10 + 1.5 * epochs, figures
 
 
 def test_without_progress_reads_slow_down_to_ten_intervals() -> None:
