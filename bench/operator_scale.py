@@ -19,10 +19,12 @@ Then every pod is finished at once (localcluster's kwok drive annotations, with 
 result as termination message) and we time until each job shows Succeeded with its metrics
 (native: the Job's Complete condition).
 
-With --running-jobs R (the steady state): R jobs run and finish, R more run (2R jobs present);
-an idle window measures the operator's requests per running job per minute, its RSS and CPU;
-then --burst-jobs B new jobs arrive and we time their pods, against the bare controller's burst
-with R pods running.
+With --running-jobs R (the steady state): R jobs run and finish, R more run (2R jobs present)
+and print a trainer's progress line every --epoch-seconds (bench/progress_feed.py: kwok serves
+the lines as their logs); a window with nothing else going on measures the operator's requests
+per running job per minute, its RSS and CPU, and which epochs reached the jobs' statuses, how
+late; then --burst-jobs B new jobs arrive and we time their pods, against the bare controller's
+burst with R pods running.
 
 Times are arrivals of watch events in this process (monotonic clock, sub-millisecond) from the
 job's ADDED event; the API's own timestamps are reported alongside for the scheduled time. The
@@ -33,7 +35,7 @@ issue 12's goals (pass / fail), bench/plots.py into PNGs.
 
     .venv/bin/python bench/operator_scale.py [--jobs 100,1000] [--nodes 128] [--idle-seconds 30]
         [--sides limit,ours,native,nativeFast,before] [--baseline-ref COMMIT]
-        [--running-jobs 5000 --burst-jobs 1000]
+        [--running-jobs 5000 --burst-jobs 1000 --epoch-seconds 120 --steady-idle-seconds 360]
 
 Writes bench/results/operator_scale.json and the PNGs, and prints markdown tables.
 """
@@ -69,6 +71,7 @@ from bench import controller_manager, goals, plots  # noqa: E402
 from bench.bare_controller import BareController, bare_create, orphan_pod  # noqa: E402
 from bench.kube_watch import SECONDS, Watcher, count_delta, parallel, request_counts  # noqa: E402
 from bench.proc_sampler import Sampler, cpu_model  # noqa: E402
+from bench.progress_feed import ProgressFeed  # noqa: E402
 from localcluster import GPUS_PER_NODE, Cluster, KubeError, KubeRest, OperatorProcess, drive_annotations  # noqa: E402
 
 FTJ = f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{PLURAL}"
@@ -663,19 +666,58 @@ def run_limit_steady(cluster: Cluster, running: int, burst: int, capacity: int) 
 
 
 def run_operator_steady(
-    cluster: Cluster, side: str, sampler: Sampler, running: int, burst: int, capacity: int, idle: float
+    cluster: Cluster,
+    side: str,
+    sampler: Sampler,
+    running: int,
+    burst: int,
+    capacity: int,
+    idle: float,
+    epoch_seconds: float = 0.0,
 ) -> dict[str, Any]:
     """`running` jobs run and finish, `running` more run (2 x running jobs present), an idle
-    window, then `burst` new jobs in another namespace while those run."""
+    window, then `burst` new jobs in another namespace while those run. With `epoch_seconds`,
+    the running pods print a trainer's progress line every epoch (bench/progress_feed.py), the
+    idle window starts once the operator has seen two epochs of every pod (its reads are then
+    paced by them), and the window reports which epochs reached the jobs' statuses, how late."""
     namespace, burst_ns = f"{side}-steady", f"{side}-steady-burst"
     out: dict[str, Any] = {"running": running, "finished": running}
     print(f"== {side}, steady state: {running} finished + {running} running", file=sys.stderr)
     out["finishedBatch"] = run_phase(cluster, Phase(side, running, 0, namespace), sampler, 0)
-    second = run_phase(
-        cluster, Phase(side, running, 0, namespace, first=running), sampler, idle, finish=False
-    )
-    out["runningBatch"] = {k: v for k, v in second.items() if k != "idleRunning"}
-    out["idleRunning"] = second.get("idleRunning")
+    phase = Phase(side, running, 0, namespace, first=running)
+    if epoch_seconds <= 0:
+        second = run_phase(cluster, phase, sampler, idle, finish=False)
+        out["runningBatch"] = {k: v for k, v in second.items() if k != "idleRunning"}
+        out["idleRunning"] = second.get("idleRunning")
+    else:
+        pods = [pod_name(name, 1) for name in phase.names]
+        feed = ProgressFeed(cluster, namespace, phase.names, pods, epoch_seconds).start()
+        watcher = Watcher(Path(cluster.kubeconfig), FTJ.format(ns=namespace), feed.on_job).start()
+        try:
+            second = out["runningBatch"] = run_phase(cluster, phase, sampler, 0, finish=False)
+            # Each pod's pace is known after two epochs it saw (the first read comes a poll
+            # interval after the pod started): then the steady state begins.
+            warm = (feed.started or 0.0) + 2.5 * epoch_seconds + 30 - time.monotonic()
+            if warm > 0:
+                print(f"  progress: {warm:.0f}s until every pace is known", file=sys.stderr)
+                time.sleep(warm)
+            t0 = time.monotonic()
+            rest = KubeRest(Path(cluster.kubeconfig))
+            out["idleRunning"] = window = _idle(rest, sampler, phase, idle, running)
+            report = feed.report(t0 + window["settleSeconds"], time.monotonic())
+            window["progress"] = {
+                "epochSeconds": epoch_seconds,
+                "groups": feed.groups,
+                **report.as_dict(),
+                "lagSeconds": percentiles(report.lags),
+            }
+            window["samples"] = {"progressLag": samples(report.lags)}
+            print(f"  progress in the window: {window['progress']}", file=sys.stderr)
+            if watcher.error is not None:
+                raise RuntimeError(f"watch of the jobs failed: {watcher.error!r}")
+        finally:
+            watcher.stop()
+            feed.stop()
     print(f"== {side}, steady state: a burst of {burst}", file=sys.stderr)
     phase = Phase(side, burst, gpus_for(burst, capacity), burst_ns)
     out["burstWhileRunning"] = {"n": burst, **run_phase(cluster, phase, sampler, 0, finish=False)}
@@ -942,9 +984,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-ref", default="", help="git commit whose operator is the 'before' side")
     parser.add_argument("--running-jobs", type=int, default=0, help="steady state: R finished + R running")
     parser.add_argument(
-        "--steady-idle-seconds", type=float, default=60, help="steady state: the idle window (s)"
+        "--steady-idle-seconds",
+        type=float,
+        default=360,
+        help="steady state: the window with R running (s; three epochs at the default pace)",
     )
     parser.add_argument("--burst-jobs", type=int, default=1000, help="steady state: new jobs while R run")
+    parser.add_argument(
+        "--epoch-seconds",
+        type=float,
+        default=120,
+        help="steady state: the running pods print a trainer's progress line every so many seconds "
+        "(0: they print nothing). Each epoch costs a log read and a status write: 2 / epoch minutes "
+        "requests per running job per minute, 1.0 at the default",
+    )
     parser.add_argument(
         "--native-max", type=int, default=1000, help="the Job controller's rounds up to this N"
     )
@@ -1050,8 +1103,9 @@ def main(argv: list[str] | None = None) -> int:
                 for side in OPERATOR_SIDES:
                     if side in operators:
                         steady[side] = run_operator_steady(
-                            cluster, side, samplers[side], r, b, capacity, args.steady_idle_seconds
-                        )
+                            cluster, side, samplers[side], r, b, capacity, args.steady_idle_seconds,
+                            args.epoch_seconds,
+                        )  # fmt: skip
                         _save(args.out, report)
             report["operatorReconcileErrors"] = {
                 side: _reconcile_errors(op) for side, op in operators.items()
