@@ -50,6 +50,9 @@ class OperatorConfig:
     # (runPolicy.schedulingTimeoutSeconds wins).
     scheduling_timeout_seconds: float = 0.0
     progress_poll_seconds: float = 30.0  # at most one log read per running job per interval
+    # How often the watch cache is relisted to drop jobs and pods deleted while a watch was
+    # broken (a relist reports no deletions): a paged LIST of every job and pod.
+    sweep_seconds: float = 600.0
     backoff_base_seconds: float = 10.0  # retry n waits base * 2^(n-1) ...
     backoff_max_seconds: float = 300.0  # ... but never longer than this
     # Jobs reconciled concurrently (bounds the load on the API server). 16, not 4: at N=1,000 pod
@@ -120,6 +123,7 @@ _OPTIONS: tuple[tuple[str, str, str, type, str], ...] = (
         "seconds a pod may wait for capacity (0: no limit)",
     ),
     ("progress_poll_seconds", "--progress-poll-interval", "PFO_PROGRESS_POLL_INTERVAL", float, "seconds"),
+    ("sweep_seconds", "--sweep-interval", "PFO_SWEEP_INTERVAL", float, "seconds between relists"),
     ("backoff_base_seconds", "--backoff-base", "PFO_BACKOFF_BASE", float, "seconds"),
     ("backoff_max_seconds", "--backoff-max", "PFO_BACKOFF_MAX", float, "seconds"),
     ("workers", "--workers", "PFO_WORKERS", int, "concurrent reconciles"),
@@ -299,6 +303,7 @@ def validate(config: OperatorConfig) -> None:
     for name, flag in (
         ("start_timeout_seconds", "--start-timeout"),
         ("progress_poll_seconds", "--progress-poll-interval"),
+        ("sweep_seconds", "--sweep-interval"),
         ("backoff_base_seconds", "--backoff-base"),
         ("backoff_max_seconds", "--backoff-max"),
     ):

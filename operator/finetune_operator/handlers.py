@@ -29,9 +29,9 @@ exponential back-off, 1 s doubling to 5 minutes, reset by the next success (as c
 rate-limited work queue does); a job that keeps failing shows in the log (an error from the 5th
 failure in a row), in `finetune_reconcile_failing_jobs` and `finetune_reconcile_errors_total`,
 and as a `ReconcileError` Warning Event on the job (3rd failure, then every 10th). Every
-`SWEEP_SECONDS` the reconciler's `sweep` forgets jobs deleted while no watch event said so, and
-every `TRIM_SECONDS` the C allocator gives free pages back (heap.py: a relist or a burst leaves
-tens of MiB free but held).
+`--sweep-interval` (config.sweep_seconds) the reconciler's `sweep` forgets jobs deleted while no
+watch event said so, and every `TRIM_SECONDS` the C allocator gives free pages back (heap.py: a
+relist or a burst leaves tens of MiB free but held).
 
 One active instance: kopf runs standalone (peering off); with several replicas only the holder of
 the leader Lease starts kopf and this queue at all (leadership.py, RBAC.md).
@@ -59,7 +59,6 @@ log = logging.getLogger("finetune_operator")
 
 ERROR_BACKOFF_BASE = 1.0  # a reconcile that raised is tried again after 1, 2, 4, ... seconds
 ERROR_BACKOFF_MAX = 300.0
-SWEEP_SECONDS = 600.0  # how often jobs deleted during a watch gap are looked for
 TRIM_SECONDS = 60.0  # how often free heap pages go back to the kernel (heap.py)
 # Work queue priorities (lower first): a job changed or a pod ended; a pod on its way; a timed look.
 ROUTINE, TIMED = URGENT + 1, URGENT + 2
@@ -218,7 +217,7 @@ class ReconcileQueue:
     async def _sweep(self) -> None:
         assert self.reconciler is not None
         while True:
-            await asyncio.sleep(SWEEP_SECONDS)
+            await asyncio.sleep(self.config.sweep_seconds)
             try:
                 await asyncio.to_thread(self.reconciler.sweep)
             except Exception as exc:  # the next sweep will do

@@ -13,7 +13,7 @@ A stream resumes from the last resourceVersion it saw (bookmarks keep it fresh w
 changes); the API server's 410 Gone (that version was compacted away) makes it list again, and
 every listed object is observed as if it had just arrived (the event type None, as at start), so
 nothing changed during the gap is missed. A deletion missed during a gap is the sweep's to find
-(handlers.SWEEP_SECONDS). Other failures (the API server down, a broken connection) retry after
+(--sweep-interval). Other failures (the API server down, a broken connection) retry after
 a back-off of 0.5 s doubling to 8 s, resuming where they left off.
 """
 

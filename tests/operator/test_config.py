@@ -20,13 +20,14 @@ def test_environment_is_read_and_flags_win():
         "PFO_BACKOFF_BASE": "0.5",
         "PFO_LOG_FORMAT": "json",
     }
-    config = parse_config(["--metrics-port", "9200", "--start-timeout", "42"], env)
+    config = parse_config(["--metrics-port", "9200", "--start-timeout", "42", "--sweep-interval", "45"], env)
     assert config.namespaces == ("team-a", "team-b")
     assert not config.clusterwide
     assert config.trainer_image == "registry.local/trainer:1"
     assert config.metrics_port == 9200  # the flag beats PFO_METRICS_PORT
     assert config.backoff_base_seconds == 0.5
     assert config.start_timeout_seconds == 42.0
+    assert config.sweep_seconds == 45.0 and parse_config([], {}).sweep_seconds == 600.0
     assert config.scheduling_timeout_seconds == 0  # waiting for GPUs: no limit unless asked
     assert config.allow_host_path is False
     assert config.log_format == "json"
@@ -58,6 +59,7 @@ def test_empty_or_star_namespaces_mean_all(value):
         (["--scheduler-name", "My Scheduler"], {}, "--scheduler-name / PFO_SCHEDULER_NAME: 'My Scheduler'"),
         (["--scheduling-timeout", "-1"], {}, "--scheduling-timeout: must be >= 0 seconds"),
         (["--start-timeout", "0"], {}, "--start-timeout: must be a number of seconds > 0"),
+        ([], {"PFO_SWEEP_INTERVAL": "-5"}, "--sweep-interval: must be a number of seconds > 0"),
         (
             [],
             {"PFO_ALLOW_HOST_PATH": "maybe"},

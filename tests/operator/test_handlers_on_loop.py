@@ -56,6 +56,31 @@ def test_the_executor_runs_exactly_workers_passes_at_once() -> None:
     assert running["most"] == workers
 
 
+def test_the_sweep_runs_every_sweep_interval() -> None:
+    """--sweep-interval sets how often the cache is relisted (the benchmark shortens it so that
+    relists fall inside its bursts of creations)."""
+    import asyncio
+
+    class Counting:
+        kube = None
+        sweeps = 0
+
+        def reconcile(self, namespace: str, name: str) -> None: ...
+
+        def sweep(self) -> None:
+            Counting.sweeps += 1
+
+    queue = ReconcileQueue(OperatorConfig(sweep_seconds=0.1), Metrics(), Counting)
+
+    async def scenario() -> None:
+        await queue.start()
+        await asyncio.sleep(0.55)
+        await queue.stop()
+
+    asyncio.run(scenario())
+    assert 4 <= Counting.sweeps <= 5
+
+
 def test_an_event_the_cache_held_already_costs_no_pass() -> None:
     """The watch event of the operator's own write (written through into the cache, or a change
     of nothing but the status) enqueues nothing; someone else's change does."""
