@@ -943,6 +943,14 @@ def markdown(report: dict[str, Any]) -> str:
                 lines.append(_row(SIDE_LABELS[side], _load(steady[side]["burstWhileRunning"]),
                                   f"{pc['p50']} / {pc['p95']} / {pc['p99']}",
                                   b["allPodsExistSeconds"]))  # fmt: skip
+        for side in OPERATOR_SIDES:
+            pr = (((steady.get(side) or {}).get("idleRunning")) or {}).get("progress")
+            if pr:
+                lag = pr["lagSeconds"]
+                lines += ["", f"Progress ({SIDE_LABELS[side]}), a line every {pr['epochSeconds']:g} s: "
+                          f"{pr['epochsReached']} of {pr['epochsReported']} epochs reached the status "
+                          f"({pr['epochsSkipped']} skipped, {pr['epochsMissed']} missed), line -> status "
+                          f"p50 / p99 / max {lag['p50']} / {lag['p99']} / {lag['max']} s"]  # fmt: skip
     lines += ["", "Issue 12's goals (bench/goals.py):", "", *goals.markdown(goals.evaluate(report))]
     if report.get("figures"):
         lines += ["", "Figures: " + ", ".join(report["figures"])]
@@ -1005,6 +1013,13 @@ def main(argv: list[str] | None = None) -> int:
         "--workers", type=int, default=OperatorConfig().workers, help="the operator's --workers"
     )
     parser.add_argument(
+        "--sweep-interval",
+        type=float,
+        default=0,
+        help="ours: the operator's --sweep-interval, seconds between relists of every job and pod "
+        "(0: its default); a short one puts relists inside the bursts, the memory's worst case",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -1053,6 +1068,8 @@ def main(argv: list[str] | None = None) -> int:
             cluster.install_crds(ROOT / "crds")
             flags = production_flags(args.workers)
             report["operatorFlags"] = flags
+            if args.sweep_interval:
+                report["oursSweepInterval"] = args.sweep_interval
             args.out.parent.mkdir(parents=True, exist_ok=True)
             for side in OPERATOR_SIDES:
                 if side not in sides:
@@ -1063,7 +1080,10 @@ def main(argv: list[str] | None = None) -> int:
                 for ns in namespaces:
                     create_namespace(cluster, ns)
                 source = stack.enter_context(baseline_source(args.baseline_ref)) if side == "before" else None
-                operators[side] = start_operator(cluster, side, namespaces, flags, source)
+                own = flags + (["--sweep-interval", str(args.sweep_interval)] if args.sweep_interval else [])
+                operators[side] = start_operator(
+                    cluster, side, namespaces, own if side == "ours" else flags, source
+                )
                 assert operators[side].proc is not None
                 samplers[side] = Sampler(operators[side].proc.pid)
                 if args.idle_seconds > 0:
