@@ -371,7 +371,7 @@ def test_operator_settings_in_the_chart_are_ones_the_operator_reads() -> None:
     known = {opt[2] for opt in config._OPTIONS}
     values = (
         "operator.trainerEnv.HTTPS_PROXY=http://proxy:3128,operator.cacheClaim=weights,"
-        "operator.workers=7,watchNamespaces={a,b}"
+        "operator.workers=7,watchNamespaces={a,b},operator.sweepSeconds=90"
     )
     (d,) = by_kind(documents(render("--set", values)), "Deployment")
     env = _env(d)
@@ -381,6 +381,7 @@ def test_operator_settings_in_the_chart_are_ones_the_operator_reads() -> None:
     parsed = config.parse_config([], env)
     assert parsed.trainer_env == (("HTTPS_PROXY", "http://proxy:3128"),)
     assert (parsed.cache_claim, parsed.workers, parsed.namespaces) == ("weights", 7, ("a", "b"))
+    assert parsed.sweep_seconds == 90
     defaults = config.parse_config([], _env(by_kind(documents(render()), "Deployment")[0], pod="pfo-abc-12"))
     assert defaults.clusterwide and defaults.log_format == "json"
     assert defaults.allow_host_path is False and defaults.scheduling_timeout_seconds == 0
