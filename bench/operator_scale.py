@@ -678,8 +678,9 @@ def run_operator_steady(
     """`running` jobs run and finish, `running` more run (2 x running jobs present), an idle
     window, then `burst` new jobs in another namespace while those run. With `epoch_seconds`,
     the running pods print a trainer's progress line every epoch (bench/progress_feed.py), the
-    idle window starts once the operator has seen two epochs of every pod (its reads are then
-    paced by them), and the window reports which epochs reached the jobs' statuses, how late."""
+    idle window starts 2.5 epochs + 30 s after the first lines (by then the operator can have
+    seen two epochs of every pod and pace its reads by them), and the window reports which
+    epochs reached the jobs' statuses, how late."""
     namespace, burst_ns = f"{side}-steady", f"{side}-steady-burst"
     out: dict[str, Any] = {"running": running, "finished": running}
     print(f"== {side}, steady state: {running} finished + {running} running", file=sys.stderr)
