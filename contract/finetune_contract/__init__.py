@@ -27,7 +27,20 @@ from .exit_codes import (
     exit_reason,
     is_transient_exit,
 )
-from .progress import PROGRESS_PREFIX, format_progress, parse_last_progress
+from .progress import (
+    PROGRESS_PREFIX,
+    PUSH_BODY_LIMIT,
+    PUSH_CA_ENV,
+    PUSH_TOKEN_DIR,
+    PUSH_TOKEN_FILE,
+    PUSH_URL_ENV,
+    check_progress_record,
+    format_progress,
+    parse_last_progress,
+    progress_record,
+    push_audience,
+    push_path,
+)
 from .result import (
     APPLIED_STRATEGIES,
     FIELD_CHECKS,
@@ -85,6 +98,11 @@ __all__ = [
     "PERMANENT_EXIT_CODES",
     "RUN_ONLY_SETTINGS",
     "PROGRESS_PREFIX",
+    "PUSH_BODY_LIMIT",
+    "PUSH_CA_ENV",
+    "PUSH_TOKEN_DIR",
+    "PUSH_TOKEN_FILE",
+    "PUSH_URL_ENV",
     "RESULT_MAX_BYTES",
     "TRANSIENT_EXIT_CODES",
     "ClassScore",
@@ -101,10 +119,14 @@ __all__ = [
     "TrainerSettings",
     "TrainingSettings",
     "WorldSettings",
+    "check_progress_record",
     "decode_result",
     "encode_result",
     "exit_reason",
     "format_progress",
     "is_transient_exit",
     "parse_last_progress",
+    "progress_record",
+    "push_audience",
+    "push_path",
 ]
