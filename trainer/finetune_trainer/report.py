@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from finetune_contract import TrainerResult, encode_result, format_progress
+from finetune_contract import TrainerResult, encode_result, format_progress, progress_record
 from tqdm import tqdm
+
+from .push import ProgressPush
 
 RESULT_FILE = "result.json"
 
@@ -32,9 +35,21 @@ class Log:
 
 
 def print_progress(enabled: bool, epoch: int, epochs: int, **extra: Any) -> None:
-    """One ``FINETUNE_PROGRESS`` line on stdout (rank 0 only), flushed at once for the operator."""
+    """One ``FINETUNE_PROGRESS`` line on stdout (rank 0 only), flushed at once for the operator,
+    and the same record POSTed to it where the pod's environment says so (the line stays the
+    fallback: a push that fails is logged, never fatal)."""
     if enabled:
         print(format_progress(epoch, epochs, **extra), flush=True)
+        pusher = progress_pusher()
+        if pusher is not None:
+            pusher.send(progress_record(epoch, epochs, **extra))
+
+
+@functools.cache
+def progress_pusher() -> ProgressPush | None:
+    """The process's pusher, built from the environment on first use (so only rank 0 builds one,
+    and a refused configuration is reported once). Tests call ``progress_pusher.cache_clear()``."""
+    return ProgressPush.from_env(os.environ)
 
 
 def write_result(
