@@ -14,6 +14,7 @@ from pathlib import Path
 
 from localcluster.cluster import Cluster
 from localcluster.errors import ClusterError
+from localcluster.pki import PKI
 from localcluster.processes import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +38,7 @@ class OperatorProcess:
         log_path: Path,
         extra: Sequence[str] = (),
         kubeconfig: str | None = None,  # default: the admin's; e.g. a ServiceAccount token's
+        progress_ips: Sequence[str] = (),  # serve the progress endpoint, with a certificate for these
     ):
         self.cluster = cluster
         self.kubeconfig = kubeconfig or cluster.kubeconfig
@@ -47,6 +49,23 @@ class OperatorProcess:
         self.health_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.progress_port = 0
+        self.progress_ca: Path | None = None
+        if progress_ips:
+            self.extra += self._progress_flags(list(progress_ips))
+
+    def _progress_flags(self, ips: list[str]) -> list[str]:
+        """The progress endpoint on a free port, with a certificate from a CA of its own (in a
+        folder beside the log), for pods that reach it at the first of `ips`."""
+        pki = PKI(self.log_path.parent / f"{self.log_path.stem}-progress-pki")
+        pair = pki.issue("progress", "finetune-operator", server_ips=tuple(ips))
+        self.progress_port, self.progress_ca = free_port(), pki.ca.cert
+        return [
+            "--progress-port", str(self.progress_port),
+            "--progress-url", f"https://{ips[0]}:{self.progress_port}",
+            "--progress-tls-cert", str(pair.cert), "--progress-tls-key", str(pair.key),
+            "--progress-ca", str(pki.ca.cert),
+        ]  # fmt: skip
 
     def start(self, timeout: float = 60.0) -> None:
         argv = [

@@ -46,7 +46,12 @@ async def operate(config: OperatorConfig, metrics: Metrics, api_client: Callable
         kube = Kube(api_client(), on_request=streams)
         return Intake(kube, config.namespaces, queue.observe, queue.route)
 
-    queue = ReconcileQueue(config, metrics, reconciler, intake)
+    def reviewer() -> Kube:
+        # TokenReviews of the progress endpoint: a client of their own, so that they neither wait
+        # for nor crowd out the workers' connections.
+        return Kube(api_client(), on_request=count)
+
+    queue = ReconcileQueue(config, metrics, reconciler, intake, reviewer)
     await kopf.operator(
         registry=build_registry(queue),
         standalone=True,  # no kopf peering: one replica acts, chosen by the Lease (leadership.py)

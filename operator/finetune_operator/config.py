@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/paddle-finetune-operator/trainer:0.1.0"
 LOG_FORMATS = ("text", "json")
@@ -50,6 +51,14 @@ class OperatorConfig:
     # (runPolicy.schedulingTimeoutSeconds wins).
     scheduling_timeout_seconds: float = 0.0
     progress_poll_seconds: float = 30.0  # at most one log read per running job per interval
+    # The progress endpoint (progress_server.py): trainers POST their progress to
+    # <progress_url>/v1/progress/<namespace>/<job> over TLS; 0: none (the log reads alone).
+    progress_port: int = 0
+    progress_url: str = ""  # how pods reach the port, e.g. https://<service>.<namespace>.svc:8443
+    progress_tls_cert: str = ""  # the serving certificate and key (files)
+    progress_tls_key: str = ""
+    progress_ca: str = ""  # the file with the CA's PEM the pods verify the certificate with
+    progress_ca_pem: str = ""  # its text (read by parse_config), handed to the pods
     # How often the watch cache is relisted to drop jobs and pods deleted while a watch was
     # broken (a relist reports no deletions): a paged LIST of every job and pod.
     sweep_seconds: float = 600.0
@@ -124,6 +133,17 @@ _OPTIONS: tuple[tuple[str, str, str, type, str], ...] = (
     ),
     ("progress_poll_seconds", "--progress-poll-interval", "PFO_PROGRESS_POLL_INTERVAL", float, "seconds"),
     ("sweep_seconds", "--sweep-interval", "PFO_SWEEP_INTERVAL", float, "seconds between relists"),
+    ("progress_port", "--progress-port", "PFO_PROGRESS_PORT", int, "port of the progress endpoint (0: off)"),
+    (
+        "progress_url",
+        "--progress-url",
+        "PFO_PROGRESS_URL",
+        str,
+        "https URL pods reach the progress endpoint at (with --progress-port)",
+    ),
+    ("progress_tls_cert", "--progress-tls-cert", "PFO_PROGRESS_TLS_CERT", str, "its certificate file"),
+    ("progress_tls_key", "--progress-tls-key", "PFO_PROGRESS_TLS_KEY", str, "its key file"),
+    ("progress_ca", "--progress-ca", "PFO_PROGRESS_CA", str, "the CA file pods verify it with"),
     ("backoff_base_seconds", "--backoff-base", "PFO_BACKOFF_BASE", float, "seconds"),
     ("backoff_max_seconds", "--backoff-max", "PFO_BACKOFF_MAX", float, "seconds"),
     ("workers", "--workers", "PFO_WORKERS", int, "concurrent reconciles"),
@@ -249,7 +269,32 @@ def parse_config(
         values["trainer_env"] = _env_pairs(str(values["trainer_env"]))
     config = OperatorConfig(**values)  # type: ignore[arg-type]
     validate(config)
+    config = _resolve_progress_endpoint(config)
     return config if not config.leader_elect else _resolve_leader_election(config)
+
+
+def _resolve_progress_endpoint(config: OperatorConfig) -> OperatorConfig:
+    """Check the endpoint's files are readable now (not at the first push) and keep the CA's text
+    for the pods."""
+    if not config.progress_port:
+        return config
+    for name, flag in (
+        ("progress_tls_cert", "--progress-tls-cert / PFO_PROGRESS_TLS_CERT"),
+        ("progress_tls_key", "--progress-tls-key / PFO_PROGRESS_TLS_KEY"),
+        ("progress_ca", "--progress-ca / PFO_PROGRESS_CA"),
+    ):
+        path = getattr(config, name)
+        if not path:
+            raise ConfigError(f"{flag}: required with --progress-port")
+        try:
+            text = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{flag}: cannot read {path}: {exc}") from None
+        if name == "progress_ca":
+            if "-----BEGIN CERTIFICATE-----" not in text:
+                raise ConfigError(f"{flag}: {path} holds no PEM certificate")
+            config = replace(config, progress_ca_pem=text)
+    return config
 
 
 def _resolve_leader_election(config: OperatorConfig) -> OperatorConfig:
@@ -289,12 +334,25 @@ def validate(config: OperatorConfig) -> None:
         raise ConfigError(f"--log-level / PFO_LOG_LEVEL: {config.log_level!r} is not one of {LOG_LEVELS}")
     if not config.trainer_image:
         raise ConfigError("--trainer-image / PFO_TRAINER_IMAGE: must not be empty")
-    for name, flag in (("metrics_port", "--metrics-port"), ("health_port", "--health-port")):
+    ports = (
+        ("metrics_port", "--metrics-port"),
+        ("health_port", "--health-port"),
+        ("progress_port", "--progress-port"),
+    )
+    for name, flag in ports:
         port = getattr(config, name)
         if not 0 <= port <= 65535:
             raise ConfigError(f"{flag}: {port} is not a TCP port (0..65535)")
-    if config.metrics_port and config.metrics_port == config.health_port:
-        raise ConfigError("--metrics-port and --health-port must differ")
+    used = [getattr(config, name) for name, _ in ports if getattr(config, name)]
+    if len(used) != len(set(used)):
+        raise ConfigError("--metrics-port, --health-port and --progress-port must differ")
+    if config.progress_port:
+        url = urlsplit(config.progress_url)
+        if url.scheme != "https" or not url.hostname or url.path not in ("", "/") or url.query:
+            raise ConfigError(
+                f"--progress-url / PFO_PROGRESS_URL: {config.progress_url!r} is not an https URL without "
+                "a path (required with --progress-port: the pods send a token to it)"
+            )
     if not config.scheduling_timeout_seconds >= 0:
         raise ConfigError(
             "--scheduling-timeout: must be >= 0 seconds, 0 for no limit "

@@ -97,6 +97,7 @@ from .pod import (
 )
 from .pod_state import PodOutcome
 from .progress_pace import Pace, line_time
+from .progress_push import Pushed
 from .refusal import classify
 from .trainer_settings import trainer_settings
 
@@ -198,6 +199,7 @@ class Reconciler:
         self.metrics = metrics
         self.clock = clock
         self._paces: dict[tuple[str, str], Pace] = {}  # per running job: when to read its log
+        self._pushed: dict[tuple[str, str], Pushed] = {}  # per job: the latest progress pushed
         self._lock = threading.Lock()
         # Whether new jobs are piling up (the work queue sets it): then a new job's first pass
         # only creates its pod, and a later pass records it (see `_start_attempt`).
@@ -207,6 +209,7 @@ class Reconciler:
         """The job (`uid`, or whichever job had that name) was deleted."""
         with self._lock:
             self._paces.pop((namespace, name), None)
+            self._pushed.pop((namespace, name), None)
         self.metrics.forget_job(namespace, name, uid)
 
     def sweep(self) -> None:
@@ -931,8 +934,9 @@ class Reconciler:
         return None
 
     def _poll_progress(self, p: _Pass, pod: str, started: datetime | None) -> float:
-        """Read the trainer's latest progress line from the tail of its log when its pace says a
-        new one is due (progress_pace.py: about once per epoch), and patch only when it changed.
+        """The trainer's latest progress into the status, when it changed: what it pushed
+        (progress_push.py), and its log's tail read when its pace says a new line is due
+        (progress_pace.py: about once per epoch; only when the pushes stop, for one that pushes).
         Returns the seconds until the next read."""
         key = (p.meta["namespace"], p.meta["name"])
         with self._lock:
@@ -944,27 +948,37 @@ class Reconciler:
                 base = self.config.progress_poll_seconds
                 recent = started is not None and (p.now - started).total_seconds() < base
                 pace = self._paces[key] = Pace(base, last_read=started if recent else None)
-            if not pace.due(p.now):
-                return pace.seconds_to_next(p.now)
-            since = pace.window(p.now)
-            pace.last_read = p.now  # a concurrent pass of the same job does not read too
-        # Only what was written since about the last read: a progress line older than that is in
-        # the status already, and the window keeps a long progress-bar line from filling the
-        # byte limit before the newest lines.
-        record, text = None, ""
-        try:
-            text = self.kube.pod_log_tail(
-                key[0], pod, CONTAINER, self.config.log_tail_lines, LOG_LIMIT_BYTES, since
-            )
-            record = parse_last_progress(text)
-        except Exception as exc:  # no log yet, or a node that serves none
-            if is_status(exc, 404) and not p.fresh:  # the pod is gone where the cache shows it
-                raise _Stale(f"pod {pod} has no log") from exc
-            log.debug("%s/%s: no log for progress: %s", key[0], key[1], exc)
+            pushed = self._pushed.get(key)
+            if pushed is not None and pushed.pod != pod:  # an earlier attempt's
+                del self._pushed[key]
+                pushed = None
+            if pushed is not None:
+                pace.pushed(datetime.fromtimestamp(pushed.at, timezone.utc), pushed.record["epoch"])
+            due = pace.due(p.now)
+            if due:
+                since = pace.window(p.now)
+                pace.last_read = p.now  # a concurrent pass of the same job does not read too
+        record = pushed.record if pushed is not None else None
+        if due:
+            # Only what was written since about the last read: a progress line older than that
+            # is in the status already, and the window keeps a long progress-bar line from
+            # filling the byte limit before the newest lines.
+            read, text = None, ""
+            try:
+                text = self.kube.pod_log_tail(
+                    key[0], pod, CONTAINER, self.config.log_tail_lines, LOG_LIMIT_BYTES, since
+                )
+                read = parse_last_progress(text)
+            except Exception as exc:  # no log yet, or a node that serves none
+                if is_status(exc, 404) and not p.fresh:  # the pod is gone where the cache shows it
+                    raise _Stale(f"pod {pod} has no log") from exc
+                log.debug("%s/%s: no log for progress: %s", key[0], key[1], exc)
+            epoch, written = (read["epoch"], line_time(text)) if read is not None else (None, None)
+            with self._lock:
+                pace.read(p.now, epoch, written)
+            if read is not None and (record is None or read["epoch"] > record["epoch"]):
+                record = read
         with self._lock:
-            pace.read(
-                p.now, record["epoch"] if record is not None else None, line_time(text) if record else None
-            )
             wait = pace.seconds_to_next(p.now)
         if record is None:
             return wait
@@ -974,6 +988,15 @@ class Reconciler:
         if "top1" in progress:
             p.top1 = progress["top1"]
         return wait
+
+    def pushed(self, namespace: str, name: str, pushed: Pushed) -> None:
+        """A trainer pushed its progress (progress_push.py): the job's next pass writes it.
+        Called from the endpoint's threads."""
+        key = (namespace, name)
+        with self._lock:
+            old = self._pushed.get(key)
+            if old is None or old.pod != pushed.pod or pushed.record["epoch"] >= old.record["epoch"]:
+                self._pushed[key] = pushed
 
 
 def _active(pod: dict[str, Any]) -> bool:

@@ -33,6 +33,9 @@ and as a `ReconcileError` Warning Event on the job (3rd failure, then every 10th
 watch event said so, and every `TRIM_SECONDS` the C allocator gives free pages back (heap.py: a
 relist or a burst leaves tens of MiB free but held).
 
+With `--progress-port`, the progress endpoint (progress_server.py) starts and stops with the
+queue: an accepted push becomes a timed pass of its job.
+
 One active instance: kopf runs standalone (peering off); with several replicas only the holder of
 the leader Lease starts kopf and this queue at all (leadership.py, RBAC.md).
 """
@@ -52,6 +55,8 @@ from .api import GROUP, KIND
 from .config import OperatorConfig
 from .controller import Reconciler
 from .metrics import Metrics
+from .progress_push import PushGate
+from .progress_server import ProgressServer, deliver_on, server_tls
 from .watches import Intake
 from .workqueue import URGENT, ExponentialBackoff, WorkQueue
 
@@ -89,12 +94,15 @@ class ReconcileQueue:
         metrics: Metrics,
         reconciler_factory: Any,
         intake_factory: Callable[[ReconcileQueue], Intake] | None = None,
+        reviewer_factory: Callable[[], Any] | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
         self._reconciler_factory = reconciler_factory
         self._intake_factory = intake_factory
+        self._reviewer_factory = reviewer_factory
         self.intake: Intake | None = None
+        self.progress: ProgressServer | None = None
         self.reconciler: Reconciler | None = None
         self.queue: WorkQueue | None = None
         self.backoff = ExponentialBackoff(ERROR_BACKOFF_BASE, ERROR_BACKOFF_MAX)
@@ -116,6 +124,22 @@ class ReconcileQueue:
         if self._intake_factory is not None:
             self.intake = self._intake_factory(self)
             self.intake.start()
+        if self.config.progress_port and self.reconciler is not None:
+            self.progress = self._progress_server(self.reconciler)
+            await self.progress.start()
+
+    def _progress_server(self, reconciler: Reconciler) -> ProgressServer:
+        """The progress endpoint, on this loop: pods from the watch cache, reviews from the API
+        server, accepted records to the reconciler and the job's pass into the queue."""
+        live = self._reviewer_factory() if self._reviewer_factory else (reconciler.live or reconciler.kube)
+        enqueue = lambda namespace, job: self.enqueue(namespace, job, priority=TIMED)  # noqa: E731
+        gate = PushGate(
+            pods=reconciler.kube.list_pods,
+            review=live.review_token,  # type: ignore[attr-defined]
+            deliver=deliver_on(asyncio.get_running_loop(), reconciler.pushed, enqueue),
+        )
+        tls = server_tls(self.config.progress_tls_cert, self.config.progress_tls_key)
+        return ProgressServer(gate, self.metrics, self.config.progress_port, tls)
 
     def _busy(self) -> bool:
         """New work arrives in a burst, or piles up (more urgent keys wait than there are
@@ -125,6 +149,8 @@ class ReconcileQueue:
         return queue is not None and (queue.in_burst() or queue.waiting(URGENT) > self.config.workers)
 
     async def stop(self) -> None:
+        if self.progress is not None:
+            await self.progress.stop()
         if self.intake is not None:
             await self.intake.stop()
         for task in self._workers:

@@ -401,6 +401,16 @@ class Kube:
         answer = self._request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body=review)
         return bool((answer.get("status") or {}).get("allowed"))
 
+    def review_token(self, token: str, audience: str) -> dict[str, Any]:
+        """A TokenReview of `token` for `audience`: its status (authenticated, user, audiences)."""
+        review = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": [audience]},
+        }
+        answer = self._request("POST", "/apis/authentication.k8s.io/v1/tokenreviews", body=review)
+        return answer.get("status") or {}
+
     # Events ---------------------------------------------------------------------------------
     def job_event(
         self, job: dict[str, Any], event_type: str, reason: str, message: str, now: str, seq: int = 0

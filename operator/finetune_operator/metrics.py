@@ -118,6 +118,12 @@ class Metrics:
             ["kind", "new"],
             registry=r,
         )
+        self.pushes = Counter(
+            "finetune_progress_pushes",
+            "Progress the trainers POSTed to the progress endpoint, by answer (accepted, or why not)",
+            ["result"],
+            registry=r,
+        )
         self.failing = Gauge(
             "finetune_reconcile_failing_jobs",
             "Jobs whose latest reconcile raised (retried with exponential back-off until one succeeds)",

@@ -23,6 +23,15 @@ import copy
 import hashlib
 from typing import Any
 
+from finetune_contract import (
+    PUSH_CA_ENV,
+    PUSH_TOKEN_DIR,
+    PUSH_TOKEN_FILE,
+    PUSH_URL_ENV,
+    push_audience,
+    push_path,
+)
+
 from .api import (
     API_VERSION,
     CONTAINER,
@@ -51,6 +60,9 @@ MAX_NAME = 63  # a DNS label: pod names become hostnames, and label values have 
 # existed gets it too): time for the largest model's checkpoint on a slow network disk, see
 # trainer/finetune_trainer/README.md ("Grace on SIGTERM").
 DEFAULT_TERMINATION_GRACE_SECONDS = 120
+
+PUSH_VOLUME = "progress-token"
+PUSH_TOKEN_SECONDS = 3600  # the kubelet renews it at 80%: a TokenReview per job about every 48 min
 
 # What the template may pass through to the pod spec, unchanged.
 _PASS_THROUGH = (
@@ -188,6 +200,24 @@ def _kueue_hooks(job: dict[str, Any], labels: dict[str, str], attempt: int) -> d
     return {KUEUE_POD_GROUP_TOTAL_COUNT: str(nodes_of(job)), KUEUE_RETRIABLE_IN_GROUP: "false"}
 
 
+def _push_env(config: OperatorConfig, namespace: str, name: str) -> list[dict[str, Any]]:
+    """Where rank 0 pushes its progress, and the CA it checks the endpoint's certificate with."""
+    return [
+        {"name": PUSH_URL_ENV, "value": config.progress_url.rstrip("/") + push_path(namespace, name)},
+        {"name": PUSH_CA_ENV, "value": config.progress_ca_pem},
+    ]
+
+
+def _push_token_volume(namespace: str, name: str) -> dict[str, Any]:
+    """The pod's ServiceAccount token for this job's audience alone, bound to the pod (the kubelet
+    renews it; it stops working once the pod is deleted). Nothing else of the API is mounted."""
+    token = {"audience": push_audience(namespace, name), "expirationSeconds": PUSH_TOKEN_SECONDS}
+    return {
+        "name": PUSH_VOLUME,
+        "projected": {"sources": [{"serviceAccountToken": {**token, "path": PUSH_TOKEN_FILE}}]},
+    }
+
+
 def _master_env(job: dict[str, Any], attempt: int, rank: int) -> list[dict[str, Any]]:
     """``POD_IP`` (the launcher's own address: it reads this variable) and ``PADDLE_MASTER``:
     rank 0's own IP, or, on the other ranks, the value of the attempt's ConfigMap."""
@@ -239,6 +269,8 @@ def render_pod(job: dict[str, Any], attempt: int, config: OperatorConfig, rank: 
         *({"name": k, "value": v} for k, v in config.trainer_env),
     ]
     log_dir = f"{settings.output.dir}/launch-logs"  # the job's own folder, as the trainer's
+    if writes and config.progress_port:
+        env += _push_env(config, namespace, name)
     if nodes > 1:
         env += _master_env(job, attempt, rank)
         # Rank 0 keeps the launcher's per-process logs with the job's output; the others in
@@ -252,6 +284,8 @@ def render_pod(job: dict[str, Any], attempt: int, config: OperatorConfig, rank: 
         ]
     mounts.append(_mount("dshm", "/dev/shm", None, read_only=False))
     mounts.append(_mount("tmp", "/tmp", None, read_only=False))
+    if writes and config.progress_port:
+        mounts.append(_mount(PUSH_VOLUME, PUSH_TOKEN_DIR, None, read_only=True))
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.get("image") or config.trainer_image,
@@ -314,6 +348,8 @@ def render_pod(job: dict[str, Any], attempt: int, config: OperatorConfig, rank: 
     pod_spec["volumes"].append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
     # HOME=/tmp (Paddle writes ~/.cache at import) on a read-only root file system.
     pod_spec["volumes"].append({"name": "tmp", "emptyDir": {}})
+    if writes and config.progress_port:
+        pod_spec["volumes"].append(_push_token_volume(namespace, name))
     for key in _PASS_THROUGH:
         if template.get(key):
             pod_spec[key] = template[key]

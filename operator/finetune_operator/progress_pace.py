@@ -12,6 +12,10 @@ A read that finds nothing new (the epoch is late, or the trainer prints nothing,
 not our trainer) waits the poll interval, and each further one twice as long as the one before,
 up to ten times the interval (and at most an epoch once the pace is known).
 
+Where the trainer also pushes its progress to the operator (progress_push.py), each push counts
+as a read, and the log is read only when the pushes stop: a whole epoch late (or ten poll
+intervals without a known pace), so a lost push costs one read and a working one none.
+
 Pure: the reconciler keeps one `Pace` per running job in memory; a restart only costs a read.
 """
 
@@ -24,6 +28,7 @@ from datetime import datetime, timedelta, timezone
 from finetune_contract import PROGRESS_PREFIX
 
 LATE_FACTOR = 1.05  # read a little after the epoch should end
+PUSHED_LATE_FACTOR = 2.05  # a trainer that pushes: read its log once a whole epoch's push is missing
 MAX_BACKOFF_FACTOR = 10  # reads that find nothing new slow down to 10x the poll interval
 
 
@@ -35,6 +40,7 @@ class Pace:
     first: tuple[int, datetime] | None = None  # the first epoch seen, and when
     latest: tuple[int, datetime] | None = None  # the newest epoch seen, and when it was first seen
     settled: bool = False  # `first` moved past the first interval seen (it may hold the start)
+    pushing: bool = False  # the trainer pushes its progress: the log is only the fallback
 
     def epoch_seconds(self) -> float | None:
         """Seconds per epoch, from the epochs seen so far (None until two differ)."""
@@ -48,8 +54,11 @@ class Pace:
             return None
         wait = self.wait or self.base
         pace = self.epoch_seconds()
+        if self.pushing:
+            wait = max(wait, self.base * MAX_BACKOFF_FACTOR)
         if pace is not None and self.latest is not None:
-            expected = self.latest[1] + timedelta(seconds=pace * LATE_FACTOR)
+            late = PUSHED_LATE_FACTOR if self.pushing else LATE_FACTOR
+            expected = self.latest[1] + timedelta(seconds=pace * late)
             if expected > self.last_read:
                 return max(expected, self.last_read + timedelta(seconds=self.base))
             wait = min(wait, max(self.base, pace))  # late: look again, at most an epoch apart
@@ -73,19 +82,30 @@ class Pace:
         `written` then (None: unknown, taken as `now`). True if that is news."""
         self.last_read = now
         if epoch is not None and (self.latest is None or epoch > self.latest[0]):
-            at = min(written, now) if written is not None else now
-            if self.first is None:
-                self.first = (epoch, at)
-            elif not self.settled and self.latest is not None and self.latest[0] > self.first[0]:
-                # A third epoch: measure from the second. The first interval seen may hold the
-                # trainer's start (the line at epoch 0 comes before the model and the data are
-                # loaded), and averaged in it would time every later read late.
-                self.first, self.settled = self.latest, True
-            self.latest = (epoch, at)
-            self.wait = 0.0
+            self._seen(epoch, min(written, now) if written is not None else now)
             return True
         self.wait = min(self.base * MAX_BACKOFF_FACTOR, self.wait * 2) if self.wait else self.base
         return False
+
+    def pushed(self, at: datetime, epoch: int) -> bool:
+        """The trainer pushed `epoch` at `at`: as good as a read then. True if that is news."""
+        self.pushing = True
+        if self.latest is not None and epoch <= self.latest[0]:
+            return False
+        self.last_read = at if self.last_read is None else max(self.last_read, at)
+        self._seen(epoch, at)
+        return True
+
+    def _seen(self, epoch: int, at: datetime) -> None:
+        if self.first is None:
+            self.first = (epoch, at)
+        elif not self.settled and self.latest is not None and self.latest[0] > self.first[0]:
+            # A third epoch: measure from the second. The first interval seen may hold the
+            # trainer's start (the line at epoch 0 comes before the model and the data are
+            # loaded), and averaged in it would time every later read late.
+            self.first, self.settled = self.latest, True
+        self.latest = (epoch, at)
+        self.wait = 0.0
 
 
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z ")

@@ -1,5 +1,7 @@
 """Operator settings from flags and PFO_* environment variables."""
 
+from pathlib import Path
+
 import pytest
 from finetune_operator.config import DEFAULT_TRAINER_IMAGE, ConfigError, parse_config
 
@@ -216,3 +218,54 @@ def test_gang_scheduler_settings():
     assert (parse_config([], {}).gang_scheduler, parse_config([], {}).scheduler_name) == ("", "")
     config = parse_config(["--gang-scheduler", "volcano"], {"PFO_SCHEDULER_NAME": "volcano"})
     assert (config.gang_scheduler, config.scheduler_name) == ("volcano", "volcano")
+
+
+def _endpoint_files(tmp_path):
+    from localcluster.pki import PKI
+
+    pki = PKI(tmp_path / "pki")
+    pair = pki.issue("progress", "finetune-operator", server_names=("pfo.ns.svc",))
+    return {
+        "PFO_PROGRESS_PORT": "8443",
+        "PFO_PROGRESS_URL": "https://pfo.ns.svc:8443",
+        "PFO_PROGRESS_TLS_CERT": str(pair.cert),
+        "PFO_PROGRESS_TLS_KEY": str(pair.key),
+        "PFO_PROGRESS_CA": str(pki.ca.cert),
+    }
+
+
+def test_the_progress_endpoint_reads_its_files_at_start(tmp_path):
+    env = _endpoint_files(tmp_path)
+    config = parse_config([], env)
+    assert (config.progress_port, config.progress_url) == (8443, "https://pfo.ns.svc:8443")
+    assert config.progress_ca_pem == Path(env["PFO_PROGRESS_CA"]).read_text()
+    assert parse_config([], {}).progress_port == 0  # off unless asked for
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"PFO_PROGRESS_URL": ""}, "--progress-url / PFO_PROGRESS_URL: '' is not an https URL"),
+        ({"PFO_PROGRESS_URL": "http://pfo:8443"}, "is not an https URL without a path"),
+        ({"PFO_PROGRESS_URL": "https://pfo:8443/v1"}, "is not an https URL without a path"),
+        (
+            {"PFO_PROGRESS_TLS_KEY": ""},
+            "--progress-tls-key / PFO_PROGRESS_TLS_KEY: required with --progress-port",
+        ),
+        (
+            {"PFO_PROGRESS_TLS_CERT": "/nonexistent.crt"},
+            "--progress-tls-cert / PFO_PROGRESS_TLS_CERT: cannot read",
+        ),
+        ({"PFO_PROGRESS_CA": "KEY"}, "--progress-ca / PFO_PROGRESS_CA: "),
+        ({"PFO_PROGRESS_PORT": "8080"}, "--metrics-port, --health-port and --progress-port must differ"),
+        ({"PFO_PROGRESS_PORT": "99999"}, "--progress-port: 99999 is not a TCP port"),
+    ],
+)
+def test_a_bad_progress_endpoint_names_the_setting(tmp_path, change, fragment):
+    env = _endpoint_files(tmp_path)
+    if change.get("PFO_PROGRESS_CA") == "KEY":  # a readable file that holds no certificate
+        change = {"PFO_PROGRESS_CA": env["PFO_PROGRESS_TLS_KEY"]}
+        fragment += change["PFO_PROGRESS_CA"] + " holds no PEM certificate"
+    with pytest.raises(ConfigError) as info:
+        parse_config([], {**env, **change})
+    assert fragment in str(info.value)

@@ -221,3 +221,43 @@ def test_attempt_must_be_positive():
 def test_operator_wide_trainer_env():
     pod = render_pod(job(), 1, OperatorConfig(trainer_env=(("REQUESTS_CA_BUNDLE", "/etc/ca.pem"),)))
     assert {"name": "REQUESTS_CA_BUNDLE", "value": "/etc/ca.pem"} in container(pod)["env"]
+
+
+PUSHING = OperatorConfig(
+    trainer_image="registry.local/trainer:7",
+    progress_port=8443,
+    progress_url="https://pfo.ops.svc:8443/",
+    progress_ca_pem="-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+)
+
+
+def test_with_the_progress_endpoint_rank_0_gets_its_url_ca_and_a_token_for_its_job_alone():
+    from finetune_operator.pod import render_attempt
+
+    pod = render_pod(job(), 1, PUSHING)
+    env = {e["name"]: e["value"] for e in container(pod)["env"]}
+    assert env["FINETUNE_PROGRESS_URL"] == "https://pfo.ops.svc:8443/v1/progress/team-a/flowers"
+    assert env["FINETUNE_PROGRESS_CA"] == PUSHING.progress_ca_pem
+    token = volume(pod, "progress-token")["projected"]["sources"]
+    assert token == [
+        {
+            "serviceAccountToken": {
+                "audience": "finetune.paddle.dev/progress/team-a/flowers",
+                "expirationSeconds": 3600,
+                "path": "token",
+            }
+        }
+    ]
+    assert mount(pod, "/var/run/secrets/finetune.paddle.dev/progress") == {
+        "name": "progress-token",
+        "mountPath": "/var/run/secrets/finetune.paddle.dev/progress",
+        "readOnly": True,
+    }
+    # Still no API token of the ServiceAccount's own.
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    # Without the endpoint nothing of it; the other ranks of a multi-node job report nothing.
+    plain = render_pod(job(), 1, CONFIG)
+    assert not any(e["name"].startswith("FINETUNE_PROGRESS") for e in container(plain)["env"])
+    assert all(v["name"] != "progress-token" for v in plain["spec"]["volumes"])
+    ranks = render_attempt(job(resources={"nodes": 2, "gpus": 1}), 1, PUSHING)
+    assert [any(v["name"] == "progress-token" for v in p["spec"]["volumes"]) for p in ranks] == [True, False]
