@@ -71,7 +71,7 @@ from bench import controller_manager, goals, plots  # noqa: E402
 from bench.bare_controller import BareController, bare_create, orphan_pod  # noqa: E402
 from bench.kube_watch import SECONDS, Watcher, count_delta, parallel, request_counts  # noqa: E402
 from bench.proc_sampler import Sampler, cpu_model  # noqa: E402
-from bench.progress_feed import ProgressFeed  # noqa: E402
+from bench.progress_feed import ProgressFeed, Pusher  # noqa: E402
 from localcluster import GPUS_PER_NODE, Cluster, KubeError, KubeRest, OperatorProcess, drive_annotations  # noqa: E402
 
 FTJ = f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{PLURAL}"
@@ -674,13 +674,15 @@ def run_operator_steady(
     capacity: int,
     idle: float,
     epoch_seconds: float = 0.0,
+    operator: OperatorProcess | None = None,
 ) -> dict[str, Any]:
     """`running` jobs run and finish, `running` more run (2 x running jobs present), an idle
     window, then `burst` new jobs in another namespace while those run. With `epoch_seconds`,
     the running pods print a trainer's progress line every epoch (bench/progress_feed.py), the
     idle window starts 2.5 epochs + 30 s after the first lines (by then the operator can have
     seen two epochs of every pod and pace its reads by them), and the window reports which
-    epochs reached the jobs' statuses, how late."""
+    epochs reached the jobs' statuses, how late. An `operator` that serves the progress endpoint
+    (OperatorProcess with progress_ips) also gets every record pushed, as trainers do."""
     namespace, burst_ns = f"{side}-steady", f"{side}-steady-burst"
     out: dict[str, Any] = {"running": running, "finished": running}
     print(f"== {side}, steady state: {running} finished + {running} running", file=sys.stderr)
@@ -692,10 +694,16 @@ def run_operator_steady(
         out["idleRunning"] = second.get("idleRunning")
     else:
         pods = [pod_name(name, 1) for name in phase.names]
-        feed = ProgressFeed(cluster, namespace, phase.names, pods, epoch_seconds).start()
+        pusher = None
+        if operator is not None and operator.progress_port and operator.progress_ca is not None:
+            url = f"https://127.0.0.1:{operator.progress_port}"
+            pusher = Pusher(KubeRest(Path(cluster.kubeconfig)), url, operator.progress_ca, namespace)
+        feed = ProgressFeed(cluster, namespace, phase.names, pods, epoch_seconds, push=pusher).start()
         watcher = Watcher(Path(cluster.kubeconfig), FTJ.format(ns=namespace), feed.on_job).start()
         try:
             second = out["runningBatch"] = run_phase(cluster, phase, sampler, 0, finish=False)
+            if pusher is not None:  # the kubelet's part: a bound token per pod, once it runs
+                out["pushTokensMintedSeconds"] = round(pusher.mint(phase.names, pods), 1)
             # Each pod's pace is known after two epochs it saw (the first read comes a poll
             # interval after the pod started): then the steady state begins.
             warm = (feed.started or 0.0) + 2.5 * epoch_seconds + 30 - time.monotonic()
@@ -713,12 +721,16 @@ def run_operator_steady(
                 "lagSeconds": percentiles(report.lags),
             }
             window["samples"] = {"progressLag": samples(report.lags)}
+            if pusher is not None:
+                window["progress"]["pushAnswers"] = {str(k): v for k, v in sorted(pusher.answers.items())}
             print(f"  progress in the window: {window['progress']}", file=sys.stderr)
             if watcher.error is not None:
                 raise RuntimeError(f"watch of the jobs failed: {watcher.error!r}")
         finally:
             watcher.stop()
             feed.stop()
+            if pusher is not None:
+                pusher.close()
     print(f"== {side}, steady state: a burst of {burst}", file=sys.stderr)
     phase = Phase(side, burst, gpus_for(burst, capacity), burst_ns)
     out["burstWhileRunning"] = {"n": burst, **run_phase(cluster, phase, sampler, 0, finish=False)}
@@ -749,12 +761,19 @@ def baseline_source(ref: str) -> Iterator[Path]:
 
 
 def start_operator(
-    cluster: Cluster, side: str, namespaces: list[str], flags: list[str], source: Path | None
+    cluster: Cluster,
+    side: str,
+    namespaces: list[str],
+    flags: list[str],
+    source: Path | None,
+    push: bool = False,
 ) -> OperatorProcess:
-    """The operator of this tree (ours) or of the baseline commit's source (before)."""
+    """The operator of this tree (ours) or of the baseline commit's source (before); with `push`,
+    serving the progress endpoint on 127.0.0.1."""
     log_path = Path(tempfile.gettempdir()) / f"pfo-bench-operator-{side}.log"
     log_path.unlink(missing_ok=True)
-    operator = OperatorProcess(cluster, namespaces, log_path, extra=flags)
+    ips = ("127.0.0.1",) if push else ()
+    operator = OperatorProcess(cluster, namespaces, log_path, extra=flags, progress_ips=ips)
     saved = os.environ.get("PYTHONPATH")
     if source is not None:  # its packages ahead of this tree's editable install
         os.environ["PYTHONPATH"] = os.pathsep.join([str(source / "operator"), str(source / "contract")])
@@ -1021,6 +1040,12 @@ def main(argv: list[str] | None = None) -> int:
         "(0: its default); a short one puts relists inside the bursts, the memory's worst case",
     )
     parser.add_argument(
+        "--progress-push",
+        action="store_true",
+        help="ours: serve the progress endpoint; the steady state's pods push each epoch's record "
+        "to it as trainers do (and still print it)",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -1071,6 +1096,8 @@ def main(argv: list[str] | None = None) -> int:
             report["operatorFlags"] = flags
             if args.sweep_interval:
                 report["oursSweepInterval"] = args.sweep_interval
+            if args.progress_push:
+                report["oursProgressPush"] = True
             args.out.parent.mkdir(parents=True, exist_ok=True)
             for side in OPERATOR_SIDES:
                 if side not in sides:
@@ -1082,8 +1109,9 @@ def main(argv: list[str] | None = None) -> int:
                     create_namespace(cluster, ns)
                 source = stack.enter_context(baseline_source(args.baseline_ref)) if side == "before" else None
                 own = flags + (["--sweep-interval", str(args.sweep_interval)] if args.sweep_interval else [])
+                push = args.progress_push and side == "ours"
                 operators[side] = start_operator(
-                    cluster, side, namespaces, own if side == "ours" else flags, source
+                    cluster, side, namespaces, own if side == "ours" else flags, source, push
                 )
                 assert operators[side].proc is not None
                 samplers[side] = Sampler(operators[side].proc.pid)
@@ -1125,7 +1153,7 @@ def main(argv: list[str] | None = None) -> int:
                     if side in operators:
                         steady[side] = run_operator_steady(
                             cluster, side, samplers[side], r, b, capacity, args.steady_idle_seconds,
-                            args.epoch_seconds,
+                            args.epoch_seconds, operators[side],
                         )  # fmt: skip
                         _save(args.out, report)
             report["operatorReconcileErrors"] = {

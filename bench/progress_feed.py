@@ -8,20 +8,30 @@ ClusterLogs object per group). The groups' epochs are staggered over one epoch, 
 started at different times. A watch of the jobs records when each job's status.progress.epoch
 changed; `epoch_report` says which written epochs reached the status, which were skipped, and how
 late each arrived.
+
+With `push` (a `Pusher`), every pod also POSTs each record to the operator's progress endpoint, as
+the trainer does (trainer/finetune_trainer/push.py): a new TLS connection per push, the pod's own
+token, which the API server mints bound to the pod for its job's audience (a TokenRequest, as the
+kubelet's projected volume does; the minting is the kubelet's work, not the operator's).
 """
 
 from __future__ import annotations
 
+import json
+import ssl
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune_contract import format_progress
+from finetune_contract import format_progress, progress_record, push_audience, push_path
 
-from localcluster import Cluster
+from localcluster import Cluster, KubeRest
 from localcluster.kwok import append_log_lines
 
 EPOCHS = 100_000  # the feed's jobs never finish by epochs
@@ -81,6 +91,66 @@ def epoch_report(
     return out
 
 
+class Pusher:
+    """POSTs progress records for pods, as their trainers would, `threads` at a time."""
+
+    def __init__(self, rest: KubeRest, url: str, ca: Path, namespace: str, threads: int = 16) -> None:
+        self.rest, self.url, self.namespace = rest, url.rstrip("/"), namespace
+        self.tls = ssl.create_default_context(cafile=str(ca))
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="push")
+        self.tokens: dict[str, str] = {}  # pod -> token
+        self.answers: dict[int, int] = {}  # HTTP status -> count (0: no answer)
+        self._lock = threading.Lock()
+
+    def mint(self, jobs: Sequence[str], pods: Sequence[str]) -> float:
+        """A bound token per pod (TokenRequest); returns the seconds it took."""
+        t0 = time.monotonic()
+        ns = self.namespace
+        uids = {
+            p["metadata"]["name"]: p["metadata"]["uid"]
+            for p in self.rest.get(f"/api/v1/namespaces/{ns}/pods")["items"]
+        }
+
+        def one(job: str, pod: str) -> None:
+            body = {
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "spec": {
+                    "audiences": [push_audience(ns, job)],
+                    "expirationSeconds": 3600,
+                    "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod, "uid": uids[pod]},
+                },
+            }
+            answer = self.rest.create(f"/api/v1/namespaces/{ns}/serviceaccounts/default/token", body)
+            self.tokens[pod] = answer["status"]["token"]
+
+        list(self.pool.map(one, jobs, pods))
+        return time.monotonic() - t0
+
+    def push(self, job: str, pod: str, record: dict[str, Any]) -> None:
+        token = self.tokens.get(pod)
+        if token is None:  # not minted yet: the pod is not there yet, or just made
+            return
+        request = urllib.request.Request(
+            self.url + push_path(self.namespace, job),
+            data=json.dumps(record, separators=(",", ":"), sort_keys=True).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, context=self.tls, timeout=30) as rsp:
+                status = rsp.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        except OSError:
+            status = 0
+        with self._lock:
+            self.answers[status] = self.answers.get(status, 0) + 1
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 class ProgressFeed:
     """Progress lines every `epoch_seconds` for the pods of `jobs` (pod `pods[i]` of job `jobs[i]`)."""
 
@@ -92,6 +162,7 @@ class ProgressFeed:
         pods: Sequence[str],
         epoch_seconds: float,
         groups: int = 8,
+        push: Pusher | None = None,
     ) -> None:
         self.cluster = cluster
         self.namespace = namespace
@@ -99,6 +170,8 @@ class ProgressFeed:
         self.groups = max(1, min(groups, len(jobs)))
         self.group_of = {job: i % self.groups for i, job in enumerate(jobs)}
         self._pods = [[p for i, p in enumerate(pods) if i % self.groups == g] for g in range(self.groups)]
+        self._jobs = [[j for i, j in enumerate(jobs) if i % self.groups == g] for g in range(self.groups)]
+        self.push = push
         self.files = [cluster.fake_log_dir() / f"progress-{namespace}-{g}.log" for g in range(self.groups)]
         self.written: list[list[Written]] = [[] for _ in range(self.groups)]
         self.seen: dict[str, list[tuple[int, float]]] = {}
@@ -122,10 +195,14 @@ class ProgressFeed:
         return self
 
     def _write(self, group: int, epoch: int) -> None:
-        line = format_progress(epoch, EPOCHS, top1=round(min(0.99, 0.5 + epoch / 200), 4), loss=1.0)
-        append_log_lines(self.files[group], [line])
+        extra = {"top1": round(min(0.99, 0.5 + epoch / 200), 4), "loss": 1.0}
+        append_log_lines(self.files[group], [format_progress(epoch, EPOCHS, **extra)])
         with self._lock:
             self.written[group].append(Written(epoch, time.monotonic()))
+        if self.push is not None:
+            record = progress_record(epoch, EPOCHS, **extra)
+            for job, pod in zip(self._jobs[group], self._pods[group], strict=True):
+                self.push.pool.submit(self.push.push, job, pod, record)
 
     def _run(self) -> None:
         assert self.started is not None

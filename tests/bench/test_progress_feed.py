@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from finetune_contract import parse_last_progress
@@ -102,3 +103,56 @@ def test_the_feed_serves_staggered_epochs_as_the_pods_logs(cluster: Cluster, nam
         feed.stop()
     left = cluster.kubectl("get", "clusterlogs.kwok.x-k8s.io", "-o", "name").stdout
     assert "pfo-bench-progress" not in left
+
+
+def test_with_push_every_pod_posts_each_epoch_and_it_reaches_the_status(
+    cluster: Cluster, namespace: str, tmp_path: Any
+) -> None:
+    """The benchmark's push as trainers do it, against the real operator's endpoint: each pod's own
+    bound token, every epoch's record accepted, and every epoch in the job's status."""
+    from finetune_operator.pod import pod_name
+
+    from bench.progress_feed import Pusher
+    from localcluster import KubeRest, OperatorProcess
+    from tests.operator.cluster_jobs import apply, job_manifest, phase_is, wait_job
+    from tests.operator.test_operator_lifecycle import VOLUME, metric_value
+
+    cluster.install_crds(Path(__file__).resolve().parents[2] / "crds")
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    op = OperatorProcess(
+        cluster, [namespace], tmp_path / "operator.log",
+        extra=["--progress-poll-interval", "600"], progress_ips=("127.0.0.1",),
+    )  # fmt: skip
+    op.start()
+    jobs = ["j0", "j1", "j2"]
+    pods = [pod_name(j, 1) for j in jobs]
+    rest = KubeRest(cluster.kubeconfig)
+    pusher = Pusher(rest, f"https://127.0.0.1:{op.progress_port}", op.progress_ca, namespace, threads=4)
+    feed = ProgressFeed(cluster, namespace, jobs, pods, epoch_seconds=3.0, groups=3, push=pusher)
+    try:
+        for name in jobs:
+            apply(cluster, namespace, job_manifest(name, VOLUME))
+        for name in jobs:
+            wait_job(cluster, op, namespace, name, phase_is("Running"), "Running")
+        assert pusher.mint(jobs, pods) >= 0 and set(pusher.tokens) == set(pods)
+        feed.start()
+        time.sleep(8)  # epochs 1 and 2 of every group, pushed
+        for name in jobs:
+            status = wait_job(
+                cluster,
+                op,
+                namespace,
+                name,
+                lambda s: (s.get("progress") or {}).get("epoch", 0) >= 2,
+                "epoch 2",
+            )
+            assert status["progress"]["epochs"] > 1000
+        feed.stop()
+        pusher.close()
+        assert set(pusher.answers) == {202} and pusher.answers[202] >= 3 * 3  # epochs 0, 1, 2 of each
+        text = op.metrics()
+        assert metric_value(text, "finetune_api_requests_total", verb="create", resource="tokenreviews") == 3
+        assert not metric_value(text, "finetune_api_requests_total", verb="get", resource="pods/log")
+    finally:
+        feed.stop()
+        op.stop()
