@@ -14,6 +14,7 @@ both read by the kubelet.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -28,7 +29,7 @@ from typing import Any
 import pytest
 from finetune_contract import decode_result, parse_last_progress
 
-from localcluster import ChartOperator, Cluster, install_chart, make_self_signed, serve_https
+from localcluster import ChartOperator, Cluster, OperatorProcess, install_chart, make_self_signed, serve_https
 from tests.operator.cluster_jobs import apply, condition, events, follow_log, get_job, job_manifest, wait_job
 
 PRETRAIN_CLASSES = (0, 1, 2)
@@ -52,7 +53,7 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Setup:
     cluster: Cluster
     namespace: str
-    operator: ChartOperator
+    operator: ChartOperator | OperatorProcess
     data: Path  # the folder behind claim "digits"
     output: Path  # the folder behind claim "output"
     url: str
@@ -79,8 +80,9 @@ class Setup:
         return manifest
 
 
-@pytest.fixture
-def e2e(cluster: Cluster, namespace: str, crd_installed: str, weights: Path) -> Iterator[Setup]:
+@contextlib.contextmanager
+def prepared(cluster: Cluster, namespace: str, weights: Path) -> Iterator[dict[str, Any]]:
+    """The namespace, the trainer image, the data and output claims and the weights server."""
     from demo.digits import write_digits_dataset
 
     cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
@@ -97,26 +99,61 @@ def e2e(cluster: Cluster, namespace: str, crd_installed: str, weights: Path) -> 
     served.mkdir()
     shutil.copy(weights, served / weights.name)
     server = serve_https(served, https / "cert.pem", https / "key.pem", host=host)
-    operator = install_chart(
-        cluster, namespace,
-        "--set", f"watchNamespaces={{{namespace}}}",
-        "--set", "operator.progressPollSeconds=1",
-        "--set", "operator.backoffBaseSeconds=1", "--set", "operator.backoffMaxSeconds=2",
-        "--set-string", f"operator.trainerEnv.REQUESTS_CA_BUNDLE=/data/{CA_FILE}",
-        release="pfo-e2e",
-    )  # fmt: skip
     try:
-        yield Setup(
-            cluster, namespace, operator, data, output,
-            url=f"https://{host}:{server.server_address[1]}/{weights.name}",
-            sha256=hashlib.sha256(weights.read_bytes()).hexdigest(),
-            num_classes=info["numClasses"],
-        )  # fmt: skip
+        yield {
+            "data": data, "output": output, "host": host,
+            "url": f"https://{host}:{server.server_address[1]}/{weights.name}",
+            "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+            "num_classes": info["numClasses"],
+        }  # fmt: skip
     finally:
-        operator.uninstall()
         server.shutdown()
         server.server_close()
         shutil.rmtree(https, ignore_errors=True)
+
+
+def _setup(cluster: Cluster, namespace: str, operator: Any, parts: dict[str, Any]) -> Setup:
+    return Setup(
+        cluster, namespace, operator, parts["data"], parts["output"],
+        url=parts["url"], sha256=parts["sha256"], num_classes=parts["num_classes"],
+    )  # fmt: skip
+
+
+@pytest.fixture
+def e2e(cluster: Cluster, namespace: str, crd_installed: str, weights: Path) -> Iterator[Setup]:
+    with prepared(cluster, namespace, weights) as parts:
+        operator = install_chart(
+            cluster, namespace,
+            "--set", f"watchNamespaces={{{namespace}}}",
+            "--set", "operator.progressPollSeconds=1",
+            "--set", "operator.backoffBaseSeconds=1", "--set", "operator.backoffMaxSeconds=2",
+            "--set-string", f"operator.trainerEnv.REQUESTS_CA_BUNDLE=/data/{CA_FILE}",
+            release="pfo-e2e",
+        )  # fmt: skip
+        try:
+            yield _setup(cluster, namespace, operator, parts)
+        finally:
+            operator.uninstall()
+
+
+@pytest.fixture
+def e2e_pushing(
+    cluster: Cluster, namespace: str, crd_installed: str, weights: Path, tmp_path: Path
+) -> Iterator[Setup]:
+    """The operator as a process on the host, its progress endpoint on the node's bridge address
+    (what a pod reaches of the host), and log reads only every 10 minutes: progress that reaches
+    the status while the job runs came through the endpoint."""
+    with prepared(cluster, namespace, weights) as parts:
+        operator = OperatorProcess(
+            cluster, [namespace], tmp_path / "operator.log",
+            extra=["--progress-poll-interval", "600", "--trainer-env", f"REQUESTS_CA_BUNDLE=/data/{CA_FILE}"],
+            progress_ips=(parts["host"],),
+        )  # fmt: skip
+        operator.start()
+        try:
+            yield _setup(cluster, namespace, operator, parts)
+        finally:
+            operator.stop()
 
 
 def only(paths: list[Path], what: str) -> Path:
@@ -223,6 +260,40 @@ class PodWatch:
 
     def stop(self) -> None:
         self._watch.stop()
+
+
+def test_the_trainer_on_the_real_node_pushes_its_progress_to_the_operator(e2e_pushing: Setup) -> None:
+    """The push end to end: the trainer image's process on the real node POSTs each epoch's record
+    over the node's network with its projected token; the operator reviews it with the API server
+    and writes the status. No log read while it runs: every progress came by push."""
+    from tests.operator.test_operator_lifecycle import metric_value
+
+    cluster, namespace, operator = e2e_pushing.cluster, e2e_pushing.namespace, e2e_pushing.operator
+    assert isinstance(operator, OperatorProcess)
+    apply(
+        cluster,
+        namespace,
+        e2e_pushing.job("pushed", training={"epochs": 3, "batchSize": 32, "warmupEpochs": 0}),
+    )
+    seen: list[int] = []
+
+    def finished(status: dict[str, Any]) -> bool:
+        if status.get("phase") == "Running" and status.get("progress"):
+            seen.append(status["progress"]["epoch"])
+        return status.get("phase") in ("Succeeded", "Failed")
+
+    status = wait_job(cluster, operator, namespace, "pushed", finished, "finished", timeout=420)
+    pod_log = cluster.kubectl("logs", "pushed-attempt-1", namespace=namespace, check=False).stdout
+    assert status["phase"] == "Succeeded", f"{json.dumps(status, indent=1)}\ntrainer log:\n{pod_log[-3000:]}"
+    text = operator.metrics()
+    accepted = metric_value(text, "finetune_progress_pushes_total", result="accepted") or 0
+    # epoch 0 at the start and one per epoch; the rate limit (5 at once, then one per 2 s) may
+    # refuse one of the last when epochs take under 2 s.
+    assert accepted >= 3, text
+    assert metric_value(text, "finetune_api_requests_total", verb="create", resource="tokenreviews") == 1
+    assert not metric_value(text, "finetune_api_requests_total", verb="get", resource="pods/log")
+    assert seen and max(seen) >= 1, seen
+    assert "progress push failed" not in pod_log
 
 
 def _logged_epoch(line: str) -> int:
