@@ -9,12 +9,16 @@ the test would notice a missing rule.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import socket
+import ssl
 import tarfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -46,6 +50,13 @@ GANG_RULES = {
 }
 # Leader election: one Lease, in the release namespace only, by name where RBAC allows it.
 LEASES = ("coordination.k8s.io", "leases")
+# The progress endpoint (progress.push.enabled, the default): create on TokenReviews, cluster-scoped,
+# in a ClusterRole of its own in either mode; nothing else.
+TOKENREVIEWS = ("authentication.k8s.io", "tokenreviews")
+# Where the Deployment mounts the progress endpoint's Secret.
+PROGRESS_TLS = "/etc/finetune-operator/progress-tls"
+PROGRESS_ENV = ("PFO_PROGRESS_PORT", "PFO_PROGRESS_URL", "PFO_PROGRESS_TLS_CERT", "PFO_PROGRESS_TLS_KEY")
+PROGRESS_ENV += ("PFO_PROGRESS_CA",)
 
 
 def _grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
@@ -55,6 +66,65 @@ def _grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
             for resource in rule.get("resources", []):
                 out.setdefault((group, resource), set()).update(rule.get("verbs", []))
     return out
+
+
+def _operator_roles(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The (Cluster)Roles with the operator's rules on jobs and pods (not the Lease's, not the
+    TokenReviews')."""
+    return [
+        r
+        for r in by_kind(docs, "ClusterRole") + by_kind(docs, "Role")
+        if not r["metadata"]["name"].endswith(("-leader-election", "-tokenreview"))
+    ]
+
+
+def _service(docs: list[dict[str, Any]], suffix: str) -> dict[str, Any]:
+    (svc,) = [s for s in by_kind(docs, "Service") if s["metadata"]["name"].endswith(suffix)]
+    return svc
+
+
+def _tls_files(docs: list[dict[str, Any]]) -> dict[str, bytes]:
+    """The progress endpoint's Secret, decoded: tls.crt, tls.key and ca.crt."""
+    (secret,) = by_kind(docs, "Secret")
+    return {k: base64.b64decode(v) for k, v in secret["data"].items()}
+
+
+def _parse(docs: list[dict[str, Any]], tmp_path: Path, pod: str = "pfo-7d9f8-abcde") -> Any:
+    """finetune_operator.config.parse_config of the Deployment's environment, as the pod would run
+    it: the progress endpoint's Secret written where the pod mounts it (under tmp_path here)."""
+    from finetune_operator import config
+
+    (deployment,) = by_kind(docs, "Deployment")
+    env = _env(deployment, pod=pod)
+    if by_kind(docs, "Secret"):
+        mounted = tmp_path / "progress-tls"
+        mounted.mkdir(exist_ok=True)
+        for name, data in _tls_files(docs).items():
+            (mounted / name).write_bytes(data)
+        env = {k: v.replace(PROGRESS_TLS, str(mounted)) for k, v in env.items()}
+    return config.parse_config([], env)
+
+
+def _handshake(server: ssl.SSLContext, client: ssl.SSLContext, hostname: str) -> None:
+    """A TLS handshake between the two contexts in memory (no sockets); raises what the client
+    raises (ssl.SSLCertVerificationError for a certificate it refuses)."""
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls_client = client.wrap_bio(c_in, c_out, server_hostname=hostname)
+    tls_server = server.wrap_bio(s_in, s_out, server_side=True)
+    done = {"client": False, "server": False}
+    for _ in range(10):
+        for side, tls in (("client", tls_client), ("server", tls_server)):
+            if not done[side]:
+                try:
+                    tls.do_handshake()
+                    done[side] = True
+                except ssl.SSLWantReadError:
+                    pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if all(done.values()):
+            return
+    raise AssertionError(f"the handshake did not finish: {done}")
 
 
 def _env(deployment: dict[str, Any], pod: str = "pfo-7d9f8-abcde") -> dict[str, str]:
@@ -108,6 +178,11 @@ def test_helm_lint_strict_is_clean(values: list[str]) -> None:
         (["--set", "podDisruptionBudget.maxUnavailable=0"], "at '/podDisruptionBudget/maxUnavailable'"),
         (["--set", "operator.gangScheduler=kube-batch"], "at '/operator/gangScheduler'"),
         (["--set", "operator.schedulerName=My_Scheduler"], "at '/operator/schedulerName'"),
+        (["--set", "progress.push.port=0"], "at '/progress/push/port': minimum: got 0, want 1"),
+        (
+            ["--set", "progress.push.enable=false"],
+            "at '/progress/push': additional properties 'enable' not allowed",
+        ),
     ],
     ids=[
         "wrong-type",
@@ -122,6 +197,8 @@ def test_helm_lint_strict_is_clean(values: list[str]) -> None:
         "pdb-blocks-drains",
         "bad-gang-scheduler",
         "bad-scheduler-name",
+        "zero-progress-port",
+        "misspelt-progress-switch",
     ],
 )
 def test_values_schema_rejects_bad_values_with_a_clear_message(values: list[str], expected: str) -> None:
@@ -138,7 +215,8 @@ def test_existing_service_account_and_external_rbac() -> None:
     docs = documents(
         render("--set", "serviceAccount.create=false,serviceAccount.name=ops-sa,rbac.create=false")
     )
-    assert {d["kind"] for d in docs} == {"Service", "Deployment", "PodDisruptionBudget"}
+    # No RBAC object at all (the TokenReview rule neither); the progress endpoint's Secret stays.
+    assert {d["kind"] for d in docs} == {"Service", "Deployment", "PodDisruptionBudget", "Secret"}
     (d,) = by_kind(docs, "Deployment")
     assert d["spec"]["template"]["spec"]["serviceAccountName"] == "ops-sa"
 
@@ -205,6 +283,9 @@ def test_rendered_rbac_is_least_privilege(values: list[str]) -> None:
             assert not rule.get("nonResourceURLs"), f"{where}: grants non-resource URLs"
         if role["metadata"]["name"].endswith("-leader-election"):
             continue  # the Lease's own Role: test_lease_rbac_is_one_lease_in_the_release_namespace
+        if role["metadata"]["name"].endswith("-tokenreview"):
+            assert _grants(role["rules"]) == {TOKENREVIEWS: {"create"}}, f"{where}: more than TokenReviews"
+            continue  # test_tokenreview_rights_are_create_only_and_cluster_scoped_in_both_modes
         for key, verbs in _grants(role["rules"]).items():
             assert key in ALLOWED, f"{where}: grants {key} which the operator does not use"
             assert verbs <= ALLOWED[key], f"{where}: grants {sorted(verbs - ALLOWED[key])} on {key}"
@@ -224,8 +305,14 @@ def test_namespaced_mode_renders_roles_in_the_listed_namespaces() -> None:
     for b in bindings:
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": fullname("pfo"), "namespace": "ops"}]
         assert b["roleRef"]["kind"] == "Role"
-    # Namespaced mode grants nothing cluster-wide.
-    assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
+    # Namespaced mode grants nothing cluster-wide but TokenReviews (progress.push, on by default),
+    # and nothing at all without them.
+    for kind in ("ClusterRole", "ClusterRoleBinding"):
+        assert [r["metadata"]["name"] for r in by_kind(docs, kind)] == [fullname("pfo") + "-tokenreview"]
+    (cluster_role,) = by_kind(docs, "ClusterRole")
+    assert _grants(cluster_role["rules"]) == {TOKENREVIEWS: {"create"}}
+    no_push = documents(render("--set", "watchNamespaces={team-a,team-b},progress.push.enabled=false"))
+    assert not by_kind(no_push, "ClusterRole") and not by_kind(no_push, "ClusterRoleBinding")
     (deployment,) = by_kind(docs, "Deployment")
     assert _env(deployment)["PFO_NAMESPACES"] == "team-a,team-b"
 
@@ -302,8 +389,12 @@ def test_one_replica_without_leader_election_is_recreated_and_has_no_lease() -> 
             "leaderElection.retryPeriodSeconds=6",
             "leaderElection.retryPeriodSeconds (6) x 1.2 must be shorter",
         ),
+        (
+            "progress.push.port=8081",
+            "progress.push.port (8081) must differ from metrics.port (8080) and healthPort (8081)",
+        ),
     ],
-    ids=["replicas-without-election", "renew-not-shorter", "retry-too-long"],
+    ids=["replicas-without-election", "renew-not-shorter", "retry-too-long", "progress-port-clash"],
 )
 def test_values_that_only_fail_together_stop_the_install(values: str, expected: str) -> None:
     proc = helm("template", "x", str(CHART), "--kube-version", "1.35.0", "--set", values, check=False)
@@ -335,37 +426,34 @@ def test_deployment_meets_pod_security_restricted_and_carries_the_settings() -> 
     assert env["PFO_LOG_FORMAT"] == "text" and env["PFO_START_TIMEOUT"] == "120"
     assert env["PFO_METRICS_PORT"] == "9100" and env["PFO_HEALTH_PORT"] == "9101"
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"metrics": 9100, "health": 9101}
+    assert ports == {"metrics": 9100, "health": 9101, "progress": 8443}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    (svc,) = by_kind(docs, "Service")
+    svc = _service(docs, "-metrics")
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
     assert svc["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    # The progress endpoint's Secret mounted read-only; the pod stays "restricted" with it.
+    assert {"name": "progress-tls", "mountPath": PROGRESS_TLS, "readOnly": True} in c["volumeMounts"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["runAsNonRoot"] is True
 
 
 @pytest.mark.parametrize("scheduler", ["", "coscheduling", "volcano"])
 @pytest.mark.parametrize("namespaced", [False, True], ids=["clusterwide", "namespaced"])
-def test_pod_group_rights_only_with_a_gang_scheduler(scheduler: str, namespaced: bool) -> None:
-    from finetune_operator import config
-
+def test_pod_group_rights_only_with_a_gang_scheduler(
+    scheduler: str, namespaced: bool, tmp_path: Path
+) -> None:
     values = f"operator.gangScheduler={scheduler}" + (",watchNamespaces={team-a}" if namespaced else "")
     docs = documents(render("--set", values))
-    roles = [
-        r
-        for r in by_kind(docs, "ClusterRole") + by_kind(docs, "Role")
-        if not r["metadata"]["name"].endswith("-leader-election")
-    ]
+    roles = _operator_roles(docs)
     assert roles
     for role in roles:
         grants = _grants(role["rules"])
         assert {k: v for k, v in grants.items() if k not in ALLOWED} == GANG_RULES.get(scheduler, {})
         assert grants[("", "configmaps")] == {"get", "create"}, "never delete, update or list ConfigMaps"
-    (deployment,) = by_kind(docs, "Deployment")
-    parsed = config.parse_config([], _env(deployment))
-    assert parsed.gang_scheduler == scheduler
+    assert _parse(docs, tmp_path).gang_scheduler == scheduler
 
 
-def test_operator_settings_in_the_chart_are_ones_the_operator_reads() -> None:
+def test_operator_settings_in_the_chart_are_ones_the_operator_reads(tmp_path: Path) -> None:
     from finetune_operator import config
 
     known = {opt[2] for opt in config._OPTIONS}
@@ -373,20 +461,21 @@ def test_operator_settings_in_the_chart_are_ones_the_operator_reads() -> None:
         "operator.trainerEnv.HTTPS_PROXY=http://proxy:3128,operator.cacheClaim=weights,"
         "operator.workers=7,watchNamespaces={a,b},operator.sweepSeconds=90"
     )
-    (d,) = by_kind(documents(render("--set", values)), "Deployment")
+    docs = documents(render("--set", values))
+    (d,) = by_kind(docs, "Deployment")
     env = _env(d)
     unknown = set(env) - known
     assert not unknown, f"the chart sets variables finetune-operator does not read: {sorted(unknown)}"
     # What the chart passes parses into the settings the values asked for.
-    parsed = config.parse_config([], env)
+    parsed = _parse(docs, tmp_path)
     assert parsed.trainer_env == (("HTTPS_PROXY", "http://proxy:3128"),)
     assert (parsed.cache_claim, parsed.workers, parsed.namespaces) == ("weights", 7, ("a", "b"))
     assert parsed.sweep_seconds == 90
-    defaults = config.parse_config([], _env(by_kind(documents(render()), "Deployment")[0], pod="pfo-abc-12"))
+    defaults = _parse(documents(render()), tmp_path, pod="pfo-abc-12")
     assert defaults.clusterwide and defaults.log_format == "json"
     assert defaults.allow_host_path is False and defaults.scheduling_timeout_seconds == 0
-    (allowing,) = by_kind(documents(render("--set", "operator.allowHostPath=true")), "Deployment")
-    assert config.parse_config([], _env(allowing, pod="pfo-abc-12")).allow_host_path is True
+    allowing = documents(render("--set", "operator.allowHostPath=true"))
+    assert _parse(allowing, tmp_path, pod="pfo-abc-12").allow_host_path is True
     # Leader election as the chart sets it: the Lease in the release namespace, the pod's name as
     # holder, and the operator's own default durations (those bench/failover.py measures).
     assert defaults.leader_elect
@@ -398,8 +487,8 @@ def test_operator_settings_in_the_chart_are_ones_the_operator_reads() -> None:
     built_in = config.OperatorConfig()
     durations = ("lease_duration_seconds", "renew_deadline_seconds", "retry_period_seconds")
     assert [getattr(defaults, d) for d in durations] == [getattr(built_in, d) for d in durations]
-    off = by_kind(documents(render("--set", "replicaCount=1,leaderElection.enabled=false")), "Deployment")[0]
-    assert not config.parse_config([], _env(off)).leader_elect
+    off = documents(render("--set", "replicaCount=1,leaderElection.enabled=false"))
+    assert not _parse(off, tmp_path).leader_elect
 
 
 def test_monitors_and_dashboard_render_when_enabled() -> None:
@@ -417,7 +506,7 @@ def test_monitors_and_dashboard_render_when_enabled() -> None:
     )
     (sm,) = by_kind(docs, "ServiceMonitor")
     (pm,) = by_kind(docs, "PodMonitor")
-    (svc,) = by_kind(docs, "Service")
+    svc = _service(docs, "-metrics")
     assert sm["apiVersion"] == pm["apiVersion"] == "monitoring.coreos.com/v1"
     assert sm["metadata"]["labels"]["release"] == "kps"
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
@@ -455,6 +544,140 @@ def test_dashboard_queries_use_the_operators_metric_names() -> None:
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
     for topic in ("phase", "outcome", "duration", "accuracy"):
         assert topic in titles, f"no dashboard panel about {topic}"
+
+
+# ------------------------------------------------------------------------------------------------
+# The progress endpoint (progress.push): Secret, Deployment wiring, Service, TokenReview rights
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "values",
+    [[], ["--set", "progress.push.port=9443,watchNamespaces={team-a}"]],
+    ids=["defaults", "port+namespaced"],
+)
+def test_progress_push_is_on_by_default_and_wired_to_its_service(values: list[str], tmp_path: Path) -> None:
+    docs = documents(render(*values, namespace="ops", release="pfo"))
+    port = 9443 if values else 8443
+    name = fullname("pfo")
+    # The Secret: the certificate, its key and the CA the pods get.
+    (secret,) = by_kind(docs, "Secret")
+    assert secret["metadata"] == {**secret["metadata"], "name": f"{name}-progress-tls", "namespace": "ops"}
+    assert secret["type"] == "kubernetes.io/tls" and set(secret["data"]) == {"tls.crt", "tls.key", "ca.crt"}
+    files = _tls_files(docs)
+    assert files["tls.crt"].startswith(b"-----BEGIN CERTIFICATE-----")
+    assert files["ca.crt"].startswith(b"-----BEGIN CERTIFICATE-----")
+    assert b"PRIVATE KEY-----" in files["tls.key"]
+    # The Service: ClusterIP, the port the pods are told, to the container's named port.
+    service = _service(docs, "-progress")
+    assert service["metadata"]["name"] == f"{name}-progress" and service["metadata"]["namespace"] == "ops"
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [
+        {"name": "progress", "port": port, "targetPort": "progress", "protocol": "TCP"}
+    ]
+    # The Deployment: the five variables, the port, the Secret mounted read-only.
+    (d,) = by_kind(docs, "Deployment")
+    pod = d["spec"]["template"]["spec"]
+    assert service["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
+    (c,) = pod["containers"]
+    env = _env(d)
+    assert {k: env[k] for k in PROGRESS_ENV} == {
+        "PFO_PROGRESS_PORT": str(port),
+        "PFO_PROGRESS_URL": f"https://{name}-progress.ops.svc:{port}",
+        "PFO_PROGRESS_TLS_CERT": f"{PROGRESS_TLS}/tls.crt",
+        "PFO_PROGRESS_TLS_KEY": f"{PROGRESS_TLS}/tls.key",
+        "PFO_PROGRESS_CA": f"{PROGRESS_TLS}/ca.crt",
+    }
+    url = urlsplit(env["PFO_PROGRESS_URL"])
+    assert url.hostname == f"{service['metadata']['name']}.ops.svc" and url.port == port and not url.path
+    assert {"name": "progress", "containerPort": port, "protocol": "TCP"} in c["ports"]
+    assert {"name": "progress-tls", "mountPath": PROGRESS_TLS, "readOnly": True} in c["volumeMounts"]
+    assert {"name": "progress-tls", "secret": {"secretName": secret["metadata"]["name"]}} in pod["volumes"]
+    # The operator reads those settings: the endpoint on, the CA's text handed to the pods.
+    parsed = _parse(docs, tmp_path)
+    assert (parsed.progress_port, parsed.progress_url) == (port, env["PFO_PROGRESS_URL"])
+    assert parsed.progress_ca_pem == files["ca.crt"].decode()
+
+
+def test_progress_push_off_renders_none_of_it(tmp_path: Path) -> None:
+    for values in (
+        ["--set", "progress.push.enabled=false"],
+        ["--set", "progress.push.enabled=false,watchNamespaces={a}"],
+    ):
+        docs = documents(render(*values))
+        assert not by_kind(docs, "Secret")
+        assert [s["metadata"]["name"] for s in by_kind(docs, "Service")] == [fullname("pfo") + "-metrics"]
+        (d,) = by_kind(docs, "Deployment")
+        (c,) = d["spec"]["template"]["spec"]["containers"]
+        assert not [k for k in _env(d) if k in PROGRESS_ENV]
+        assert "progress" not in {p["name"] for p in c["ports"]}
+        assert "progress-tls" not in {v["name"] for v in d["spec"]["template"]["spec"]["volumes"]}
+        assert "progress-tls" not in {m["name"] for m in c["volumeMounts"]}
+        for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role"):
+            assert TOKENREVIEWS not in _grants(role["rules"]), role["metadata"]["name"]
+        assert not [
+            b for b in by_kind(docs, "ClusterRoleBinding") if b["metadata"]["name"].endswith("-tokenreview")
+        ]
+        assert _parse(docs, tmp_path).progress_port == 0, "the operator would serve no endpoint"
+
+
+@pytest.mark.parametrize(
+    "values", [[], ["--set", "watchNamespaces={team-a,team-b}"]], ids=["clusterwide", "namespaced"]
+)
+def test_tokenreview_rights_are_create_only_and_cluster_scoped_in_both_modes(values: list[str]) -> None:
+    docs = documents(render(*values, namespace="ops"))
+    granting = [
+        r for r in by_kind(docs, "ClusterRole") + by_kind(docs, "Role") if TOKENREVIEWS in _grants(r["rules"])
+    ]
+    assert [(r["kind"], r["metadata"]["name"]) for r in granting] == [
+        ("ClusterRole", fullname("pfo") + "-tokenreview")
+    ]
+    (role,) = granting
+    assert role["rules"] == [
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}
+    ], "exactly create on tokenreviews: no wildcard, no other verb or resource"
+    (binding,) = [
+        b for b in by_kind(docs, "ClusterRoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"]
+    ]
+    assert binding["roleRef"]["kind"] == "ClusterRole"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": fullname("pfo"), "namespace": "ops"}]
+    # The operator's other rules never carry it.
+    assert all(TOKENREVIEWS not in _grants(r["rules"]) for r in _operator_roles(docs))
+    # rbac.create=false: none (the administrators grant it).
+    external = documents(render(*values, "--set", "rbac.create=false", namespace="ops"))
+    assert not by_kind(external, "ClusterRole") and not by_kind(external, "ClusterRoleBinding")
+
+
+def test_progress_certificate_is_valid_for_the_service_and_signed_by_its_ca(tmp_path: Path) -> None:
+    """A TLS handshake as the operator serves it and the trainer checks it: the trainer's context
+    (create_default_context with the CA's text, hostname checked; X.509 strict as Python 3.13
+    defaults to) accepts the certificate for each of the Service's DNS names, and refuses it for
+    another name and with another install's CA."""
+    docs = documents(render(namespace="ops", release="pfo"))
+    files = _tls_files(docs)
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.minimum_version = ssl.TLSVersion.TLSv1_2
+    server.load_cert_chain(str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"))
+
+    def client(ca_pem: str) -> ssl.SSLContext:
+        context = ssl.create_default_context(cadata=ca_pem)
+        context.verify_flags |= ssl.VERIFY_X509_STRICT
+        return context
+
+    trainer = client(files["ca.crt"].decode())
+    service = _service(docs, "-progress")["metadata"]["name"]
+    (d,) = by_kind(docs, "Deployment")
+    host = urlsplit(_env(d)["PFO_PROGRESS_URL"]).hostname
+    assert host == f"{service}.ops.svc"
+    for name in (host, service, f"{service}.ops", f"{service}.ops.svc.cluster.local"):
+        _handshake(server, trainer, name)
+    with pytest.raises(ssl.SSLCertVerificationError, match="Hostname mismatch"):
+        _handshake(server, trainer, f"{service}.other.svc")
+    # Each install makes its own CA: another's does not vouch for this certificate.
+    other = _tls_files(documents(render(namespace="ops", release="pfo")))["ca.crt"]
+    assert other != files["ca.crt"]
+    with pytest.raises(ssl.SSLCertVerificationError, match="unable to get local issuer certificate"):
+        _handshake(server, client(other.decode()), host)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -540,18 +763,25 @@ def test_install_upgrade_uninstall_leaves_no_orphans(
     )
     deployment = get_json(cluster, namespace, "deployment", name)
     assert deployment and _env(deployment)["PFO_LOG_FORMAT"] == "json"
+    tls = get_json(cluster, namespace, "secret", f"{name}-progress-tls")
+    assert tls and set(tls["data"]) == {"tls.crt", "tls.key", "ca.crt"}
 
     _install(cluster, release, namespace, "--set", "operator.logFormat=text", action="upgrade")
     deployment = get_json(cluster, namespace, "deployment", name)
     assert deployment and _env(deployment)["PFO_LOG_FORMAT"] == "text", (
         "helm upgrade did not change the setting"
     )
+    # The progress endpoint's CA and certificate survive the upgrade (lookup): running trainer pods
+    # hold the CA's text and keep verifying the operator with it.
+    kept = get_json(cluster, namespace, "secret", f"{name}-progress-tls")
+    assert kept and kept["data"] == tls["data"], "helm upgrade issued a new progress certificate"
     history = json.loads(_helm(cluster, "history", release, "-n", namespace, "-o", "json"))
     assert [h["revision"] for h in history] == [1, 2]
 
     rendered = documents(_helm(cluster, "get", "manifest", release, "-n", namespace))
     kinds = {d["kind"] for d in rendered}
     assert kinds >= {
+        "Secret",
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
@@ -609,12 +839,52 @@ def test_namespaced_install_grants_only_the_listed_namespaces(
         assert not can("list", "leases", namespace) and not can("watch", "leases", namespace)
         for ns in (watched, other, "kube-system"):
             assert not can("create", "leases", ns) and not can("update", lease, ns), f"Lease rights in {ns}"
+        # The progress endpoint: TokenReviews (cluster-scoped), even in the namespaced mode; no
+        # way to make tokens.
+        assert can("create", "tokenreviews.authentication.k8s.io", "")
+        assert not can("create", "serviceaccounts/token", watched), "the operator must not mint tokens"
     finally:
         _helm(cluster, "uninstall", release, "-n", namespace)
 
 
 # The chart's initial delay (kopf's /healthz answers once the operator has started), probes more often.
 FAST_PROBE = ("--set", "livenessProbe.periodSeconds=2")
+
+
+def _serves_tls(ip: str, port: int, context: ssl.SSLContext, hostname: str) -> str | None:
+    """The TLS version a server at ip:port negotiates with `context` for `hostname`; None while
+    nothing listens there."""
+    try:
+        with (
+            socket.create_connection((ip, port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname=hostname) as tls,
+        ):
+            return tls.version()
+    except ConnectionRefusedError:
+        return None
+
+
+def _check_progress_endpoint(cluster: Any, operator: ChartOperator) -> None:
+    """The leader serves the chart's certificate on the progress port, verified with the Secret's
+    CA for the progress Service's DNS name (as a trainer does); a standby's port is closed."""
+    secret = get_json(cluster, operator.namespace, "secret", f"{operator.name}-progress-tls")
+    assert secret, "no progress Secret"
+    context = ssl.create_default_context(cadata=base64.b64decode(secret["data"]["ca.crt"]).decode())
+    deployment = get_json(cluster, operator.namespace, "deployment", operator.name)
+    url = urlsplit(_env(deployment or {})["PFO_PROGRESS_URL"])
+    assert url.hostname and url.port
+    leader = operator.pod()
+    version = wait_for(
+        "the leader's progress endpoint",
+        lambda: _serves_tls(leader["status"]["podIP"], url.port, context, url.hostname),
+        30,
+        operator.log_tail,
+    )
+    assert version in ("TLSv1.2", "TLSv1.3")
+    for standby in [p for p in operator.pods() if p["metadata"]["name"] != leader["metadata"]["name"]]:
+        ip = standby["status"].get("podIP")
+        if ip and standby["status"].get("phase") == "Running":
+            assert _serves_tls(ip, url.port, context, url.hostname) is None, "a standby listens"
 
 
 @pytest.mark.slow
@@ -624,7 +894,8 @@ def test_the_charts_operator_pod_runs_a_job(
 ) -> None:
     """helm install -> the operator's pod on the real node, from the operator image, with the
     ServiceAccount's token and in-cluster configuration, Pod Security "restricted", liveness
-    probe passing, /metrics served at the pod's IP; it runs a job as the chart's ServiceAccount."""
+    probe passing, /metrics served at the pod's IP, the progress endpoint at the leader's; it runs
+    a job as the chart's ServiceAccount."""
     cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     release = release_name(namespace)
     jobs_ns = extra_namespaces("jobs")
@@ -649,6 +920,7 @@ def test_the_charts_operator_pod_runs_a_job(
         )
         assert operator.probe_results().get("failed", 0) == 0
         assert "finetune_jobs" in operator.metrics()
+        _check_progress_endpoint(cluster, operator)
 
         t1 = time.monotonic()
         status = run_to_success(cluster, jobs_ns, "ftj-rbac", operator.log_tail)
@@ -678,7 +950,7 @@ def test_operator_without_the_pod_create_rule_is_refused_and_the_job_stalls(
 ) -> None:
     release = release_name(namespace)
     docs = documents(render(*local_values(cluster), namespace=namespace, release=release))
-    (role,) = by_kind(docs, "ClusterRole")
+    (role,) = [r for r in _operator_roles(docs) if r["kind"] == "ClusterRole"]
     for rule in role["rules"]:
         if rule["resources"] == ["pods"]:
             rule["verbs"].remove("create")

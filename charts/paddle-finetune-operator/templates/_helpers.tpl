@@ -125,6 +125,12 @@ client-go's rules, so refuse them here rather than in a crash-looping pod.
 {{- if and (gt (int .Values.replicaCount) 1) (not $le.enabled) }}
 {{- fail "replicaCount > 1 needs leaderElection.enabled=true: without it every replica would act on every job" }}
 {{- end }}
+{{- if .Values.progress.push.enabled }}
+{{- $port := int .Values.progress.push.port }}
+{{- if or (eq $port (int .Values.metrics.port)) (eq $port (int .Values.healthPort)) }}
+{{- fail (printf "progress.push.port (%d) must differ from metrics.port (%v) and healthPort (%v)" $port .Values.metrics.port .Values.healthPort) }}
+{{- end }}
+{{- end }}
 {{- if $le.enabled }}
 {{- if ge (float64 $le.renewDeadlineSeconds) (float64 $le.leaseDurationSeconds) }}
 {{- fail (printf "leaderElection.renewDeadlineSeconds (%v) must be shorter than leaderElection.leaseDurationSeconds (%v)" $le.renewDeadlineSeconds $le.leaseDurationSeconds) }}
@@ -133,4 +139,24 @@ client-go's rules, so refuse them here rather than in a crash-looping pod.
 {{- fail (printf "leaderElection.retryPeriodSeconds (%v) x 1.2 must be shorter than leaderElection.renewDeadlineSeconds (%v)" $le.retryPeriodSeconds $le.renewDeadlineSeconds) }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/*
+The progress endpoint (progress.push): its Service (a DNS label, so at most 63 characters), the
+Secret with its certificate, where the pod mounts it, and the URL trainer pods reach it at.
+*/}}
+{{- define "pfo.progressServiceName" -}}
+{{- printf "%s-progress" (include "pfo.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "pfo.progressSecretName" -}}
+{{- printf "%s-progress-tls" (include "pfo.fullname" .) }}
+{{- end }}
+
+{{- define "pfo.progressTLSDir" -}}
+/etc/finetune-operator/progress-tls
+{{- end }}
+
+{{- define "pfo.progressURL" -}}
+{{- printf "https://%s.%s.svc:%d" (include "pfo.progressServiceName" .) .Release.Namespace (int .Values.progress.push.port) }}
 {{- end }}
