@@ -19,7 +19,7 @@ from aiohttp import web
 from finetune_contract import PUSH_BODY_LIMIT
 
 from .metrics import Metrics
-from .progress_push import PushGate
+from .progress_push import Pushed, PushGate
 
 log = logging.getLogger("finetune_operator")
 
@@ -70,14 +70,22 @@ class ProgressServer:
             self.metrics.pushes.labels(result="unavailable").inc()
             return web.Response(status=503, text="cannot check the token now\n")
         self.metrics.pushes.labels(result=answer.result).inc()
-        headers = {"Retry-After": str(max(1, round(answer.retry_after)))} if answer.status == 429 else {}
+        headers = {}
+        if answer.status == 429:
+            headers["Retry-After"] = str(max(1, round(answer.retry_after)))
+        elif answer.status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
         return web.Response(status=answer.status, text=answer.message + "\n", headers=headers)
 
 
-def deliver_on(loop: asyncio.AbstractEventLoop, store: Callable[..., None], enqueue: Callable[..., None]):
+def deliver_on(
+    loop: asyncio.AbstractEventLoop,
+    store: Callable[[str, str, Pushed], None],
+    enqueue: Callable[[str, str], None],
+) -> Callable[[str, str, Pushed], None]:
     """The gate's `deliver`: store the record (thread-safe) and queue the job's pass on the loop."""
 
-    def deliver(namespace: str, job: str, pushed) -> None:  # type: ignore[no-untyped-def]
+    def deliver(namespace: str, job: str, pushed: Pushed) -> None:
         store(namespace, job, pushed)
         loop.call_soon_threadsafe(enqueue, namespace, job)
 
