@@ -236,6 +236,26 @@ def test_an_operator_never_reached_is_given_up_after_three_sends(
     assert pusher.failures == 3
 
 
+def test_a_name_that_does_not_resolve_is_given_up_at_once(
+    pki: PKI, token_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No cluster DNS (the local real node) or no such Service: one lookup, then no more pushes."""
+    import socket
+
+    lookups = []
+
+    def no_name(*args: object, **kwargs: object) -> None:
+        lookups.append(args[0])
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_name)
+    pusher = _pusher(f"https://pfo-progress.ops.svc:8443{PATH}", pki, token_file)
+    assert pusher.send(RECORD) is False
+    assert pusher.send(RECORD) is False
+    assert lookups == ["pfo-progress.ops.svc"]
+    assert "the operator's name does not resolve" in capsys.readouterr().err
+
+
 def test_an_answer_resets_the_count_of_unreachable_sends(server: Server, pki: PKI, token_file: Path) -> None:
     pusher = _pusher(server.url, pki, token_file)
     pusher.unreachable = 2

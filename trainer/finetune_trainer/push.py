@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import ssl
 import sys
 import time
@@ -125,6 +126,14 @@ class ProgressPush:
             except urllib.error.URLError as exc:
                 if isinstance(exc.reason, ssl.SSLCertVerificationError):
                     return self._failed(f"certificate refused: {exc.reason.verify_message}", token)
+                if isinstance(exc.reason, socket.gaierror):
+                    # No such name here (no cluster DNS, a Service that is not there): no retry
+                    # will find it in this run, and each lookup may take seconds.
+                    self.unreachable = GIVE_UP_AFTER
+                    _say(
+                        "progress push: the operator's name does not resolve; the log alone carries progress"
+                    )
+                    return self._failed(f"cannot resolve: {exc.reason}", token)
                 reason = f"cannot connect: {exc.reason}"
             except (OSError, http.client.HTTPException) as exc:  # timeouts, resets, bad answers
                 reason = f"{type(exc).__name__}: {exc}"
