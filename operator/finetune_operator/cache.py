@@ -353,9 +353,16 @@ class CachedKube:
         self.observe("job", "DELETED", {"metadata": {"namespace": namespace, "name": name, "uid": uid}})
 
     def job_event(
-        self, job: dict[str, Any], event_type: str, reason: str, message: str, now: str, seq: int = 0
+        self,
+        job: dict[str, Any],
+        event_type: str,
+        reason: str,
+        message: str,
+        now: str,
+        seq: int = 0,
+        closing: bool = False,
     ) -> None:
-        self.live.job_event(job, event_type, reason, message, now, seq)
+        self.live.job_event(job, event_type, reason, message, now, seq, closing)
 
 
 def _slim(kind: str, obj: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,13 @@ decides, and writes in this order:
    Event's place in the pass and the Event), so the API server keeps one and `kubectl describe`
    shows each transition once;
 3. the status, one JSON merge patch of what changed;
-4. deletions, after the status that says why: pods that must not run any more, and the job
+4. the Event of the job's last transition (Succeeded or Failed), after the status: the status
+   then waits for no other request. A job makes that transition once, so the Event is named
+   after the job's uid and reason, and the first pass over a finished job in a process (after
+   a restart or a failover, or after the post failed) posts it again from the status, which
+   the API server keeps once: at most one more request per job finished within the API
+   server's Event TTL, at each restart;
+5. deletions, after the status that says why: pods that must not run any more, and the job
    itself once its TTL is over.
 
 What makes every crash point safe (tests/operator/test_crash_points.py dies before and after each
@@ -113,6 +119,10 @@ RESYNC_SECONDS = 300.0
 # through the pod watch: Kueue removes the pod's gate), and sooner while Kueue has said nothing yet.
 QUEUED_POLL_SECONDS = 15.0
 QUEUED_FIRST_POLL_SECONDS = 2.0
+# kube-apiserver's default --event-ttl: a job that finished longer ago has lost its Events anyway,
+# so a restart does not post its closing Event again.
+EVENT_TTL_SECONDS = 3600.0
+CLOSING_RETRY_SECONDS = 5.0  # a closing Event that could not be posted is tried again this soon
 _REPORTED = ("metrics", "finetune", "progress")  # status parts that come from the trainer's output
 # A pending pod's reasons that only say it is on its way (created, scheduled, pulling, mounting).
 _ROUTINE = (Reason.POD_PENDING, "ContainerCreating", "PodInitializing")
@@ -132,6 +142,8 @@ class _Pass:
     fresh: bool = True  # read from the API server (False: from the watch cache)
     update: StatusUpdate = field(default_factory=StatusUpdate)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    closing: tuple[str, str, str] | None = None  # the last transition's Event, after the status
+    closing_owed: bool = False  # its post failed: look again soon
     deletes: list[tuple[str, str]] = field(default_factory=list)  # pods (name, uid), after the status
     delete_job: bool = False  # the TTL is over: delete the job after the status
     top1: float | None = None  # for the per-job gauge
@@ -171,7 +183,10 @@ class _Pass:
         self.update.transition(old, phase, reason, message, self.stamp, self.meta.get("generation"))
         self.update.fields["waiting"] = None  # a Pending wait sets its own after this
         if event_type and (old.get("phase"), old.get("reason")) != (phase, reason):
-            self.events.append((event_type, reason, message))
+            if phase in FINISHED:
+                self.closing = (event_type, reason, message)
+            else:
+                self.events.append((event_type, reason, message))
 
     def delete(self, pod: dict[str, Any]) -> None:
         if not self.fresh:  # the cache may show a pod running that has ended (its log matters)
@@ -200,6 +215,7 @@ class Reconciler:
         self.clock = clock
         self._paces: dict[tuple[str, str], Pace] = {}  # per running job: when to read its log
         self._pushed: dict[tuple[str, str], Pushed] = {}  # per job: the latest progress pushed
+        self._closed: dict[tuple[str, str], str] = {}  # finished jobs whose closing Event was posted
         self._lock = threading.Lock()
         # Whether new jobs are piling up (the work queue sets it): then a new job's first pass
         # only creates its pod, and a later pass records it (see `_start_attempt`).
@@ -210,6 +226,7 @@ class Reconciler:
         with self._lock:
             self._paces.pop((namespace, name), None)
             self._pushed.pop((namespace, name), None)
+            self._closed.pop((namespace, name), None)
         self.metrics.forget_job(namespace, name, uid)
 
     def sweep(self) -> None:
@@ -279,6 +296,8 @@ class Reconciler:
             self.forget(namespace, name, meta["uid"])
             return None
         self.metrics.observe_job(namespace, name, meta["uid"], p.get("phase"), p.top1)
+        if p.closing_owed:
+            return CLOSING_RETRY_SECONDS if requeue is None else min(requeue, CLOSING_RETRY_SECONDS)
         return requeue
 
     def _commit(self, p: _Pass) -> None:
@@ -313,6 +332,8 @@ class Reconciler:
                 trimmed = {k: v for k, v in changes.items() if k not in _REPORTED}
                 if trimmed:
                     self.kube.patch_job_status(meta["namespace"], meta["name"], trimmed, version)
+        if p.closing is not None:
+            self._post_closing(p, where)
         for name, uid in p.deletes:
             self.kube.delete_pod(meta["namespace"], name, uid)
         if p.delete_job:
@@ -322,6 +343,37 @@ class Reconciler:
                 if not is_status(exc, 404) and not is_status(exc, 409):
                     raise
             p.gone = True
+
+    def _post_closing(self, p: _Pass, where: str) -> None:
+        assert p.closing is not None
+        event_type, reason, message = p.closing
+        stamp = p.get("completionTime") or p.stamp  # when the transition happened
+        try:
+            self.kube.job_event(p.job, event_type, reason, message, stamp, closing=True)
+        except Exception as exc:
+            log.warning("could not post the %s event for %s: %s", reason, where, exc)
+            p.closing_owed = True
+            return
+        with self._lock:
+            self._closed[(p.meta["namespace"], p.meta["name"])] = p.meta["uid"]
+        if p.status.get("phase") not in FINISHED:  # not a repeat
+            log.info("%s: %s: %s", where, reason, message)
+
+    def _closing_unsure(self, p: _Pass) -> None:
+        """A job found finished: its closing Event is posted again (the API server keeps one)
+        unless this process knows it posted it, or the API server has dropped it by now."""
+        key = (p.meta["namespace"], p.meta["name"])
+        with self._lock:
+            if self._closed.get(key) == p.meta["uid"]:
+                return
+        done = parse_time(p.status.get("completionTime"))
+        if done is None or (p.now - done).total_seconds() > EVENT_TTL_SECONDS:
+            with self._lock:
+                self._closed[key] = p.meta["uid"]
+            return
+        phase = p.status.get("phase")
+        event_type = "Normal" if phase == Phase.SUCCEEDED else "Warning"  # as _succeed and _fail
+        p.closing = (event_type, p.status.get("reason") or "", p.status.get("message") or "")
 
     def _owned_pods(self, p: _Pass) -> dict[int, dict[int, dict[str, Any]]]:
         """The job's pods: attempt -> rank -> pod."""
@@ -348,6 +400,7 @@ class Reconciler:
     def _decide(self, p: _Pass) -> float | None:
         pods = self._owned_pods(p)
         if p.status.get("phase") in FINISHED:
+            self._closing_unsure(p)
             return self._finished(p, pods)
 
         newest = max(pods, default=0)

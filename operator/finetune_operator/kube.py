@@ -172,10 +172,17 @@ class KubeWrites(Protocol):
         ...
 
     def job_event(
-        self, job: dict[str, Any], event_type: str, reason: str, message: str, now: str, seq: int = 0
+        self,
+        job: dict[str, Any],
+        event_type: str,
+        reason: str,
+        message: str,
+        now: str,
+        seq: int = 0,
+        closing: bool = False,
     ) -> None:
-        """An Event on the job as this pass read it (`seq`: its place among the pass's Events).
-        Posting it again for the same version of the job adds nothing (see `event_name`)."""
+        """An Event on the job as this pass read it (`seq`: its place among the pass's Events;
+        `closing`: the job's last transition). Posting it again adds nothing (see `event_name`)."""
         ...
 
 
@@ -413,12 +420,19 @@ class Kube:
 
     # Events ---------------------------------------------------------------------------------
     def job_event(
-        self, job: dict[str, Any], event_type: str, reason: str, message: str, now: str, seq: int = 0
+        self,
+        job: dict[str, Any],
+        event_type: str,
+        reason: str,
+        message: str,
+        now: str,
+        seq: int = 0,
+        closing: bool = False,
     ) -> None:
         """A core/v1 Event (``Normal`` or ``Warning``) on the job: `kubectl describe ftj` shows these.
-        Posting the same Event again (same job version, place, reason and message) is a no-op."""
+        Posting the same Event again (same name: see `event_name`) is a no-op."""
         meta = job["metadata"]
-        name = event_name(job, event_type, reason, message, seq)
+        name = event_name(job, event_type, reason, message, seq, closing)
         event = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -446,8 +460,8 @@ class Kube:
         except ApiException as exc:
             if not is_status(exc, 409):
                 raise
-            # AlreadyExists: a pass that died after posting it and before the status write
-            # posted this very Event; the pass that repeats it after the restart adds nothing.
+            # AlreadyExists: posted by a pass that died before its status write (or, for the
+            # closing Event, by the pass a restart repeats it for); once is enough.
 
 
 def collection_path(kind: str, namespace: str | None) -> str:
@@ -474,7 +488,9 @@ def request_kind(method: str, path: str) -> tuple[str, str]:
     return verb, resource
 
 
-def event_name(job: dict[str, Any], event_type: str, reason: str, message: str, seq: int = 0) -> str:
+def event_name(
+    job: dict[str, Any], event_type: str, reason: str, message: str, seq: int = 0, closing: bool = False
+) -> str:
     """The Event's name. A pass repeated on the same version of the job (the process died between
     its Events and the status write that follows them) names its Events the same, so the API
     server keeps one of each (409 AlreadyExists): a transition is reported once, through crashes
@@ -483,14 +499,20 @@ def event_name(job: dict[str, Any], event_type: str, reason: str, message: str, 
     <object>.<nanoseconds in hex> names do (the API server lists objects by name): the job's
     resourceVersion (an etcd revision, which grows), the Event's place in its pass, then a
     digest of the job's uid and the Event. An object read without a resourceVersion (a
-    ReconcileError report) gets client-go's name: never a repeat, always posted."""
+    ReconcileError report) gets client-go's name: never a repeat, always posted.
+
+    `closing`: the job's last transition (Succeeded or Failed), which a job makes once and which
+    is posted after the status that records it; a pass after a restart posts it again from that
+    status alone (where the message may be shortened). Its name is the uid and the reason, and
+    sorts after the job's other transitions."""
     meta = job["metadata"]
     # An object name is at most 253 characters, each dot-separated part starting and ending
     # with a letter or digit; 37 are the suffix.
     prefix = meta["name"][:216].rstrip("-.")
     version = meta.get("resourceVersion") or ""
-    if not version.isdigit():
+    if not closing and not version.isdigit():
         return f"{prefix}.{time.time_ns():x}"
-    key = "\0".join((meta.get("uid", ""), event_type, reason, message[:1024]))
-    digest = hashlib.sha256(key.encode("utf-8", errors="replace")).hexdigest()[:16]
-    return f"{prefix}.{int(version):016x}{seq % 256:02x}.{digest}"
+    parts = (meta.get("uid", ""), event_type, reason) + (() if closing else (message[:1024],))
+    digest = hashlib.sha256("\0".join(parts).encode("utf-8", errors="replace")).hexdigest()[:16]
+    place = "f" * 18 if closing else f"{int(version):016x}{seq % 256:02x}"
+    return f"{prefix}.{place}.{digest}"

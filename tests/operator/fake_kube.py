@@ -304,9 +304,16 @@ class FakeKube:
         self._write("delete_job", name, uid, apply)
 
     def job_event(
-        self, job: dict[str, Any], event_type: str, reason: str, message: str, now: str, seq: int = 0
+        self,
+        job: dict[str, Any],
+        event_type: str,
+        reason: str,
+        message: str,
+        now: str,
+        seq: int = 0,
+        closing: bool = False,
     ) -> None:
-        name = event_name(job, event_type, reason, message, seq)
+        name = event_name(job, event_type, reason, message, seq, closing)
         event = {"type": event_type, "reason": reason, "message": message, "uid": job["metadata"]["uid"]}
         event["name"] = name
 

@@ -9,6 +9,8 @@ operator's own status write costs no pass (`finetune_watch_events_total{new="fal
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 import pytest
@@ -87,3 +89,35 @@ def test_a_job_life_reads_nothing_and_its_own_status_writes_cost_no_pass(cluster
     # Passes: the job's creation, then its pod's changes (created, scheduled, running, done).
     assert sum(passes.values()) <= JOBS * 6, passes
     assert metric_value(text, "finetune_job_outcomes_total", phase="Succeeded") == JOBS
+
+
+@pytest.mark.cluster
+def test_a_restarted_operator_posts_each_recent_closing_event_once_and_the_api_keeps_one(
+    cluster, namespace, quiet_operator
+):
+    """The closing Event follows the status (controller.py), so a new process posts it again for
+    each job that finished within the Event TTL: one POST per job, once, and still one Event."""
+    names = [f"again-{i}" for i in range(JOBS)]
+    for name in names:
+        apply(cluster, namespace, job_manifest(name, VOLUME))
+    for name in names:
+        wait_job(cluster, quiet_operator, namespace, name, phase_is("Running"), "Running")
+    for name in names:
+        cluster.drive_pod(namespace, f"{name}-attempt-1", "Succeeded", message=encode_result(SAMPLE_RESULT))
+    for name in names:
+        wait_job(cluster, quiet_operator, namespace, name, phase_is("Succeeded"), "Succeeded")
+    quiet_operator.stop()
+    quiet_operator.start()
+    deadline = time.monotonic() + 60
+    while True:  # every job gets a pass at start
+        requests = counts(quiet_operator.metrics(), "finetune_api_requests_total", "verb")
+        if requests.get("events create", 0) >= JOBS or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    time.sleep(3)  # and no more come
+    requests = counts(quiet_operator.metrics(), "finetune_api_requests_total", "verb")
+    assert requests.get("events create") == JOBS, requests
+    assert not {k for k in requests if k.startswith("finetunejobs")}, requests  # no status write
+    listed = json.loads(cluster.kubectl("get", "events", "-o", "json", namespace=namespace).stdout)["items"]
+    completed = sorted(e["involvedObject"]["name"] for e in listed if e["reason"] == "Completed")
+    assert completed == sorted(names)
