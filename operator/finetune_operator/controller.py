@@ -123,6 +123,8 @@ QUEUED_FIRST_POLL_SECONDS = 2.0
 # so a restart does not post its closing Event again.
 EVENT_TTL_SECONDS = 3600.0
 CLOSING_RETRY_SECONDS = 5.0  # a closing Event that could not be posted is tried again this soon
+# The closing Event's type: a pass that repeats it knows the phase, not the type it was posted as.
+CLOSING_TYPE = {Phase.SUCCEEDED: "Normal", Phase.FAILED: "Warning"}
 _REPORTED = ("metrics", "finetune", "progress")  # status parts that come from the trainer's output
 # A pending pod's reasons that only say it is on its way (created, scheduled, pulling, mounting).
 _ROUTINE = (Reason.POD_PENDING, "ContainerCreating", "PodInitializing")
@@ -184,7 +186,7 @@ class _Pass:
         self.update.fields["waiting"] = None  # a Pending wait sets its own after this
         if event_type and (old.get("phase"), old.get("reason")) != (phase, reason):
             if phase in FINISHED:
-                self.closing = (event_type, reason, message)
+                self.closing = (CLOSING_TYPE[phase], reason, message)
             else:
                 self.events.append((event_type, reason, message))
 
@@ -333,7 +335,7 @@ class Reconciler:
                 if trimmed:
                     self.kube.patch_job_status(meta["namespace"], meta["name"], trimmed, version)
         if p.closing is not None:
-            self._post_closing(p, where)
+            self._post_closing(p, where, *p.closing)
         for name, uid in p.deletes:
             self.kube.delete_pod(meta["namespace"], name, uid)
         if p.delete_job:
@@ -344,9 +346,7 @@ class Reconciler:
                     raise
             p.gone = True
 
-    def _post_closing(self, p: _Pass, where: str) -> None:
-        assert p.closing is not None
-        event_type, reason, message = p.closing
+    def _post_closing(self, p: _Pass, where: str, event_type: str, reason: str, message: str) -> None:
         stamp = p.get("completionTime") or p.stamp  # when the transition happened
         try:
             self.kube.job_event(p.job, event_type, reason, message, stamp, closing=True)
@@ -371,9 +371,8 @@ class Reconciler:
             with self._lock:
                 self._closed[key] = p.meta["uid"]
             return
-        phase = p.status.get("phase")
-        event_type = "Normal" if phase == Phase.SUCCEEDED else "Warning"  # as _succeed and _fail
-        p.closing = (event_type, p.status.get("reason") or "", p.status.get("message") or "")
+        status = p.status
+        p.closing = (CLOSING_TYPE[status["phase"]], status.get("reason") or "", status.get("message") or "")
 
     def _owned_pods(self, p: _Pass) -> dict[int, dict[int, dict[str, Any]]]:
         """The job's pods: attempt -> rank -> pod."""
