@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.failover import Timeline, Traffic, fails_once, markdown, reconciled_jobs, summarise
+from bench.failover import Timeline, Traffic, fails_once, markdown, reconciled_jobs, summarise, unclosed_jobs
 
 
 def pod(job: str, attempt: int, uid: str, phase: str = "Pending") -> dict:
@@ -123,3 +123,15 @@ def test_traffic_never_started_stops_without_hiding_the_failure_before_it(tmp_pa
     traffic = Traffic(kubeconfig, "ns", Timeline(), interval=60.0)
     traffic.stop()
     assert traffic.created == {} and all(not t.is_alive() for t in traffic._threads)
+
+
+def test_a_succeeded_job_without_its_completed_event_is_named() -> None:
+    jobs = {
+        "job-0001": {"status": {"phase": "Succeeded"}},
+        "job-0002": {"status": {"phase": "Succeeded"}},
+        "job-0003": {"status": {"phase": "Running"}},
+    }
+    event = lambda job, reason: {"involvedObject": {"name": job}, "reason": reason}  # noqa: E731
+    events = [event("job-0001", "Completed"), event("job-0002", "Running"), event("job-0003", "Completed")]
+    assert unclosed_jobs(["job-0001", "job-0002", "job-0003", "job-0004"], jobs, events) == ["job-0002"]
+    assert unclosed_jobs(["job-0001"], jobs, events) == []
