@@ -49,17 +49,21 @@ def counts(text: str, metric: str, label: str) -> dict[str, float]:
     return out
 
 
-@pytest.mark.cluster
-def test_a_job_life_reads_nothing_and_its_own_status_writes_cost_no_pass(cluster, namespace, quiet_operator):
-    names = [f"count-{i}" for i in range(JOBS)]
+def live_to_success(cluster: Any, namespace: str, operator: Any, names: list[str]) -> None:
+    """The jobs are created and run, and their pods succeed with the trainer's result."""
     for name in names:
         apply(cluster, namespace, job_manifest(name, VOLUME))
     for name in names:
-        wait_job(cluster, quiet_operator, namespace, name, phase_is("Running"), "Running")
+        wait_job(cluster, operator, namespace, name, phase_is("Running"), "Running")
     for name in names:
         cluster.drive_pod(namespace, f"{name}-attempt-1", "Succeeded", message=encode_result(SAMPLE_RESULT))
     for name in names:
-        wait_job(cluster, quiet_operator, namespace, name, phase_is("Succeeded", "Failed"), "finished")
+        wait_job(cluster, operator, namespace, name, phase_is("Succeeded", "Failed"), "finished")
+
+
+@pytest.mark.cluster
+def test_a_job_life_reads_nothing_and_its_own_status_writes_cost_no_pass(cluster, namespace, quiet_operator):
+    live_to_success(cluster, namespace, quiet_operator, [f"count-{i}" for i in range(JOBS)])
 
     text = quiet_operator.metrics()
     requests = counts(text, "finetune_api_requests_total", "verb")
@@ -98,14 +102,7 @@ def test_a_restarted_operator_posts_each_recent_closing_event_once_and_the_api_k
     """The closing Event follows the status (controller.py), so a new process posts it again for
     each job that finished within the Event TTL: one POST per job, once, and still one Event."""
     names = [f"again-{i}" for i in range(JOBS)]
-    for name in names:
-        apply(cluster, namespace, job_manifest(name, VOLUME))
-    for name in names:
-        wait_job(cluster, quiet_operator, namespace, name, phase_is("Running"), "Running")
-    for name in names:
-        cluster.drive_pod(namespace, f"{name}-attempt-1", "Succeeded", message=encode_result(SAMPLE_RESULT))
-    for name in names:
-        wait_job(cluster, quiet_operator, namespace, name, phase_is("Succeeded"), "Succeeded")
+    live_to_success(cluster, namespace, quiet_operator, names)
     quiet_operator.stop()
     quiet_operator.start()
     deadline = time.monotonic() + 60
