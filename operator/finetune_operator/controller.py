@@ -649,8 +649,8 @@ class Reconciler:
         created = ranks[0]
         queue = queue_name(p.job)
         if attempt == 1 and nodes_of(p.job) == 1 and not queue and self.busy():
-            # A burst: the pod now, its Event and status later. The next pass (its pod's first
-            # event, or the requeue below, after the other new jobs' pods) records the attempt
+            # A burst: the pod now, its Event and status later. The next pass (its pod's next
+            # event, or the timed requeue below, which waits the burst out) records the attempt
             # as a crash here would have it recorded (`_decide` adopts it), usually together
             # with the pod's next step: one status write where there were two.
             self._count_creation(p, attempt)

@@ -68,6 +68,9 @@ TRIM_SECONDS = 60.0  # how often free heap pages go back to the kernel (heap.py)
 # Work queue priorities (lower first): a job changed or a pod ended; a pod on its way; a timed look.
 ROUTINE, TIMED = URGENT + 1, URGENT + 2
 BURST_QUIET = 0.5  # urgent adds closer than this make a burst (workqueue.py)
+# A timed look (a progress read, a deadline, a retry) waits out a burst for at most this long
+# past its due time: half the default progress poll, so that a read is late by at most that.
+BURST_HOLD_SECONDS = 15.0
 _ENDED = ("Succeeded", "Failed")
 
 
@@ -111,8 +114,13 @@ class ReconcileQueue:
 
     async def start(self) -> None:
         self.reconciler = self._reconciler_factory()
-        # During a burst, routine steps and timed looks share one worker in eight.
-        self.queue = WorkQueue(quiet=BURST_QUIET, share=max(1, self.config.workers // 8))
+        # During a burst, routine steps share one worker in eight, and timed looks wait.
+        self.queue = WorkQueue(
+            quiet=BURST_QUIET,
+            share=max(1, self.config.workers // 8),
+            hold_from=TIMED,
+            hold=BURST_HOLD_SECONDS,
+        )
         if self.reconciler is not None:
             self.reconciler.busy = self._busy
         self._executor = ThreadPoolExecutor(self.config.workers, thread_name_prefix="reconcile")

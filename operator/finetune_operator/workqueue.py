@@ -12,8 +12,10 @@ then the one due longest: a backlog of timed looks never delays new work.
 New work comes in bursts (a thousand jobs applied at once, a node's pods all ending). While one
 lasts (two urgent adds less than `quiet` seconds apart), the other priorities run on at most
 `share` workers at a time: their passes write statuses and Events, whose requests would
-otherwise compete with the burst's own at the API server. They are never starved, only slowed,
-and take every worker again once the burst is over.
+otherwise compete with the burst's own at the API server. Keys of priority `hold_from` or
+higher (timed looks: progress reads, deadlines, retries) wait the burst out, at most `hold`
+seconds past their due time: a burst of new jobs is never slowed by progress work. They are
+never starved, only slowed, and take every worker again once the burst is over.
 """
 
 from __future__ import annotations
@@ -31,11 +33,18 @@ URGENT = 0  # the priority of new work
 
 class WorkQueue:
     def __init__(
-        self, clock: Callable[[], float] = time.monotonic, quiet: float = 0.5, share: int = 1
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        quiet: float = 0.5,
+        share: int = 1,
+        hold_from: int | None = None,
+        hold: float = 0.0,
     ) -> None:
         self._clock = clock
         self.quiet = quiet
         self.share = max(1, share)
+        self.hold_from = hold_from
+        self.hold = hold
         self._due: dict[Hashable, float] = {}
         self._priority: dict[Hashable, int] = {}
         self._active: dict[Hashable, int] = {}  # held key -> the priority it was taken at
@@ -107,8 +116,13 @@ class WorkQueue:
             if self._due.get(key) != due or self._priority.get(key) != priority or key in self._active:
                 heapq.heappop(self._ready)
                 continue  # superseded, taken, or held (done() puts a held key back)
-            if priority > URGENT and self._active_later >= self.share and self.in_burst():
-                return None  # the most urgent is not new work, and a burst is on: later
+            if priority > URGENT and self.in_burst():
+                if self._active_later >= self.share:
+                    return None  # the most urgent is not new work, and a burst is on: later
+                if self._held(priority, due, now):
+                    # The longest due of the most urgent priority left waits the burst out: so
+                    # does every other (the heap orders them after it).
+                    return None
             heapq.heappop(self._ready)
             del self._due[key]
             self._set_priority(key, None)
@@ -116,6 +130,9 @@ class WorkQueue:
             self._active_later += priority > URGENT
             return key
         return None
+
+    def _held(self, priority: int, due: float, now: float) -> bool:
+        return self.hold_from is not None and priority >= self.hold_from and now - due < self.hold
 
     async def get(self) -> Hashable:
         """Wait for the next due key that no other worker holds; call done(key) after."""
@@ -125,7 +142,9 @@ class WorkQueue:
                 return key
             now = self._clock()
             timeout = max(0.0, self._timers[0][0] - now) if self._timers else None
-            if self._ready and self.in_burst():  # held back by the burst: look again when it ends
+            if self._ready and self.in_burst():
+                # Held back by the burst: look again when it may have ended (a held key's hold
+                # ends at most `quiet` before that look).
                 end = max(0.0, self._urgent_prev + self.quiet - now)
                 timeout = end if timeout is None else min(timeout, end)
             self._changed.clear()

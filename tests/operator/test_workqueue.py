@@ -101,11 +101,59 @@ def test_during_a_burst_the_other_priorities_share_one_worker_and_get_all_after_
     assert last == "routine-2" and 0.1 < waited < 1.0 and not burst
 
 
+def test_during_a_burst_timed_looks_wait_it_out_for_at_most_the_hold():
+    """Issue 12: progress reads, deadlines and retries (the timed priority) do not run during a
+    burst while routine passes still get their share; one runs once the burst is over, or once
+    it has waited `hold` seconds past its due time if the burst goes on."""
+    now = [0.0]
+    queue = WorkQueue(clock=lambda: now[0], quiet=0.5, share=2, hold_from=2, hold=15.0)
+    queue.add("read", 0.0, priority=2)
+    assert queue.take() == "read"  # no burst: a timed look runs at once
+    queue.done("read")
+    queue.add("step", 0.0, priority=1)
+    queue.add("read", 1.0, priority=2)
+    now[0] = 1.0
+    queue.add("new-0")
+    queue.add("new-1")  # a burst
+    assert [queue.take() for _ in range(4)] == ["new-0", "new-1", "step", None]  # the read waits
+    queue.done("step")
+    while now[0] < 15.8:  # the burst goes on: an urgent add every 0.4 s, the read waits
+        now[0] = round(now[0] + 0.4, 1)
+        queue.add(f"new-{now[0]}")
+        assert queue.take() == f"new-{now[0]}"
+        assert queue.take() is None, now[0]
+    now[0] = round(now[0] + 0.4, 1)
+    queue.add(f"new-{now[0]}")
+    assert queue.in_burst() and now[0] >= 16.0 and queue.take() == f"new-{now[0]}"
+    assert queue.take() == "read"  # 15 s past its due time: it runs in the burst, on the share
+    queue.done("read")
+    queue.add("read", 0.0, priority=2)
+    assert queue.take() is None  # due again, the burst still on
+    now[0] += 0.5  # the burst is over
+    assert queue.take() == "read"
+
+
+def test_a_pod_event_on_a_held_job_is_not_held():
+    """A job whose timed look waits out a burst is worked at once when its pod reports an
+    outcome (urgent) and on the routine share when its pod takes a step."""
+    now = [0.0]
+    queue = WorkQueue(clock=lambda: now[0], quiet=0.5, share=1, hold_from=2, hold=15.0)
+    queue.add("a", 0.0, priority=2)
+    queue.add("b", 0.0, priority=2)
+    queue.add("new-0")
+    queue.add("new-1")
+    assert [queue.take(), queue.take(), queue.take()] == ["new-0", "new-1", None]
+    queue.add("a", 0.0, priority=1)
+    assert queue.take() == "a" and queue.take() is None
+    queue.add("b", 0.0, priority=0)
+    assert queue.take() == "b"
+
+
 class _Model:
     """The queue's rules, written plainly (a scan of every key): what the heaps must agree with."""
 
-    def __init__(self, quiet: float, share: int) -> None:
-        self.quiet, self.share = quiet, share
+    def __init__(self, quiet: float, share: int, hold: float = 0.0) -> None:
+        self.quiet, self.share, self.hold = quiet, share, hold
         self.due: dict[str, float] = {}
         self.priority: dict[str, int] = {}
         self.active: dict[str, int] = {}
@@ -124,9 +172,11 @@ class _Model:
         ready = [(self.priority[k], d) for k, d in self.due.items() if d <= now and k not in self.active]
         best = min(ready, default=None)
         later = sum(1 for p in self.active.values() if p > 0)
-        if best and best[0] > 0 and self.burst(now) and later >= self.share:
-            return None
-        return best
+        if not best or best[0] == 0 or not self.burst(now):
+            return best
+        # A burst: the share is taken, or the most urgent key is a timed look within its hold.
+        held = later >= self.share or (best[0] >= 2 and now - best[1] < self.hold)
+        return None if held else best
 
 
 _ADD = st.tuples(
@@ -148,20 +198,29 @@ _OPS = st.lists(
 )
 
 
-@given(ops=_OPS, share=st.integers(1, 2))
+@given(ops=_OPS, share=st.integers(1, 2), hold=st.sampled_from([0.0, 0.3, 1.0]))
 @example(  # a burst; a routine key held; a second routine key must wait
     ops=[("add", "a", 0.0, 0), ("add", "a", 0.0, 0), ("take",), ("add", "b", 0.0, 1)]
     + [("add", "c", 0.0, 1), ("take",), ("take",)],
     share=1,
+    hold=0.0,
+)
+@example(  # a burst; a timed look waits it out, a routine one does not
+    ops=[("add", "a", 0.0, 2), ("add", "b", 0.0, 0), ("add", "c", 0.0, 0), ("take",), ("take",)]
+    + [("take",), ("add", "d", 0.0, 1), ("take",), ("tick", 1.0), ("take",)],
+    share=2,
+    hold=1.0,
 )
 @settings(max_examples=400, deadline=None)
-def test_the_queue_takes_what_a_scan_of_every_key_would(ops: list[tuple], share: int) -> None:
+def test_the_queue_takes_what_a_scan_of_every_key_would(ops: list[tuple], share: int, hold: float) -> None:
     """Generated sequences of adds (delays, priorities), takes, dones, discards and time passing:
     every take returns a key the plain rules allow (due, not held, the most urgent priority, then
-    the longest due; during a burst no more than `share` keys that are not urgent held at once),
-    None only when none is, and the queue's length is the model's."""
+    the longest due; during a burst no more than `share` keys that are not urgent held at once,
+    and a timed look first due less than `hold` seconds ago waits), None only when none is, and
+    the queue's length is the model's."""
     now = [0.0]
-    queue, model = WorkQueue(clock=lambda: now[0], quiet=0.5, share=share), _Model(0.5, share)
+    queue = WorkQueue(clock=lambda: now[0], quiet=0.5, share=share, hold_from=2, hold=hold)
+    model = _Model(0.5, share, hold)
     held: list[str] = []
     for op in ops:
         if op[0] == "add":
