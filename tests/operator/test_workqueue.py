@@ -149,6 +149,79 @@ def test_a_pod_event_on_a_held_job_is_not_held():
     assert queue.take() == "b"
 
 
+def test_an_add_wakes_one_waiting_worker_not_all_of_them():
+    """A burst's watch events each add one key: that must wake one of the idle workers (and the
+    one that takes it the next, in case more is due), not all sixteen of them to find nothing."""
+
+    async def scenario():
+        queue = WorkQueue()
+        takes = [0]
+        take = queue.take
+
+        def counted():
+            takes[0] += 1
+            return take()
+
+        queue.take = counted  # type: ignore[method-assign]
+        workers = [asyncio.create_task(queue.get()) for _ in range(16)]
+        await asyncio.sleep(0.01)
+        takes[0] = 0
+        queue.add("job")
+        for _ in range(5):
+            await asyncio.sleep(0)
+        done = [w for w in workers if w.done()]
+        woken = takes[0]
+        for w in workers:
+            w.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        return [w.result() for w in done], woken
+
+    got, woken = asyncio.run(scenario())
+    assert got == ["job"] and woken <= 2, woken
+
+
+def test_sixteen_workers_drain_a_mixed_burst_one_pass_per_key_at_a_time():
+    """Waking one worker per change loses no work: 16 workers drain 400 adds (new jobs, routine
+    steps, timed looks due now and later, keys added again while held) during and after a
+    burst, each key never held by two workers at once, and all of it is done."""
+
+    async def scenario():
+        queue = WorkQueue(quiet=0.02, share=2, hold_from=2, hold=0.05)
+        held: set[str] = set()
+        passes: list[str] = []
+        clashes: list[str] = []
+
+        async def worker():
+            while True:
+                key = await queue.get()
+                if key in held:
+                    clashes.append(key)
+                held.add(key)
+                await asyncio.sleep(0.001 * (hash(key) % 3))
+                held.discard(key)
+                passes.append(key)
+                queue.done(key)
+
+        workers = [asyncio.create_task(worker()) for _ in range(16)]
+        keys = [f"job-{i % 120}" for i in range(400)]
+        for i, key in enumerate(keys):
+            queue.add(key, delay=(0.0, 0.0, 0.03, 0.1)[i % 4], priority=i % 3)
+            if i % 40 == 0:
+                await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while (len(queue) or held) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        left = len(queue)
+        for w in workers:
+            w.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        return set(passes), clashes, left
+
+    passed, clashes, left = asyncio.run(scenario())
+    assert passed == {f"job-{i}" for i in range(120)} and clashes == [] and left == 0
+
+
 class _Model:
     """The queue's rules, written plainly (a scan of every key): what the heaps must agree with."""
 
