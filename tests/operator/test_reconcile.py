@@ -704,3 +704,39 @@ def test_in_a_burst_the_first_pass_only_creates_the_pod_and_the_next_records_it_
     quiet.reconcile()
     assert [x.verb for x in quiet.kube.writes] == ["create_pod", "event", "patch_status"]
     assert (quiet.status["phase"], quiet.reasons()) == ("Pending", ["PodCreated"])
+
+
+def test_the_spec_is_checked_once_per_version_and_again_after_an_edit(monkeypatch) -> None:
+    """Building the trainer's settings (the last check of a spec) runs once per spec version
+    (uid, generation), not on every pass; an edit is checked again, and one this installation
+    refuses fails the job; a job deleted and created again under the same name is checked anew."""
+    import finetune_operator.controller as controller
+
+    from tests.operator.reconcile_kit import World
+
+    built: list[str] = []
+    real = controller.trainer_settings
+
+    def counted(job):
+        built.append(job["metadata"]["uid"])
+        return real(job)
+
+    monkeypatch.setattr(controller, "trainer_settings", counted)
+    w = World()
+    w.reconcile()
+    w.run(1)
+    w.reconcile()
+    w.reconcile()
+    assert w.status["phase"] == "Running" and len(built) == 1
+    w.kube.update_spec(NS, NAME, output={"volume": {"hostPath": {"path": "/srv/out"}}})
+    w.reconcile()
+    assert (w.status["phase"], w.status["reason"]) == ("Failed", "InvalidSpec")
+    assert "spec.output.volume.hostPath" in w.status["message"]
+    assert len(built) == 1  # refused before the settings are built
+
+    w.kube.delete_job_now(NS, NAME)
+    w.reconciler.forget(NS, NAME)
+    w.kube.add_job(new_job())
+    w.reconcile()
+    w.reconcile()
+    assert len(built) == 2 and built[0] != built[1]
