@@ -131,11 +131,17 @@ class _Store:
         self.objects: dict[_Key, _Entry] = {}
         self._gone: collections.OrderedDict[str, None] = collections.OrderedDict()
 
+    def stale(self, key: _Key, uid: str | None, version: str | None) -> bool:
+        """Whether an object at `key` of `uid` and `version` would tell nothing new: it was
+        deleted already (an answer or event that arrived late), or this or a newer version of
+        it is held (the watch event of a write the cache was given the answer of)."""
+        if uid in self._gone:
+            return True
+        old = self.objects.get(key)
+        return old is not None and old.uid == uid and not newer(version, old.version)
+
     def put(self, entry: _Entry) -> bool:
-        if entry.uid in self._gone:
-            return False  # deleted already: an answer or event that arrived late
-        old = self.objects.get(entry.key)
-        if old is not None and old.uid == entry.uid and not newer(entry.version, old.version):
+        if self.stale(entry.key, entry.uid, entry.version):
             return False
         self.objects[entry.key] = entry
         return True
@@ -174,6 +180,11 @@ class CachedKube:
             meta = obj.get("metadata") or {}
             with self._lock:
                 return self._remove(kind, _key(obj), meta.get("uid"))
+        meta = obj.get("metadata") or {}
+        store = self._jobs if kind == "job" else self._pods
+        with self._lock:  # the events of the operator's own writes: not serialised at all
+            if store.stale(_key(obj), meta.get("uid"), meta.get("resourceVersion")):
+                return False
         entry = self._entry(kind, obj)  # serialised outside the lock
         with self._lock:
             return self._put(kind, entry)

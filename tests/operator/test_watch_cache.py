@@ -299,6 +299,29 @@ def test_the_watch_event_of_the_operators_own_write_brings_nothing_new() -> None
     assert cache.observe("job", "MODIFIED", kube.job(NS, NAME)) is True
 
 
+def test_an_event_that_brings_nothing_new_is_not_serialised(monkeypatch) -> None:
+    """The watch events of the operator's own writes (a pod it created, a status it wrote: 2 of
+    the 5 or so events of a job's burst) and late events of deleted objects are dropped before
+    the cache compresses anything; an event with news is stored as before."""
+    kube = FakeKube()
+    kube.add_job(_job("1"))
+    cache = CachedKube(kube)
+    built: list[str] = []
+    entry = cache._entry
+    monkeypatch.setattr(cache, "_entry", lambda kind, obj: built.append(kind) or entry(kind, obj))
+    assert cache.observe("job", None, kube.job(NS, NAME))
+    written = cache.patch_job_status(NS, NAME, {"phase": "Pending"})
+    built.clear()
+    assert not cache.observe("job", "MODIFIED", written)  # our own write
+    assert not cache.observe("job", "MODIFIED", _job("0"))  # older
+    cache.observe("pod", "ADDED", _pod("a-1", "7"))
+    cache.observe("pod", "DELETED", _pod("a-1", "9"))
+    assert not cache.observe("pod", "MODIFIED", _pod("a-1", "8"))  # late, of a deleted pod
+    assert built == ["pod"]  # only the pod's first event was news
+    kube.update_spec(NS, NAME, runPolicy={"suspend": True})
+    assert cache.observe("job", "MODIFIED", kube.job(NS, NAME)) and built == ["pod", "job"]
+
+
 def test_an_older_version_never_replaces_a_newer_one() -> None:
     cache = CachedKube(FakeKube())
     fat = _job("1")
