@@ -70,7 +70,7 @@ import localcluster  # noqa: E402
 from bench import controller_manager, goals, plots  # noqa: E402
 from bench.bare_controller import BareController, bare_create, orphan_pod  # noqa: E402
 from bench.kube_watch import SECONDS, Watcher, count_delta, parallel, request_counts  # noqa: E402
-from bench.proc_sampler import Sampler, cpu_model  # noqa: E402
+from bench.proc_sampler import Sampler, cpu_model, wait_quiet  # noqa: E402
 from bench.progress_feed import ProgressFeed, Pusher  # noqa: E402
 from localcluster import GPUS_PER_NODE, Cluster, KubeError, KubeRest, OperatorProcess, drive_annotations  # noqa: E402
 
@@ -121,6 +121,15 @@ NATIVE_REQUESTS = {
     ("POST", "", "events", ""): "create event",
     ("DELETE", "", "pods", ""): "delete pod",
 }
+
+
+# A side starts once the machine keeps fewer cores than this busy (0: at once); --quiet-cores.
+QUIET = {"cores": 0.0}
+
+
+def quiet_start() -> dict[str, float] | None:
+    """Wait for a quiet machine before a side (None: not asked to)."""
+    return wait_quiet(QUIET["cores"]) if QUIET["cores"] > 0 else None
 
 
 def load_average() -> float:
@@ -399,6 +408,7 @@ def run_phase(
     ]
     n, names = phase.n, phase.names
     label = f"{phase.kind} N={n} in {phase.namespace}"
+    quiet = quiet_start()
     result: dict[str, Any] = {
         "side": phase.kind,
         "n": n,
@@ -406,6 +416,8 @@ def run_phase(
         "namespace": phase.namespace,
         "load": {"start": load_average()},
     }
+    if quiet is not None:
+        result["quiet"] = quiet
     budget = 120 + n * 0.5  # generous: the native controller creates pods at about 20 requests/s
 
     def left(since: float) -> float:  # one budget for all the waits of a stage
@@ -443,6 +455,10 @@ def run_phase(
             ),
             "requests": _requests(burst_counts, phase, n, drives=0),
         }
+        if phase.kind in OPERATOR_SIDES:  # how late `kubectl get ftj` shows a pod's start
+            result["burst"]["podRunningToJobRunning"] = percentiles(
+                intervals(rec.tracks, "pod_running", "running")
+            )
         result["samples"] = {"podCreated": samples(created)}
         if sampler and window:
             result["burst"]["operator"] = sampler.close(window)
@@ -598,9 +614,12 @@ def run_bare_create(
         job = job_manifest(name, gpus=gpus)
         job["metadata"].update(namespace=namespace, uid="00000000-0000-0000-0000-000000000000")
         pods.append(orphan_pod(job, config))
+    quiet = quiet_start()
     load0 = load_average()
     out = bare_create(Path(cluster.kubeconfig), namespace, pods, scheduled_timeout)
     out["load"] = {"start": load0, "end": load_average()}
+    if quiet is not None:
+        out["quiet"] = quiet
     return out
 
 
@@ -836,7 +855,9 @@ def _header(*cells: str) -> list[str]:
 
 def _load(part: dict[str, Any] | None) -> str:
     load = (part or {}).get("load") or {}
-    return f"{load.get('start')}-{load.get('end')}"
+    quiet = (part or {}).get("quiet")
+    waited = f" (quiet: {quiet['busyCores']} cores after {quiet['waitedSeconds']} s)" if quiet else ""
+    return f"{load.get('start')}-{load.get('end')}{waited}"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -1052,9 +1073,18 @@ def main(argv: list[str] | None = None) -> int:
         help="rounds per N; the limit and ours swap places every other round, and each goal takes "
         "the median over the rounds (one round at N=1,000 moves by tens of percent on 2 cores)",
     )
+    parser.add_argument(
+        "--quiet-cores",
+        type=float,
+        default=0.0,
+        help="start each side of a round once the whole machine keeps fewer than this many cores "
+        "busy over 2 s (at most 90 s of waiting; 0: at once), so that no side runs on the tail "
+        "of the one before",
+    )
     parser.add_argument("--state-dir", type=Path, default=Path(tempfile.gettempdir()) / "pfo-bench-cluster")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "operator_scale.json")
     args = parser.parse_args(argv)
+    QUIET["cores"] = args.quiet_cores
     ns_list = [int(x) for x in args.jobs.split(",") if x.strip()]
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     unknown = sorted(set(sides) - set(SIDES))

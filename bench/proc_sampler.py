@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -87,3 +88,39 @@ class Sampler:
             "rssPeakMiB": round(peak / 2**20, 1),
             "rssEndMiB": round(r1.rss_bytes / 2**20, 1),
         }
+
+
+def _busy_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat's first line."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
+def machine_busy(seconds: float) -> float:
+    """How many cores the whole machine kept busy over the next `seconds` (0 .. CPU count)."""
+    b0, t0 = _busy_jiffies()
+    time.sleep(seconds)
+    b1, t1 = _busy_jiffies()
+    cores = os.cpu_count() or 1
+    return round(cores * (b1 - b0) / max(1, t1 - t0), 2)
+
+
+def wait_quiet(
+    cores: float,
+    window: float = 2.0,
+    limit: float = 90.0,
+    busy: Callable[[float], float] = machine_busy,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, float]:
+    """Wait (at most `limit` s) until the machine keeps fewer than `cores` cores `busy` over a
+    `window`: a side starts once the tail of the one before (a namespace's deletion, the
+    scheduler, compaction) is over, not on top of it. Returns the seconds waited and the last
+    reading."""
+    t0 = clock()
+    reading = busy(window)
+    while reading >= cores and clock() - t0 < limit:
+        reading = busy(window)
+    return {"waitedSeconds": round(clock() - t0, 1), "busyCores": reading}
