@@ -70,7 +70,7 @@ import localcluster  # noqa: E402
 from bench import controller_manager, goals, plots  # noqa: E402
 from bench.bare_controller import BareController, bare_create, orphan_pod  # noqa: E402
 from bench.kube_watch import SECONDS, Watcher, count_delta, parallel, request_counts  # noqa: E402
-from bench.proc_sampler import Sampler, cpu_model, wait_quiet  # noqa: E402
+from bench.proc_sampler import CoreShares, Sampler, cpu_model, wait_quiet  # noqa: E402
 from bench.progress_feed import ProgressFeed, Pusher  # noqa: E402
 from localcluster import GPUS_PER_NODE, Cluster, KubeError, KubeRest, OperatorProcess, drive_annotations  # noqa: E402
 
@@ -254,6 +254,45 @@ def intervals(tracks: dict[str, Track], start: str, end: str) -> list[float]:
     return out
 
 
+def pace(tracks: dict[str, Track]) -> dict[str, float]:
+    """Whether pod creation kept pace with job creation: jobs per second, pods per second while
+    jobs still arrived, and the median job created -> pod created of the first and of the last
+    tenth of the jobs (in order of creation). A last tenth far behind the first is a backlog
+    that grew through the burst: its p99 is then the backlog's size, not a reaction time."""
+    pairs = sorted(
+        (t.created, t.pod_created)
+        for t in tracks.values()
+        if t.created is not None and t.pod_created is not None
+    )
+    if len(pairs) < 10:
+        return {}
+    first_job, last_job = pairs[0][0], pairs[-1][0]
+    span = last_job - first_job
+    if span <= 0:
+        return {}
+    tenth = len(pairs) // 10
+
+    def median_lag(part: list[tuple[float, float]]) -> float:
+        lags = sorted(pod - job for job, pod in part)
+        return round(lags[len(lags) // 2], 3)
+
+    return {
+        "jobsPerSecond": round(len(pairs) / span, 1),
+        "podsPerSecond": round(sum(1 for _, pod in pairs if pod <= last_job) / span, 1),
+        "lagFirstTenthP50": median_lag(pairs[:tenth]),
+        "lagLastTenthP50": median_lag(pairs[-tenth:]),
+    }
+
+
+def cluster_pids(cluster: Cluster) -> dict[str, int]:
+    """The control plane's processes (as recorded now: the controller manager may have been
+    restarted with other flags) and this benchmark's own process."""
+    state = json.loads((cluster.state_dir / "state.json").read_text())
+    pids = {p["name"]: p["pid"] for p in state["processes"]}
+    pids["benchmark"] = os.getpid()
+    return pids
+
+
 TIMED_OUT: list[str] = []  # the waits that gave up, reported in the JSON
 
 
@@ -429,11 +468,16 @@ def run_phase(
     try:
         before = request_counts(rest)
         window = sampler.window() if sampler else None
+        pids = cluster_pids(cluster)
+        if sampler:
+            pids["operator"] = sampler.pid
+        shares = CoreShares(pids)
         t0 = time.monotonic()
         parallel(lambda r, name: r.create(phase.jobs_path, phase.manifest(name)), names, kubeconfig)
         t_posted = time.monotonic()
         print(f"  {label}: {n} created in {t_posted - t0:.1f}s", file=sys.stderr)
         wait("every pod created", lambda: rec.count("pod_created") >= n, t0)
+        creation_cores = shares.close()
         t_all_pods = max((t.pod_created for t in rec.tracks.values() if t.pod_created), default=t0)
         wait("every pod scheduled", lambda: rec.count("pod_scheduled") >= n, t0)
         wait("every pod running", lambda: rec.count("pod_running") >= n, t0)
@@ -454,6 +498,8 @@ def run_phase(
                 ]
             ),
             "requests": _requests(burst_counts, phase, n, drives=0),
+            "pace": pace(rec.tracks),
+            "creationCores": creation_cores,
         }
         if phase.kind in OPERATOR_SIDES:  # how late `kubectl get ftj` shows a pod's start
             result["burst"]["podRunningToJobRunning"] = percentiles(
@@ -860,6 +906,50 @@ def _load(part: dict[str, Any] | None) -> str:
     return f"{load.get('start')}-{load.get('end')}{waited}"
 
 
+CORE_COLUMNS = (
+    "kube-apiserver",
+    "etcd",
+    "kube-scheduler",
+    "kube-controller-manager",
+    "kwok",
+    "operator",
+    "benchmark",
+)
+
+
+def _creation_cores(report: dict[str, Any]) -> list[str]:
+    """From the jobs' first POST until every pod exists: how the cores were split, and whether
+    pod creation kept pace with job creation."""
+    rows = []
+    for r in report["rounds"]:
+        for side in SIDES:
+            b = (r.get(side) or {}).get("burst") or {}
+            cc, pc = b.get("creationCores"), b.get("pace")
+            if not cc:
+                continue
+            cores = cc["cores"]
+            rows.append(
+                _row(
+                    r["n"],
+                    SIDE_LABELS[side],
+                    cc["seconds"],
+                    cc["machineBusyCores"],
+                    *(cores.get(c, "") for c in CORE_COLUMNS),
+                    (pc or {}).get("jobsPerSecond", ""),
+                    (pc or {}).get("podsPerSecond", ""),
+                    f"{(pc or {}).get('lagFirstTenthP50', '')} / {(pc or {}).get('lagLastTenthP50', '')}",
+                )
+            )
+    if not rows:
+        return []
+    lines = ["", "Creation window (first job POST until every pod exists): cores busy, by process, "
+             "and the pace (pod created lag p50 of the first / last tenth of the jobs):", ""]  # fmt: skip
+    lines += _header(
+        "N", "side", "seconds", "machine", *CORE_COLUMNS, "jobs/s", "pods/s", "lag first / last s"
+    )
+    return lines + rows
+
+
 def markdown(report: dict[str, Any]) -> str:
     load = report.get("loadAverage") or {}
     lines = [
@@ -898,6 +988,7 @@ def markdown(report: dict[str, Any]) -> str:
                     f"{b['requests']['perJob']} + {(p.get('requests') or {}).get('perJob')}",
                 )  # fmt: skip
             )
+    lines += _creation_cores(report)
     lines += ["", "Ratios ours / the other side (same run; below 1 means ours is faster):", ""]
     lines += _header(
         "N", "against", "pod created p50 / p95 / p99", "pod scheduled p99", "all pods exist", "done p50 / p99"

@@ -1,13 +1,15 @@
-"""Resident memory and CPU seconds of one process, read from /proc (Linux), sampled in the
-background so that the peak during a burst is caught, not only the value at its end."""
+"""Readings from /proc (Linux): resident memory and CPU seconds of one process, sampled in the
+background so that the peak during a burst is caught, not only the value at its end; how busy
+the whole machine is; and how a window's cores were split between named processes."""
 
 from __future__ import annotations
 
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -124,3 +126,53 @@ def wait_quiet(
     while reading >= cores and clock() - t0 < limit:
         reading = busy(window)
     return {"waitedSeconds": round(clock() - t0, 1), "busyCores": reading}
+
+
+def cpu_seconds(pids: Mapping[str, int]) -> dict[str, float]:
+    """CPU seconds so far (user + system, all threads) of each named process; a process that
+    is gone is left out."""
+    out: dict[str, float] = {}
+    for name, pid in pids.items():
+        try:
+            out[name] = read(pid).cpu_seconds
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+class CoreShares:
+    """Who kept the cores busy over a window: the machine as a whole (/proc/stat) and each named
+    process (/proc/PID/stat), in cores (CPU seconds per second). On a saturated machine a
+    latency is the share a side got, so every burst says how the cores were split."""
+
+    def __init__(
+        self,
+        pids: Mapping[str, int],
+        clock: Callable[[], float] = time.monotonic,
+        machine: Callable[[], tuple[int, int]] | None = None,
+        processes: Callable[[Mapping[str, int]], dict[str, float]] = cpu_seconds,
+    ) -> None:
+        self._pids = dict(pids)
+        self._clock = clock
+        self._machine = machine or _busy_jiffies
+        self._processes = processes
+        self._t0 = clock()
+        self._m0 = self._machine()
+        self._p0 = processes(self._pids)
+
+    def close(self) -> dict[str, Any]:
+        seconds = self._clock() - self._t0
+        b1, t1 = self._machine()
+        p1 = self._processes(self._pids)
+        b0, t0 = self._m0
+        cores = os.cpu_count() or 1
+        per = {
+            name: round((p1[name] - self._p0[name]) / seconds, 2) if seconds > 0 else 0.0
+            for name in self._pids
+            if name in p1 and name in self._p0
+        }
+        return {
+            "seconds": round(seconds, 2),
+            "machineBusyCores": round(cores * (b1 - b0) / max(1, t1 - t0), 2),
+            "cores": per,
+        }

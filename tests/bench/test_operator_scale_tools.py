@@ -13,11 +13,14 @@ from finetune_operator.pod import render_pod
 from bench.kube_watch import count_delta, parse_request_counts
 from bench.operator_scale import (
     Recorder,
+    Track,
+    _creation_cores,
     ftj_done,
     intervals,
     job_manifest,
     native_done,
     native_job,
+    pace,
     percentiles,
 )
 
@@ -102,3 +105,56 @@ def test_native_job_runs_the_pod_the_operator_renders() -> None:
     assert job["spec"]["template"]["spec"] == ours
     assert job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": 1}
     assert job["spec"]["backoffLimit"] == 0
+
+
+def _tracks(jobs_per_second: float, pods_per_second: float, n: int) -> dict[str, Track]:
+    """Jobs created at one rate, each job's pod created in order at another (no faster than its
+    job, 0.2 s at the least)."""
+    tracks, pod_free = {}, 0.0
+    for i in range(n):
+        created = i / jobs_per_second
+        pod_free = max(pod_free + 1 / pods_per_second, created + 0.2)
+        tracks[f"job-{i}"] = Track(created=created, pod_created=pod_free)
+    return tracks
+
+
+def test_pace_shows_a_backlog_that_grows_through_the_burst() -> None:
+    behind = pace(_tracks(100, 80, 1000))
+    assert behind["jobsPerSecond"] == pytest.approx(100, rel=0.01)
+    assert behind["podsPerSecond"] == pytest.approx(80, rel=0.02)
+    # 1,000 jobs in 10 s, pods 20% slower: the last jobs wait about 2.5 s, the first 0.2 s
+    assert behind["lagFirstTenthP50"] < 0.5
+    assert behind["lagLastTenthP50"] == pytest.approx(2.5, abs=0.2)
+    kept = pace(_tracks(100, 150, 1000))
+    assert kept["podsPerSecond"] == pytest.approx(100, rel=0.02)  # no more pods than jobs yet
+    assert kept["lagFirstTenthP50"] == kept["lagLastTenthP50"] == pytest.approx(0.2, abs=0.01)
+
+
+def test_pace_needs_ten_jobs_with_their_pods_and_a_span() -> None:
+    assert pace(_tracks(100, 80, 9)) == {}
+    assert pace({f"j{i}": Track(created=1.0, pod_created=2.0) for i in range(20)}) == {}
+    tracks = _tracks(100, 80, 20)
+    tracks["no-pod"] = Track(created=0.05)
+    assert pace(tracks)["jobsPerSecond"] == pytest.approx(100, rel=0.06)
+
+
+def test_the_creation_window_table_has_a_row_per_side_that_measured_it() -> None:
+    burst = {
+        "creationCores": {
+            "seconds": 50.0,
+            "machineBusyCores": 1.99,
+            "cores": {"kube-apiserver": 1.2, "operator": 0.3, "benchmark": 0.2},
+        },
+        "pace": {"jobsPerSecond": 110.0, "podsPerSecond": 88.0, "lagFirstTenthP50": 0.9,
+                 "lagLastTenthP50": 7.0},
+    }  # fmt: skip
+    report = {"rounds": [{"n": 5000, "ours": {"burst": burst}, "limit": {"burst": {}}}]}
+    lines = _creation_cores(report)
+    rows = [line for line in lines if line.startswith("| 5000")]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[2:5] == ["50.0", "1.99", "1.2"]
+    assert cells[-3:] == ["110.0", "88.0", "0.9 / 7.0"]
+    header = [c.strip() for c in lines[3].strip("|").split("|")]
+    assert cells[header.index("operator")] == "0.3" and cells[header.index("etcd")] == ""
+    assert _creation_cores({"rounds": [{"n": 1, "limit": {"burst": {}}}]}) == []

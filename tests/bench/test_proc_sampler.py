@@ -4,8 +4,9 @@ each side of a round starts after."""
 from __future__ import annotations
 
 import os
+import time
 
-from bench.proc_sampler import machine_busy, wait_quiet
+from bench.proc_sampler import CoreShares, cpu_seconds, machine_busy, wait_quiet
 
 
 def test_machine_busy_is_a_share_of_the_cores() -> None:
@@ -46,3 +47,29 @@ def test_wait_quiet_gives_up_at_its_limit_and_says_how_busy() -> None:
 def test_wait_quiet_at_the_threshold_is_still_busy() -> None:
     machine = FakeMachine([0.5, 0.5, 0.2])
     assert wait_quiet(0.5, busy=machine.busy, clock=machine.clock)["busyCores"] == 0.2
+
+
+def test_cpu_seconds_reads_live_processes_and_leaves_out_gone_ones() -> None:
+    t0 = time.process_time()
+    while time.process_time() - t0 < 0.05:  # some CPU of our own
+        pass
+    out = cpu_seconds({"me": os.getpid(), "gone": 2**22 + 7})
+    assert set(out) == {"me"}
+    assert out["me"] >= 0.05
+
+
+def test_core_shares_are_cpu_seconds_per_second_of_the_window() -> None:
+    now = [100.0]
+    jiffies = iter([(1_000, 10_000), (1_000 + 3 * 400, 10_000 + 4 * 400)])  # 3 of 4 units busy
+    readings = iter([{"api": 10.0, "op": 5.0, "gone": 1.0}, {"api": 22.0, "op": 8.0}])
+    shares = CoreShares(
+        {"api": 1, "op": 2, "gone": 3},
+        clock=lambda: now[0],
+        machine=lambda: next(jiffies),
+        processes=lambda pids: next(readings),
+    )
+    now[0] += 10.0
+    out = shares.close()
+    assert out["seconds"] == 10.0
+    assert out["cores"] == {"api": 1.2, "op": 0.3}  # the one that went is left out
+    assert out["machineBusyCores"] == round(0.75 * (os.cpu_count() or 1), 2)
