@@ -176,11 +176,10 @@ class CachedKube:
     def observe(self, kind: str, event_type: str | None, obj: dict[str, Any]) -> bool:
         """A watch event (`kind` "job" or "pod"; `event_type` ADDED, MODIFIED, DELETED, or None
         for an object of the initial listing). True if it told the cache anything new."""
+        meta = obj.get("metadata") or {}
         if event_type == "DELETED":
-            meta = obj.get("metadata") or {}
             with self._lock:
                 return self._remove(kind, _key(obj), meta.get("uid"))
-        meta = obj.get("metadata") or {}
         store = self._jobs if kind == "job" else self._pods
         with self._lock:  # the events of the operator's own writes: not serialised at all
             if store.stale(_key(obj), meta.get("uid"), meta.get("resourceVersion")):
